@@ -1,0 +1,174 @@
+//! The plugin configuration as users write it (JSON in the Envoy Wasm
+//! filter's `configuration`, or Istio `WasmPlugin.pluginConfig`).
+//!
+//! These types mirror the documented schema one to one and reject unknown
+//! fields. They are only ever read at configure time: [`crate::Plan::compile`]
+//! validates them and turns them into the precomputed tables the per-request
+//! path uses. The README documents every field with an example.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Top-level plugin configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the user id comes from, tried in order. Default: the
+    /// `x-user-id` header.
+    #[serde(default = "default_identity")]
+    pub identity: Vec<IdentitySource>,
+    /// What to do with a request that has no identity. Default: `pass`.
+    #[serde(default)]
+    pub missing_identity: MissingIdentity,
+    /// The request header Envoy's `cluster_header` route action reads.
+    /// Default: `x-abmesh-cluster`. The filter always removes a copy sent by
+    /// the client, so clients cannot pick clusters themselves.
+    #[serde(default = "default_cluster_header")]
+    pub cluster_header: String,
+    /// A request header that forces variants for QA, as
+    /// `experiment=variant[, experiment=variant…]`. Absent or `null`: off.
+    #[serde(default)]
+    pub force_header: Option<String>,
+    /// If set, the response carries the request's assignments in this header
+    /// as `experiment=variant[, …]`, so clients can log them.
+    #[serde(default)]
+    pub echo_header: Option<String>,
+    /// Ask Envoy to re-select the route after the filter changed a header
+    /// that routing may depend on (the `clear_route_cache` foreign function
+    /// of Envoy ≥ 1.33). Default: `true`.
+    #[serde(default = "default_true")]
+    pub clear_route_cache: bool,
+    /// The experiments, evaluated in this order.
+    pub experiments: Vec<ExperimentConfig>,
+}
+
+/// One place a user id may be found.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdentitySource {
+    /// `{"header": "x-user-id"}`: the whole value of a request header.
+    Header(String),
+    /// `{"cookie": "uid"}`: the value of one cookie in the `cookie` header.
+    Cookie(String),
+}
+
+/// Handling of requests without an identity.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingIdentity {
+    /// Not enrolled; the request passes untouched.
+    #[default]
+    Pass,
+    /// Not enrolled, but routed like each matching experiment's control
+    /// variant (and not counted as an exposure).
+    Control,
+    /// Answered locally with `400 Bad Request`.
+    Reject,
+}
+
+/// One experiment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Unique name: `[a-z0-9_.-]`, 1 to 64 characters.
+    pub name: String,
+    /// Hash salt; default: the name. Changing it reshuffles every user.
+    #[serde(default)]
+    pub salt: Option<String>,
+    /// Share of identified (and layer-eligible) users enrolled, 0 to 100,
+    /// in steps of 0.01. Default: 100.
+    #[serde(default = "default_traffic")]
+    pub traffic_percent: f64,
+    /// Mutual exclusion: experiments in the same layer never share a user.
+    #[serde(default)]
+    pub layer: Option<LayerConfig>,
+    /// Which requests the experiment applies to. Default: all.
+    #[serde(default, rename = "match")]
+    pub matches: MatchConfig,
+    /// Name of the control variant. Default: the first variant.
+    #[serde(default)]
+    pub control: Option<String>,
+    /// Request header that receives the variant name. Default:
+    /// `x-abmesh-<name>`.
+    #[serde(default)]
+    pub variant_header: Option<String>,
+    /// User ids pinned to a variant (`{"user-id": "variant"}`), for QA and
+    /// dogfooding. Pinned users are not counted as exposures.
+    #[serde(default)]
+    pub allowlist: BTreeMap<String, String>,
+    /// Two or more variants.
+    pub variants: Vec<VariantConfig>,
+}
+
+/// An experiment's place in a layer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerConfig {
+    /// Layer name; it is also the layer's hash salt.
+    pub name: String,
+    /// The slice of the layer this experiment owns, `[start, end)` in percent
+    /// (steps of 0.01). Slices of one layer must not overlap.
+    #[serde(default = "default_range")]
+    pub range_percent: [f64; 2],
+}
+
+/// Request conditions; all given conditions must hold.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// The `:path` must start with this.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// The `:method` must be one of these (exact, case-sensitive).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Header conditions.
+    #[serde(default)]
+    pub headers: Vec<HeaderMatchConfig>,
+}
+
+/// A header condition: present, or equal to `value`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchConfig {
+    pub name: String,
+    /// If set, the header's value must equal it exactly; if not, the header
+    /// must be present.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// One variant and what happens to its requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantConfig {
+    /// Unique within the experiment: `[A-Za-z0-9_.-]`, 1 to 64 characters.
+    pub name: String,
+    /// Relative weight, positive. Resolved to whole buckets of 0.01 %.
+    pub weight: f64,
+    /// Upstream cluster, written to the `cluster_header`.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Replaces the experiment's `match.path_prefix` at the start of `:path`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// New `:authority` (host).
+    #[serde(default)]
+    pub authority: Option<String>,
+}
+
+fn default_identity() -> Vec<IdentitySource> {
+    vec![IdentitySource::Header("x-user-id".into())]
+}
+fn default_cluster_header() -> String {
+    "x-abmesh-cluster".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_traffic() -> f64 {
+    100.0
+}
+fn default_range() -> [f64; 2] {
+    [0.0, 100.0]
+}

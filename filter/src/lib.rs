@@ -1,0 +1,28 @@
+//! abmesh-filter: sticky, per-user variant assignment for A/B tests, as a
+//! proxy-wasm HTTP filter for Envoy and Istio.
+//!
+//! The crate has two layers:
+//!
+//! * the **assignment core** ([`Config`], [`Plan`], [`Decisions`]): plain
+//!   Rust with no proxy-wasm types. It parses and validates the plugin
+//!   configuration once, then decides requests without allocating. The
+//!   sidecar's `abmesh assign` links this same code, so assignments computed
+//!   outside Envoy agree bit for bit with the filter.
+//! * the **proxy-wasm glue** (`wasm` module, built only for
+//!   `wasm32-wasip1`): a thin layer over the proxy-wasm ABI that feeds
+//!   request headers to the core and writes its decisions back.
+//!
+//! The hashing scheme is documented in [`hash`].
+
+pub mod config;
+mod decide;
+pub mod hash;
+pub mod identity;
+mod plan;
+
+pub use config::{Config, MissingIdentity};
+pub use decide::{Assignment, Decisions, HeaderSink, RequestHeaders, Source, Verdict};
+pub use plan::{ConfigError, Experiment, Plan, Slot, Variant};
+
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
+mod wasm;

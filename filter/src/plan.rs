@@ -1,0 +1,616 @@
+//! The compiled, validated form of a [`Config`]: everything the per-request
+//! path needs, precomputed.
+//!
+//! Compiling does all the work that would otherwise happen per request:
+//! keys are derived, shares turned into bucket ranges, names checked and
+//! lower-cased, header names given slots. What remains per request is a few
+//! SipHash calls and comparisons over borrowed bytes.
+
+use crate::config::{Config, IdentitySource, MissingIdentity};
+use crate::hash::{BucketKey, Purpose, BUCKETS};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why a configuration was refused. `field` is the JSON path of the
+/// offending value (`experiments[1].variants[0].weight`), so the log line
+/// Envoy prints points at the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The bytes are not a JSON document of the right shape.
+    #[error("invalid configuration at `{field}`: {reason}")]
+    Parse { field: String, reason: String },
+    /// The document parsed but a value is not acceptable.
+    #[error("invalid configuration: `{field}` {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    /// The JSON path of the offending value.
+    pub fn field(&self) -> &str {
+        match self {
+            ConfigError::Parse { field, .. } | ConfigError::Invalid { field, .. } => field,
+        }
+    }
+
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Index of a request header the plan reads; the glue caches reads by slot.
+pub type Slot = u8;
+
+/// Where the user id comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum IdentityRule {
+    Header(Slot),
+    Cookie { slot: Slot, name: Box<[u8]> },
+}
+
+/// A header condition, compiled.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderCondition {
+    pub slot: Slot,
+    pub value: Option<Box<[u8]>>,
+}
+
+/// Request conditions, compiled.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Conditions {
+    pub path_prefix: Option<Box<[u8]>>,
+    pub methods: Box<[Box<[u8]>]>,
+    pub headers: Box<[HeaderCondition]>,
+}
+
+impl Conditions {
+    pub fn is_empty(&self) -> bool {
+        self.path_prefix.is_none() && self.methods.is_empty() && self.headers.is_empty()
+    }
+}
+
+/// A variant, compiled.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub(crate) name: Box<str>,
+    /// Exclusive upper bound of this variant's buckets in the variant hash.
+    pub(crate) upper: u32,
+    pub(crate) cluster: Option<Box<str>>,
+    pub(crate) path_prefix: Option<Box<[u8]>>,
+    pub(crate) authority: Option<Box<str>>,
+}
+
+impl Variant {
+    /// The variant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// An experiment's slice of a layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerSlice {
+    pub layer: u16,
+    pub start: u32,
+    pub end: u32,
+}
+
+/// An experiment, compiled.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub(crate) name: Box<str>,
+    pub(crate) enroll_key: BucketKey,
+    pub(crate) variant_key: BucketKey,
+    /// Enrolled iff the enrollment bucket is below this.
+    pub(crate) traffic: u32,
+    pub(crate) layer: Option<LayerSlice>,
+    pub(crate) conditions: Conditions,
+    pub(crate) variants: Box<[Variant]>,
+    pub(crate) control: u16,
+    pub(crate) variant_header: Box<str>,
+    /// Sorted by user id for binary search.
+    pub(crate) allowlist: Box<[(Box<[u8]>, u16)]>,
+}
+
+impl Experiment {
+    /// The experiment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its variants, in configuration order.
+    pub fn variants(&self) -> &[Variant] {
+        &self.variants
+    }
+    /// Index of the control variant.
+    pub fn control(&self) -> usize {
+        usize::from(self.control)
+    }
+}
+
+/// A validated configuration with all per-request tables precomputed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub(crate) header_names: Box<[Box<str>]>,
+    pub(crate) identity: Box<[IdentityRule]>,
+    pub(crate) missing_identity: MissingIdentity,
+    pub(crate) cluster_header: Box<str>,
+    pub(crate) force: Option<Slot>,
+    pub(crate) echo_header: Option<Box<str>>,
+    pub(crate) clear_route_cache: bool,
+    pub(crate) layer_keys: Box<[BucketKey]>,
+    pub(crate) experiments: Box<[Experiment]>,
+    pub(crate) path_slot: Slot,
+    pub(crate) method_slot: Slot,
+}
+
+/// Pseudo-header names Envoy exposes to filters.
+pub const PATH: &str = ":path";
+pub const METHOD: &str = ":method";
+pub const AUTHORITY: &str = ":authority";
+
+impl Plan {
+    /// Parses and validates a JSON configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Plan, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            ConfigError::Parse {
+                field: if field.is_empty() { ".".into() } else { field },
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        Plan::compile(&config)
+    }
+
+    /// Validates a parsed configuration and precomputes its tables.
+    pub fn compile(config: &Config) -> Result<Plan, ConfigError> {
+        Compiler::default().compile(config)
+    }
+
+    /// The experiments, in configuration order.
+    pub fn experiments(&self) -> &[Experiment] {
+        &self.experiments
+    }
+
+    /// Request header names the plan may read, indexed by [`Slot`].
+    pub fn header_names(&self) -> &[Box<str>] {
+        &self.header_names
+    }
+
+    /// Name of the header the `cluster_header` route action reads.
+    pub fn cluster_header(&self) -> &str {
+        &self.cluster_header
+    }
+
+    /// Response header that echoes assignments, if configured.
+    pub fn echo_header(&self) -> Option<&str> {
+        self.echo_header.as_deref()
+    }
+
+    /// Whether to ask Envoy to re-select the route after a change.
+    pub fn clear_route_cache(&self) -> bool {
+        self.clear_route_cache
+    }
+
+    /// How requests without an identity are handled.
+    pub fn missing_identity(&self) -> MissingIdentity {
+        self.missing_identity
+    }
+}
+
+/// Builds a [`Plan`], collecting header slots as it goes.
+#[derive(Default)]
+struct Compiler {
+    header_names: Vec<Box<str>>,
+}
+
+impl Compiler {
+    fn slot(&mut self, name: &str) -> Slot {
+        if let Some(i) = self.header_names.iter().position(|n| &**n == name) {
+            return i as Slot;
+        }
+        self.header_names.push(name.into());
+        (self.header_names.len() - 1) as Slot
+    }
+
+    fn compile(mut self, config: &Config) -> Result<Plan, ConfigError> {
+        let path_slot = self.slot(PATH);
+        let method_slot = self.slot(METHOD);
+
+        if config.identity.is_empty() {
+            return Err(ConfigError::invalid(
+                "identity",
+                "must name at least one header or cookie",
+            ));
+        }
+        let mut identity = Vec::with_capacity(config.identity.len());
+        for (i, source) in config.identity.iter().enumerate() {
+            identity.push(match source {
+                IdentitySource::Header(h) => {
+                    let h = header_name(&format!("identity[{i}].header"), h)?;
+                    IdentityRule::Header(self.slot(&h))
+                }
+                IdentitySource::Cookie(c) => {
+                    cookie_name(&format!("identity[{i}].cookie"), c)?;
+                    IdentityRule::Cookie {
+                        slot: self.slot("cookie"),
+                        name: c.as_bytes().into(),
+                    }
+                }
+            });
+        }
+
+        let cluster_header = header_name("cluster_header", &config.cluster_header)?;
+        let force = match &config.force_header {
+            Some(h) => Some(self.slot(&header_name("force_header", h)?)),
+            None => None,
+        };
+        let echo_header = match &config.echo_header {
+            Some(h) => Some(header_name("echo_header", h)?.into_boxed_str()),
+            None => None,
+        };
+
+        if config.experiments.is_empty() {
+            return Err(ConfigError::invalid(
+                "experiments",
+                "must list at least one experiment",
+            ));
+        }
+
+        let mut names = BTreeSet::new();
+        let mut layer_names: Vec<String> = Vec::new();
+        // layer index -> (start, end, experiment index) of slices seen so far
+        let mut slices: BTreeMap<usize, Vec<(u32, u32, usize)>> = BTreeMap::new();
+        let mut variant_headers = BTreeMap::new();
+        let mut experiments = Vec::with_capacity(config.experiments.len());
+
+        for (ei, exp) in config.experiments.iter().enumerate() {
+            let at = |f: &str| format!("experiments[{ei}].{f}");
+            check_name(&at("name"), &exp.name, false)?;
+            if !names.insert(exp.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    at("name"),
+                    format!("duplicates experiment name {:?}", exp.name),
+                ));
+            }
+            let salt = exp.salt.as_deref().unwrap_or(&exp.name);
+            if salt.is_empty() {
+                return Err(ConfigError::invalid(at("salt"), "must not be empty"));
+            }
+            let traffic = percent_to_buckets(&at("traffic_percent"), exp.traffic_percent)?;
+
+            let layer = match &exp.layer {
+                None => None,
+                Some(l) => {
+                    check_name(&at("layer.name"), &l.name, false)?;
+                    let [s, e] = l.range_percent;
+                    let start = percent_to_buckets(&at("layer.range_percent[0]"), s)?;
+                    let end = percent_to_buckets(&at("layer.range_percent[1]"), e)?;
+                    if start >= end {
+                        return Err(ConfigError::invalid(
+                            at("layer.range_percent"),
+                            format!("must be an interval [start, end) with start < end, got [{s}, {e}]"),
+                        ));
+                    }
+                    let li = match layer_names.iter().position(|n| n == &l.name) {
+                        Some(i) => i,
+                        None => {
+                            layer_names.push(l.name.clone());
+                            layer_names.len() - 1
+                        }
+                    };
+                    let seen = slices.entry(li).or_default();
+                    if let Some(&(_, _, other)) =
+                        seen.iter().find(|&&(s2, e2, _)| start < e2 && s2 < end)
+                    {
+                        return Err(ConfigError::invalid(
+                            at("layer.range_percent"),
+                            format!(
+                                "overlaps experiment {:?} in layer {:?}; experiments in one layer must own disjoint ranges",
+                                config.experiments[other].name, l.name
+                            ),
+                        ));
+                    }
+                    seen.push((start, end, ei));
+                    Some(LayerSlice {
+                        layer: li as u16,
+                        start,
+                        end,
+                    })
+                }
+            };
+
+            let conditions = self.conditions(&at("match"), &exp.matches)?;
+
+            if exp.variants.len() < 2 {
+                return Err(ConfigError::invalid(
+                    at("variants"),
+                    format!("needs at least 2 variants, got {}", exp.variants.len()),
+                ));
+            }
+            if exp.variants.len() > usize::from(u16::MAX) {
+                return Err(ConfigError::invalid(at("variants"), "has too many variants"));
+            }
+            let total: f64 = exp.variants.iter().map(|v| v.weight).sum();
+            let mut variants: Vec<Variant> = Vec::with_capacity(exp.variants.len());
+            let mut cumulative = 0.0;
+            for (vi, v) in exp.variants.iter().enumerate() {
+                let vat = |f: &str| at(&format!("variants[{vi}].{f}"));
+                check_name(&vat("name"), &v.name, true)?;
+                if variants.iter().any(|o| *o.name == *v.name) {
+                    return Err(ConfigError::invalid(
+                        vat("name"),
+                        format!("duplicates variant name {:?}", v.name),
+                    ));
+                }
+                if !(v.weight.is_finite() && v.weight > 0.0) {
+                    return Err(ConfigError::invalid(
+                        vat("weight"),
+                        format!("must be a positive number, got {}", v.weight),
+                    ));
+                }
+                cumulative += v.weight;
+                let upper = if vi + 1 == exp.variants.len() {
+                    BUCKETS
+                } else {
+                    ((cumulative / total) * f64::from(BUCKETS)).round() as u32
+                };
+                let lower = variants.last().map_or(0, |p| p.upper);
+                if upper <= lower {
+                    return Err(ConfigError::invalid(
+                        vat("weight"),
+                        format!(
+                            "is too small: {} of a total {} rounds to no bucket (resolution is 0.01%)",
+                            v.weight, total
+                        ),
+                    ));
+                }
+                let cluster = match &v.cluster {
+                    Some(c) if c.is_empty() || !c.bytes().all(is_header_value_byte) => {
+                        return Err(ConfigError::invalid(
+                            vat("cluster"),
+                            "must be a non-empty cluster name of printable ASCII",
+                        ))
+                    }
+                    c => c.as_deref().map(Into::into),
+                };
+                let path_prefix = match &v.path_prefix {
+                    None => None,
+                    Some(p) => {
+                        if conditions.path_prefix.is_none() {
+                            return Err(ConfigError::invalid(
+                                vat("path_prefix"),
+                                format!("rewrites the matched path prefix, so {} must be set", at("match.path_prefix")),
+                            ));
+                        }
+                        check_path(&vat("path_prefix"), p)?;
+                        Some(p.as_bytes().into())
+                    }
+                };
+                let authority = match &v.authority {
+                    Some(a) if a.is_empty() || !a.bytes().all(|b| b.is_ascii_graphic()) => {
+                        return Err(ConfigError::invalid(
+                            vat("authority"),
+                            "must be a non-empty host[:port] without spaces",
+                        ))
+                    }
+                    a => a.as_deref().map(Into::into),
+                };
+                variants.push(Variant {
+                    name: v.name.as_str().into(),
+                    upper,
+                    cluster,
+                    path_prefix,
+                    authority,
+                });
+            }
+
+            let find_variant = |field: String, name: &str| -> Result<u16, ConfigError> {
+                variants
+                    .iter()
+                    .position(|v| &*v.name == name)
+                    .map(|i| i as u16)
+                    .ok_or_else(|| {
+                        ConfigError::invalid(field, format!("names unknown variant {name:?}"))
+                    })
+            };
+            let control = match &exp.control {
+                None => 0,
+                Some(c) => find_variant(at("control"), c)?,
+            };
+            let mut allowlist = Vec::with_capacity(exp.allowlist.len());
+            for (user, variant) in &exp.allowlist {
+                if user.is_empty() {
+                    return Err(ConfigError::invalid(at("allowlist"), "has an empty user id"));
+                }
+                let vi = find_variant(at(&format!("allowlist.{user}")), variant)?;
+                allowlist.push((user.as_bytes().into(), vi));
+            }
+            // BTreeMap iteration is already sorted by key bytes.
+
+            let variant_header = match &exp.variant_header {
+                Some(h) => header_name(&at("variant_header"), h)?,
+                None => format!("x-abmesh-{}", exp.name),
+            };
+            if let Some(other) = variant_headers.insert(variant_header.clone(), ei) {
+                return Err(ConfigError::invalid(
+                    at("variant_header"),
+                    format!(
+                        "{variant_header:?} is also experiment {:?}'s variant header",
+                        config.experiments[other].name
+                    ),
+                ));
+            }
+            if variant_header == cluster_header {
+                return Err(ConfigError::invalid(
+                    at("variant_header"),
+                    "must differ from cluster_header",
+                ));
+            }
+
+            experiments.push(Experiment {
+                name: exp.name.as_str().into(),
+                enroll_key: BucketKey::derive(Purpose::Enroll, salt),
+                variant_key: BucketKey::derive(Purpose::Variant, salt),
+                traffic,
+                layer,
+                conditions,
+                variants: variants.into_boxed_slice(),
+                control,
+                variant_header: variant_header.into_boxed_str(),
+                allowlist: allowlist.into_boxed_slice(),
+            });
+        }
+
+        if self.header_names.len() > usize::from(Slot::MAX) {
+            return Err(ConfigError::invalid(
+                "experiments",
+                "reference too many distinct headers",
+            ));
+        }
+
+        Ok(Plan {
+            header_names: self.header_names.into_boxed_slice(),
+            identity: identity.into_boxed_slice(),
+            missing_identity: config.missing_identity,
+            cluster_header: cluster_header.into_boxed_str(),
+            force,
+            echo_header,
+            clear_route_cache: config.clear_route_cache,
+            layer_keys: layer_names
+                .iter()
+                .map(|n| BucketKey::derive(Purpose::Layer, n))
+                .collect(),
+            experiments: experiments.into_boxed_slice(),
+            path_slot,
+            method_slot,
+        })
+    }
+
+    fn conditions(
+        &mut self,
+        at: &str,
+        m: &crate::config::MatchConfig,
+    ) -> Result<Conditions, ConfigError> {
+        let path_prefix = match &m.path_prefix {
+            None => None,
+            Some(p) => {
+                check_path(&format!("{at}.path_prefix"), p)?;
+                Some(p.as_bytes().into())
+            }
+        };
+        let mut methods = Vec::with_capacity(m.methods.len());
+        for (i, method) in m.methods.iter().enumerate() {
+            if method.is_empty() || !method.bytes().all(is_token_byte) {
+                return Err(ConfigError::invalid(
+                    format!("{at}.methods[{i}]"),
+                    format!("is not an HTTP method: {method:?}"),
+                ));
+            }
+            methods.push(method.as_bytes().into());
+        }
+        let mut headers = Vec::with_capacity(m.headers.len());
+        for (i, h) in m.headers.iter().enumerate() {
+            let name = header_name(&format!("{at}.headers[{i}].name"), &h.name)?;
+            headers.push(HeaderCondition {
+                slot: self.slot(&name),
+                value: h.value.as_deref().map(|v| v.as_bytes().into()),
+            });
+        }
+        Ok(Conditions {
+            path_prefix,
+            methods: methods.into_boxed_slice(),
+            headers: headers.into_boxed_slice(),
+        })
+    }
+}
+
+/// Validates a header name and lower-cases it (HTTP/2 and Envoy use
+/// lower-case names; `X-User-Id` in a config means `x-user-id`).
+fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::invalid(field, "must not be an empty header name"));
+    }
+    if name.starts_with(':') {
+        return Err(ConfigError::invalid(
+            field,
+            format!("must be a regular header, not the pseudo-header {name:?}"),
+        ));
+    }
+    if !name.bytes().all(is_token_byte) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("is not a valid header name: {name:?}"),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn cookie_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("is not a valid cookie name: {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Experiment names end up in header values and metric labels, so they are
+/// restricted to a safe alphabet; variant names may also use upper case.
+fn check_name(field: &str, name: &str, allow_upper: bool) -> Result<(), ConfigError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'_' | b'-' | b'.')
+                || (allow_upper && b.is_ascii_uppercase())
+        });
+    if ok {
+        Ok(())
+    } else {
+        let alphabet = if allow_upper { "A-Za-z0-9_.-" } else { "a-z0-9_.-" };
+        Err(ConfigError::invalid(
+            field,
+            format!("must be 1 to 64 characters of [{alphabet}], got {name:?}"),
+        ))
+    }
+}
+
+fn check_path(field: &str, p: &str) -> Result<(), ConfigError> {
+    if !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("must start with '/' and contain no spaces or control characters, got {p:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn percent_to_buckets(field: &str, p: f64) -> Result<u32, ConfigError> {
+    if !(p.is_finite() && (0.0..=100.0).contains(&p)) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("must be a percentage between 0 and 100, got {p}"),
+        ));
+    }
+    let buckets = p * f64::from(BUCKETS) / 100.0;
+    let rounded = buckets.round();
+    if (buckets - rounded).abs() > 1e-6 {
+        return Err(ConfigError::invalid(
+            field,
+            format!("must be a multiple of 0.01, got {p}"),
+        ));
+    }
+    Ok(rounded as u32)
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_header_value_byte(b: u8) -> bool {
+    b.is_ascii_graphic()
+}

@@ -1,0 +1,193 @@
+//! The proxy-wasm ABI 0.2.1 host functions abmesh uses, with safe wrappers.
+//!
+//! abmesh talks to the ABI directly rather than through the proxy-wasm Rust
+//! SDK: the SDK exports every `proxy_on_*` callback, and Envoy enters the VM
+//! for each one that is exported, on every request. A filter that only needs
+//! request headers pays for response headers, body, log, done and delete
+//! entries it ignores. Exporting only what we use is most of the difference
+//! between the SDK filter (≈0.72 of Envoy without a filter) and this one;
+//! see benches/README.md.
+
+use std::ptr::null_mut;
+
+/// Header maps of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy)]
+pub enum MapType {
+    RequestHeaders = 0,
+    ResponseHeaders = 2,
+}
+
+/// Buffers of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy)]
+pub enum BufferType {
+    PluginConfiguration = 7,
+}
+
+/// Log levels of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy)]
+pub enum LogLevel {
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
+
+/// `WasmResult` codes we look at.
+pub const STATUS_OK: u32 = 0;
+pub const STATUS_NOT_FOUND: u32 = 1;
+
+/// Filter return values.
+pub const ACTION_CONTINUE: u32 = 0;
+pub const ACTION_PAUSE: u32 = 1;
+
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+}
+
+/// Takes ownership of a buffer the host filled through
+/// `proxy_on_memory_allocate`.
+///
+/// # Safety
+/// `data` must be null or come from [`super::proxy_on_memory_allocate`]
+/// with capacity `size`.
+unsafe fn take_host_buffer(data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if data.is_null() {
+        None
+    } else {
+        Some(Vec::from_raw_parts(data, size, size))
+    }
+}
+
+pub fn log(level: LogLevel, message: &str) {
+    // SAFETY: pointer and length describe a live &str.
+    unsafe {
+        proxy_log(level as u32, message.as_ptr(), message.len());
+    }
+}
+
+/// The plugin configuration bytes (empty if none).
+pub fn plugin_configuration(size: usize) -> Vec<u8> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: out-pointers are valid; the host allocates through our
+    // allocator export.
+    unsafe {
+        let status = proxy_get_buffer_bytes(
+            BufferType::PluginConfiguration as u32,
+            0,
+            size,
+            &mut data,
+            &mut len,
+        );
+        if status != STATUS_OK {
+            return Vec::new();
+        }
+        take_host_buffer(data, len).unwrap_or_default()
+    }
+}
+
+/// One header's value (raw bytes), or `None` if absent.
+pub fn get_header(map: MapType, name: &str) -> Option<Vec<u8>> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: as above.
+    unsafe {
+        match proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut len)
+        {
+            STATUS_OK => take_host_buffer(data, len),
+            _ => None,
+        }
+    }
+}
+
+pub fn set_header(map: MapType, name: &str, value: &[u8]) {
+    // SAFETY: pointers and lengths describe live slices.
+    unsafe {
+        proxy_replace_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        );
+    }
+}
+
+pub fn remove_header(map: MapType, name: &str) {
+    // SAFETY: pointer and length describe a live &str.
+    unsafe {
+        proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len());
+    }
+}
+
+/// Calls a host foreign function with no arguments; returns the host's
+/// status code.
+pub fn call_foreign(name: &str) -> u32 {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: as above; any result buffer is taken back and freed.
+    unsafe {
+        let status =
+            proxy_call_foreign_function(name.as_ptr(), name.len(), [].as_ptr(), 0, &mut data, &mut len);
+        drop(take_host_buffer(data, len));
+        status
+    }
+}
+
+/// Answers the request locally.
+pub fn send_local_response(status: u32, details: &str, body: &[u8]) {
+    // A serialized header map with zero pairs.
+    let no_headers = 0u32.to_le_bytes();
+    // SAFETY: pointers and lengths describe live slices.
+    unsafe {
+        proxy_send_local_response(
+            status,
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            no_headers.as_ptr(),
+            no_headers.len(),
+            -1,
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! The proxy-wasm glue: ABI exports that feed Envoy's request headers to the
+//! assignment core and write its decisions back.
+//!
+//! Per request Envoy enters the VM for `proxy_on_context_create`,
+//! `proxy_on_request_headers`, `proxy_on_response_headers`, and once per
+//! header value it hands us (`proxy_on_memory_allocate`). Nothing else is
+//! exported, so nothing else is called.
+
+mod abi;
+mod streams;
+
+use crate::{HeaderSink, MissingIdentity, Plan, RequestHeaders, Slot, Verdict};
+use abi::{LogLevel, MapType};
+use std::cell::{OnceCell, RefCell};
+use streams::StreamTable;
+
+/// Longest `:path` the rewrite buffer holds without growing.
+const PATH_CAPACITY: usize = 8 * 1024;
+
+/// One configured plugin instance (a root context). Several can share a VM
+/// when Envoy runs the same module for several filters.
+struct Root {
+    id: u32,
+    plan: Option<Plan>,
+    /// Per-request scratch space, sized once in `proxy_on_configure`.
+    scratch: Option<Scratch>,
+    /// Assignments of in-flight streams, for the echo header.
+    echo: Option<StreamTable>,
+    route_cache_fn: bool,
+}
+
+struct Scratch {
+    decisions: crate::Decisions,
+    cache: Box<[OnceCell<Option<Vec<u8>>>]>,
+    path_buf: Vec<u8>,
+    echo_buf: Vec<u8>,
+}
+
+struct Vm {
+    roots: Vec<Root>,
+    /// Stream context id → index in `roots`, needed only with several roots.
+    stream_roots: StreamTable,
+}
+
+thread_local! {
+    static VM: RefCell<Vm> = RefCell::new(Vm {
+        roots: Vec::new(),
+        stream_roots: StreamTable::new(4096, 1),
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+/// The host copies header values and buffers into memory it gets from here.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let mut v: Vec<u8> = Vec::with_capacity(size);
+    let p = v.as_mut_ptr();
+    std::mem::forget(v);
+    p
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: usize) -> u32 {
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u32) {
+    VM.with_borrow_mut(|vm| {
+        if parent_context_id == 0 {
+            vm.roots.push(Root {
+                id: context_id,
+                plan: None,
+                scratch: None,
+                echo: None,
+                route_cache_fn: true,
+            });
+        } else if vm.roots.len() > 1 {
+            if let Some(i) = vm.roots.iter().position(|r| r.id == parent_context_id) {
+                vm.stream_roots.insert(context_id, &[i as u16 + 1]);
+            }
+        }
+    })
+}
+
+/// Parses and validates the plugin configuration. Returning 0 makes Envoy
+/// refuse the plugin; the log line names the offending field.
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: usize) -> u32 {
+    let bytes = abi::plugin_configuration(configuration_size);
+    let plan = match Plan::from_json(&bytes) {
+        Ok(plan) => plan,
+        Err(e) => {
+            abi::log(LogLevel::Error, &format!("abmesh: {e}"));
+            return 0;
+        }
+    };
+    abi::log(
+        LogLevel::Info,
+        &format!(
+            "abmesh: configured {} experiment(s): {}",
+            plan.experiments().len(),
+            plan.experiments()
+                .iter()
+                .map(|e| e.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    VM.with_borrow_mut(|vm| {
+        let Some(root) = vm.roots.iter_mut().find(|r| r.id == root_context_id) else {
+            abi::log(LogLevel::Error, "abmesh: configure for an unknown root context");
+            return 0;
+        };
+        root.scratch = Some(Scratch {
+            decisions: plan.decisions(),
+            cache: (0..plan.header_names().len()).map(|_| OnceCell::new()).collect(),
+            path_buf: Vec::with_capacity(PATH_CAPACITY),
+            echo_buf: Vec::with_capacity(256),
+        });
+        root.echo = plan
+            .echo_header()
+            .map(|_| StreamTable::new(1024, plan.experiments().len()));
+        root.plan = Some(plan);
+        1
+    })
+}
+
+/// Request headers read from the host on first use, cached per slot.
+struct HostHeaders<'a> {
+    cache: &'a [OnceCell<Option<Vec<u8>>>],
+}
+
+impl RequestHeaders for HostHeaders<'_> {
+    fn get(&self, slot: Slot, name: &str) -> Option<&[u8]> {
+        self.cache[usize::from(slot)]
+            .get_or_init(|| abi::get_header(MapType::RequestHeaders, name))
+            .as_deref()
+    }
+}
+
+struct HostSink;
+
+impl HeaderSink for HostSink {
+    fn set(&mut self, name: &str, value: &[u8]) {
+        abi::set_header(MapType::RequestHeaders, name, value);
+    }
+    fn remove(&mut self, name: &str) {
+        abi::remove_header(MapType::RequestHeaders, name);
+    }
+}
+
+fn root_of(vm: &mut Vm, context_id: u32) -> Option<&mut Root> {
+    if vm.roots.len() == 1 {
+        return vm.roots.first_mut();
+    }
+    let mut idx = [0u16];
+    if !vm.stream_roots.get(context_id, &mut idx) || idx[0] == 0 {
+        return None;
+    }
+    vm.roots.get_mut(usize::from(idx[0] - 1))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eos: u32) -> u32 {
+    VM.with_borrow_mut(|vm| {
+        let Some(root) = root_of(vm, context_id) else {
+            return abi::ACTION_CONTINUE;
+        };
+        let (Some(plan), Some(s)) = (&root.plan, &mut root.scratch) else {
+            return abi::ACTION_CONTINUE;
+        };
+        for c in s.cache.iter_mut() {
+            c.take();
+        }
+        let headers = HostHeaders { cache: &s.cache };
+        if plan.decide(&headers, &mut s.decisions) == Verdict::RejectMissingIdentity {
+            debug_assert_eq!(plan.missing_identity(), MissingIdentity::Reject);
+            abi::send_local_response(
+                400,
+                "abmesh_missing_identity",
+                b"abmesh: this request needs a user identity\n",
+            );
+            return abi::ACTION_PAUSE;
+        }
+        plan.apply(&s.decisions, &headers, &mut s.path_buf, &mut HostSink);
+        if plan.clear_route_cache() && root.route_cache_fn {
+            // Envoy >= 1.33 only re-selects the route when asked; older
+            // versions do it on header changes and lack the function.
+            if abi::call_foreign("clear_route_cache") == abi::STATUS_NOT_FOUND {
+                root.route_cache_fn = false;
+            }
+        }
+        if let Some(echo) = &mut root.echo {
+            echo.insert_assignments(context_id, s.decisions.assignments());
+        }
+        abi::ACTION_CONTINUE
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, _eos: u32) -> u32 {
+    VM.with_borrow_mut(|vm| {
+        let Some(root) = root_of(vm, context_id) else {
+            return abi::ACTION_CONTINUE;
+        };
+        let (Some(plan), Some(s), Some(echo)) = (&root.plan, &mut root.scratch, &mut root.echo)
+        else {
+            return abi::ACTION_CONTINUE;
+        };
+        if echo.take_assignments(context_id, &mut s.decisions) {
+            plan.write_echo(&s.decisions, &mut s.echo_buf);
+            if !s.echo_buf.is_empty() {
+                let name = plan.echo_header().unwrap_or_default();
+                abi::set_header(MapType::ResponseHeaders, name, &s.echo_buf);
+            }
+        }
+        abi::ACTION_CONTINUE
+    })
+}

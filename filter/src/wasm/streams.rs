@@ -1,0 +1,64 @@
+//! Small per-stream state, kept without a per-request allocation and
+//! without exporting `proxy_on_delete` (which would cost one more VM entry
+//! per request).
+//!
+//! A fixed ring of slots indexed by `context_id % capacity`, tagged with the
+//! id. Envoy hands out context ids in increasing order, so a slot is only
+//! reused once `capacity` newer streams have started; an entry overwritten
+//! that way is simply not found (its stream gets no echo header).
+
+use crate::Decisions;
+
+pub struct StreamTable {
+    ids: Box<[u32]>,
+    width: usize,
+    data: Box<[u16]>,
+}
+
+impl StreamTable {
+    pub fn new(capacity: usize, width: usize) -> Self {
+        StreamTable {
+            ids: vec![0; capacity].into_boxed_slice(),
+            width,
+            data: vec![0; capacity * width].into_boxed_slice(),
+        }
+    }
+
+    fn slot(&self, context_id: u32) -> usize {
+        context_id as usize % self.ids.len()
+    }
+
+    pub fn insert(&mut self, context_id: u32, values: &[u16]) {
+        let i = self.slot(context_id);
+        self.ids[i] = context_id;
+        self.data[i * self.width..(i + 1) * self.width].copy_from_slice(values);
+    }
+
+    /// Copies the stream's values into `out`; false if not found.
+    pub fn get(&self, context_id: u32, out: &mut [u16]) -> bool {
+        let i = self.slot(context_id);
+        if self.ids[i] != context_id || context_id == 0 {
+            return false;
+        }
+        out.copy_from_slice(&self.data[i * self.width..(i + 1) * self.width]);
+        true
+    }
+
+    pub fn insert_assignments(&mut self, context_id: u32, a: &[crate::Assignment]) {
+        let i = self.slot(context_id);
+        self.ids[i] = context_id;
+        let row = &mut self.data[i * self.width..(i + 1) * self.width];
+        Decisions::pack_variants(a, row);
+    }
+
+    /// Restores the variants of a stream into `d` and forgets the stream.
+    pub fn take_assignments(&mut self, context_id: u32, d: &mut Decisions) -> bool {
+        let i = self.slot(context_id);
+        if self.ids[i] != context_id || context_id == 0 {
+            return false;
+        }
+        self.ids[i] = 0;
+        d.unpack_variants(&self.data[i * self.width..(i + 1) * self.width]);
+        true
+    }
+}

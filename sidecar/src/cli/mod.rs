@@ -1,0 +1,3 @@
+//! Subcommands of the `abmesh` binary.
+
+pub mod assign;

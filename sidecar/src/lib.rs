@@ -1,0 +1,6 @@
+//! abmesh sidecar: hosts the model versions under test (ONNX Runtime,
+//! KServe v2 REST), ingests exposures and outcomes durably, and evaluates
+//! experiments. The `abmesh` binary wraps this library.
+
+pub mod cli;
+pub mod stats;
