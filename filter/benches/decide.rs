@@ -13,7 +13,10 @@ struct Req<'a> {
 
 impl RequestHeaders for Req<'_> {
     fn get(&self, _slot: Slot, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
     }
 }
 

@@ -288,10 +288,12 @@ impl Plan {
                 return false;
             }
         }
-        c.headers.iter().all(|h| match req.get(h.slot, self.name(h.slot)) {
-            None => false,
-            Some(v) => h.value.as_deref().is_none_or(|want| want == v),
-        })
+        c.headers
+            .iter()
+            .all(|h| match req.get(h.slot, self.name(h.slot)) {
+                None => false,
+                Some(v) => h.value.as_deref().is_none_or(|want| want == v),
+            })
     }
 
     fn assign_one(&self, i: usize, user: &[u8], layer_buckets: &mut [u32]) -> Assignment {
@@ -338,7 +340,11 @@ impl Plan {
                 continue;
             };
             let (exp, var) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
-            let Some(i) = self.experiments.iter().position(|e| e.name.as_bytes() == exp) else {
+            let Some(i) = self
+                .experiments
+                .iter()
+                .position(|e| e.name.as_bytes() == exp)
+            else {
                 continue;
             };
             if out.slots[i] == Assignment::NotMatched {

@@ -31,6 +31,9 @@ mod tests {
         assert_eq!(cookie_value(b"uid=\"q\"", b"uid"), Some(&b"q"[..]));
         assert_eq!(cookie_value(b"xuid=1", b"uid"), None);
         assert_eq!(cookie_value(b"uid", b"uid"), None);
-        assert_eq!(cookie_value(b"uid=\xff\xfe", b"uid"), Some(&b"\xff\xfe"[..]));
+        assert_eq!(
+            cookie_value(b"uid=\xff\xfe", b"uid"),
+            Some(&b"\xff\xfe"[..])
+        );
     }
 }

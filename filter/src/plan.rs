@@ -290,7 +290,9 @@ impl Compiler {
                     if start >= end {
                         return Err(ConfigError::invalid(
                             at("layer.range_percent"),
-                            format!("must be an interval [start, end) with start < end, got [{s}, {e}]"),
+                            format!(
+                                "must be an interval [start, end) with start < end, got [{s}, {e}]"
+                            ),
                         ));
                     }
                     let li = match layer_names.iter().position(|n| n == &l.name) {
@@ -330,7 +332,10 @@ impl Compiler {
                 ));
             }
             if exp.variants.len() > usize::from(u16::MAX) {
-                return Err(ConfigError::invalid(at("variants"), "has too many variants"));
+                return Err(ConfigError::invalid(
+                    at("variants"),
+                    "has too many variants",
+                ));
             }
             let total: f64 = exp.variants.iter().map(|v| v.weight).sum();
             let mut variants: Vec<Variant> = Vec::with_capacity(exp.variants.len());
@@ -381,7 +386,10 @@ impl Compiler {
                         if conditions.path_prefix.is_none() {
                             return Err(ConfigError::invalid(
                                 vat("path_prefix"),
-                                format!("rewrites the matched path prefix, so {} must be set", at("match.path_prefix")),
+                                format!(
+                                    "rewrites the matched path prefix, so {} must be set",
+                                    at("match.path_prefix")
+                                ),
                             ));
                         }
                         check_path(&vat("path_prefix"), p)?;
@@ -422,7 +430,10 @@ impl Compiler {
             let mut allowlist = Vec::with_capacity(exp.allowlist.len());
             for (user, variant) in &exp.allowlist {
                 if user.is_empty() {
-                    return Err(ConfigError::invalid(at("allowlist"), "has an empty user id"));
+                    return Err(ConfigError::invalid(
+                        at("allowlist"),
+                        "has an empty user id",
+                    ));
                 }
                 let vi = find_variant(at(&format!("allowlist.{user}")), variant)?;
                 allowlist.push((user.as_bytes().into(), vi));
@@ -530,7 +541,10 @@ impl Compiler {
 /// lower-case names; `X-User-Id` in a config means `x-user-id`).
 fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
     if name.is_empty() {
-        return Err(ConfigError::invalid(field, "must not be an empty header name"));
+        return Err(ConfigError::invalid(
+            field,
+            "must not be an empty header name",
+        ));
     }
     if name.starts_with(':') {
         return Err(ConfigError::invalid(
@@ -570,7 +584,11 @@ fn check_name(field: &str, name: &str, allow_upper: bool) -> Result<(), ConfigEr
     if ok {
         Ok(())
     } else {
-        let alphabet = if allow_upper { "A-Za-z0-9_.-" } else { "a-z0-9_.-" };
+        let alphabet = if allow_upper {
+            "A-Za-z0-9_.-"
+        } else {
+            "a-z0-9_.-"
+        };
         Err(ConfigError::invalid(
             field,
             format!("must be 1 to 64 characters of [{alphabet}], got {name:?}"),

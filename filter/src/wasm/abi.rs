@@ -166,8 +166,14 @@ pub fn call_foreign(name: &str) -> u32 {
     let (mut data, mut len) = (null_mut(), 0);
     // SAFETY: as above; any result buffer is taken back and freed.
     unsafe {
-        let status =
-            proxy_call_foreign_function(name.as_ptr(), name.len(), [].as_ptr(), 0, &mut data, &mut len);
+        let status = proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            [].as_ptr(),
+            0,
+            &mut data,
+            &mut len,
+        );
         drop(take_host_buffer(data, len));
         status
     }

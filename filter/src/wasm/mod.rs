@@ -111,12 +111,17 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
     );
     VM.with_borrow_mut(|vm| {
         let Some(root) = vm.roots.iter_mut().find(|r| r.id == root_context_id) else {
-            abi::log(LogLevel::Error, "abmesh: configure for an unknown root context");
+            abi::log(
+                LogLevel::Error,
+                "abmesh: configure for an unknown root context",
+            );
             return 0;
         };
         root.scratch = Some(Scratch {
             decisions: plan.decisions(),
-            cache: (0..plan.header_names().len()).map(|_| OnceCell::new()).collect(),
+            cache: (0..plan.header_names().len())
+                .map(|_| OnceCell::new())
+                .collect(),
             path_buf: Vec::with_capacity(PATH_CAPACITY),
             echo_buf: Vec::with_capacity(256),
         });
@@ -191,6 +196,11 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
             // versions do it on header changes and lack the function.
             if abi::call_foreign("clear_route_cache") == abi::STATUS_NOT_FOUND {
                 root.route_cache_fn = false;
+                abi::log(
+                    LogLevel::Warn,
+                    "abmesh: this proxy has no clear_route_cache foreign function; \
+                     relying on it to re-select the route after header changes",
+                );
             }
         }
         if let Some(echo) = &mut root.echo {

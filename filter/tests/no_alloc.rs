@@ -1,0 +1,148 @@
+//! The per-request path allocates nothing: a counting global allocator sees
+//! zero allocations across thousands of decisions (decide + apply) for a
+//! config with 3 experiments in 2 layers, match conditions, cookie identity
+//! fallback, the force header and an allowlist.
+#![cfg(not(target_arch = "wasm32"))]
+
+use abmesh_filter::{HeaderSink, Plan, RequestHeaders, Slot};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+struct Req<'a>(&'a [(&'a str, &'a [u8])]);
+impl RequestHeaders for Req<'_> {
+    fn get(&self, _: Slot, name: &str) -> Option<&[u8]> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+}
+
+/// Sums lengths so the writes are not optimized away; allocates nothing.
+struct Sink(usize);
+impl HeaderSink for Sink {
+    fn set(&mut self, name: &str, value: &[u8]) {
+        self.0 += name.len() + value.len();
+    }
+    fn remove(&mut self, name: &str) {
+        self.0 += name.len();
+    }
+}
+
+const CONFIG: &str = r#"{
+  "identity": [{"header": "x-user-id"}, {"cookie": "uid"}],
+  "force_header": "x-abmesh-force",
+  "echo_header": "x-abmesh-assignment",
+  "experiments": [
+    {"name": "ranker", "layer": {"name": "models", "range_percent": [0, 50]},
+     "match": {"path_prefix": "/v2/models/ranker/", "methods": ["POST", "GET"]},
+     "allowlist": {"qa-user": "treatment"},
+     "variants": [
+       {"name": "control", "weight": 50, "cluster": "ranker-v1", "path_prefix": "/v2/models/ranker/versions/1/"},
+       {"name": "treatment", "weight": 50, "cluster": "ranker-v2", "path_prefix": "/v2/models/ranker/versions/2/", "authority": "ranker-v2.models.svc"}]},
+    {"name": "reranker", "layer": {"name": "models", "range_percent": [50, 100]},
+     "match": {"headers": [{"name": "x-tier", "value": "gold"}]},
+     "variants": [{"name": "a", "weight": 1, "cluster": "rr-a"}, {"name": "b", "weight": 1, "cluster": "rr-b"}]},
+    {"name": "banner", "traffic_percent": 80,
+     "variants": [{"name": "x", "weight": 1}, {"name": "y", "weight": 1}, {"name": "z", "weight": 2}]}
+  ]
+}"#;
+
+#[test]
+fn deciding_allocates_nothing() {
+    let plan = Plan::from_json(CONFIG.as_bytes()).unwrap();
+    assert_eq!(plan.experiments().len(), 3);
+    let mut decisions = plan.decisions();
+    let mut path_buf = Vec::with_capacity(8192);
+    let mut echo_buf = Vec::with_capacity(256);
+    let mut sink = Sink(0);
+
+    // Ids and requests are built before counting starts.
+    let ids: Vec<Vec<u8>> = (0..2000u32)
+        .map(|i| {
+            let mut id = format!("user-{i}").into_bytes();
+            if i % 7 == 0 {
+                id.push(0xff); // not UTF-8
+            }
+            id
+        })
+        .collect();
+    let cookies: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| [&b"theme=dark; uid="[..], id].concat())
+        .collect();
+    let long_path = format!("/v2/models/ranker/infer?{}", "q".repeat(4000));
+
+    let start = allocations();
+    let mut decided = 0u64;
+    for (i, (id, cookie)) in ids.iter().zip(&cookies).enumerate() {
+        let path: &[u8] = if i % 3 == 0 {
+            long_path.as_bytes()
+        } else {
+            b"/v2/models/ranker/infer"
+        };
+        let with_header: [(&str, &[u8]); 4] = [
+            (":path", path),
+            (":method", b"POST"),
+            ("x-user-id", id),
+            ("x-tier", b"gold"),
+        ];
+        let with_cookie: [(&str, &[u8]); 4] = [
+            (":path", b"/other"),
+            (":method", b"GET"),
+            ("cookie", cookie),
+            ("x-abmesh-force", b"banner=z, ranker=control"),
+        ];
+        let anonymous: [(&str, &[u8]); 2] = [(":path", path), (":method", b"POST")];
+        for headers in [&with_header[..], &with_cookie[..], &anonymous[..]] {
+            let req = Req(headers);
+            plan.decide(&req, &mut decisions);
+            plan.apply(&decisions, &req, &mut path_buf, &mut sink);
+            plan.write_echo(&decisions, &mut echo_buf);
+            decided += 1;
+        }
+        let req = Req(&[("x-user-id", b"qa-user")]);
+        plan.decide(&req, &mut decisions);
+        plan.apply(&decisions, &req, &mut path_buf, &mut sink);
+        decided += 1;
+    }
+    let allocated = allocations() - start;
+    assert!(sink.0 > 0);
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations over {decided} decisions"
+    );
+}
+
+#[test]
+fn the_counter_does_count() {
+    // Guards against a counting allocator that silently sees nothing.
+    let start = allocations();
+    let v = std::hint::black_box(vec![1u8; 64]);
+    assert_eq!(allocations() - start, 1);
+    drop(v);
+}

@@ -1,0 +1,83 @@
+//! A minimal HTTP/1.1 client over one keep-alive connection, able to send
+//! header values that are not UTF-8.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// A response: status, headers, body.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+pub struct Client {
+    port: u16,
+    sender: Option<SendRequest<Empty<Bytes>>>,
+}
+
+impl Client {
+    pub fn new(port: u16) -> Self {
+        Client { port, sender: None }
+    }
+
+    async fn sender(&mut self) -> &mut SendRequest<Empty<Bytes>> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .expect("connect to proxy");
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("http1 handshake");
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        self.sender.as_mut().unwrap()
+    }
+
+    /// Sends `method path` with raw header values.
+    pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "abmesh.test");
+        for (name, value) in headers {
+            req = req.header(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).expect("valid header bytes"),
+            );
+        }
+        let req = req.body(Empty::new()).unwrap();
+        let sender = self.sender().await;
+        sender.ready().await.expect("connection ready");
+        let resp = sender.send_request(req).await.expect("send request");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("read body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        self.send("GET", path, headers).await
+    }
+}
