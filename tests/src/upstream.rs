@@ -14,9 +14,14 @@ use tokio::net::TcpListener;
 /// `{"upstream", "path", "authority", "headers": {name: value}}` where
 /// header values are shown lossily as UTF-8.
 pub async fn start(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    start_on(name, 0).await
+}
+
+/// Like [`start`], on a given port (0: any free port).
+pub async fn start_on(name: &'static str, port: u16) -> u16 {
+    let listener = TcpListener::bind(("127.0.0.1", port))
         .await
-        .expect("bind upstream");
+        .unwrap_or_else(|e| panic!("bind upstream {name} on 127.0.0.1:{port}: {e}"));
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up (scripts/setup.sh) and runs every test of the project:
+#  1. the workspace's Rust tests (unit, property, zero-allocation, sidecar,
+#     and the cross-component tests against a real Envoy in tests/),
+#  2. the filter's portable tests compiled to wasm32 and run under Node, so
+#     the wasm build is proven to agree with the native one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+source scripts/env.sh
+
+step() { printf '\n\033[1;34m[test]\033[0m %s\n' "$*"; }
+
+step "build the filter (release wasm) and the abmesh binary"
+cargo build --release --target wasm32-wasip1 -p abmesh-filter
+cargo build -p abmesh-sidecar --bin abmesh
+
+step "workspace tests"
+cargo test --workspace
+
+step "portable golden tests on wasm32 under Node"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p abmesh-filter --target wasm32-unknown-unknown --test portable
+
+step "all tests passed"
