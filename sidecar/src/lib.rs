@@ -2,5 +2,12 @@
 //! KServe v2 REST), ingests exposures and outcomes durably, and evaluates
 //! experiments. The `abmesh` binary wraps this library.
 
+pub mod aggregate;
 pub mod cli;
+pub mod events;
+pub mod kserve;
+pub mod model;
+pub mod report;
+pub mod server;
 pub mod stats;
+pub mod store;

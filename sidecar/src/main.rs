@@ -19,12 +19,26 @@ enum Command {
     /// every experiment of a plugin configuration, exactly as the Envoy
     /// filter assigns it.
     Assign(cli::assign::Args),
+    /// Run the sidecar service: host the ONNX model versions of a model
+    /// repository behind the KServe v2 REST protocol, with admin endpoints
+    /// and Prometheus /metrics.
+    Serve(cli::serve::Args),
+    /// Evaluate statistical cases (format of shared/stats/README.md) and
+    /// print their results as JSON.
+    Stats(cli::stats::Args),
+    /// Print an experiment's report (decision, tests, intervals), from a
+    /// running sidecar or, offline, from data directories or exported
+    /// states (merged).
+    Report(cli::report::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Assign(args) => cli::assign::run(args),
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Stats(args) => cli::stats::run(args),
+        Command::Report(args) => cli::report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

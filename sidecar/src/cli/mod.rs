@@ -1,3 +1,8 @@
 //! Subcommands of the `abmesh` binary.
 
 pub mod assign;
+pub mod evaluation;
+pub mod http;
+pub mod report;
+pub mod serve;
+pub mod stats;

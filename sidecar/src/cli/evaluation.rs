@@ -1,0 +1,119 @@
+//! The `abmesh serve` flags of the outcome log and the reports, and how
+//! they install the [`Ingest`] component into the `AppState`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::aggregate::{Definitions, EngineOptions};
+use crate::events::http::{Ingest, DEFAULT_INGEST_BODY_LIMIT};
+use crate::report::{ReportSettings, Settings};
+use crate::server::AppStateBuilder;
+use crate::store::StoreOptions;
+
+/// Outcome log and evaluation (flattened into `abmesh serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvaluationArgs {
+    /// Keep the outcome log here and serve /v1/events, /v1/exposures and
+    /// /admin/experiments. Created if missing; one process per directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Experiment definitions: the filter's plugin configuration (JSON).
+    /// Gives variant order, control and weights (for the SRM check), and
+    /// lets exposures be checked against the assignment core.
+    #[arg(long, value_name = "FILE")]
+    pub experiments: Option<PathBuf>,
+
+    /// Evaluation settings (JSON): alpha, power, target_lift, n_star,
+    /// min_users, and per experiment primary_metric and metric directions.
+    #[arg(long, value_name = "FILE")]
+    pub evaluation: Option<PathBuf>,
+
+    /// Largest /v1/events or /v1/exposures body (bytes, or with
+    /// KiB/MiB/GiB); larger gets a 413.
+    #[arg(long, default_value_t = DEFAULT_INGEST_BODY_LIMIT, value_parser = parse_size, value_name = "SIZE")]
+    pub ingest_body_limit: usize,
+
+    /// Write a snapshot after this much log (restart replays at most about
+    /// this much).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub snapshot_every: usize,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected bytes, or a number with KiB, MiB or GiB"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("invalid size unit {other:?}: use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Reads `--experiments`.
+pub fn load_definitions(path: Option<&Path>) -> Result<Option<Arc<Definitions>>> {
+    let Some(path) = path else { return Ok(None) };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let d = Definitions::from_json(&bytes).with_context(|| format!("in {}", path.display()))?;
+    Ok(Some(Arc::new(d)))
+}
+
+/// Reads `--evaluation` (defaults without it).
+pub fn load_settings(path: Option<&Path>) -> Result<Settings> {
+    match path {
+        Some(p) => Ok(Settings::from_file(p)?),
+        None => Ok(Settings::default()),
+    }
+}
+
+/// Opens the log (recovering it) and installs [`Ingest`] and the report
+/// settings; None without `--data-dir`.
+pub fn install(args: &EvaluationArgs, state: &mut AppStateBuilder) -> Result<Option<Ingest>> {
+    let Some(dir) = &args.data_dir else {
+        tracing::info!("no --data-dir: this server keeps no outcome log");
+        return Ok(None);
+    };
+    let definitions = load_definitions(args.experiments.as_deref())?;
+    let settings = load_settings(args.evaluation.as_deref())?;
+    let t = std::time::Instant::now();
+    let (ingest, recovery) = Ingest::open(
+        dir,
+        definitions.clone(),
+        StoreOptions {
+            snapshot_every_bytes: args.snapshot_every as u64,
+            ..StoreOptions::default()
+        },
+        EngineOptions::default(),
+        args.ingest_body_limit,
+        Some(state.registry_mut()),
+    )
+    .with_context(|| format!("opening the outcome log in {}", dir.display()))?;
+    tracing::info!(
+        dir = %dir.display(),
+        snapshot_lsn = recovery.snapshot_lsn,
+        replayed = recovery.replayed,
+        truncated_bytes = recovery.truncated_bytes,
+        last_lsn = recovery.last_lsn,
+        experiments = definitions.as_ref().map_or(0, |d| d.experiments().len()),
+        ms = t.elapsed().as_millis() as u64,
+        "outcome log recovered"
+    );
+    state.insert(ingest.clone());
+    state.insert(ReportSettings(Arc::new(settings)));
+    Ok(Some(ingest))
+}
+
+/// Stops the log cleanly (final snapshot) after the server stopped.
+pub async fn shutdown(ingest: Option<Ingest>) {
+    if let Some(i) = ingest {
+        let _ = tokio::task::spawn_blocking(move || i.store.shutdown()).await;
+    }
+}

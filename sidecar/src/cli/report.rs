@@ -1,0 +1,138 @@
+//! `abmesh report NAME`: an experiment's report in the terminal.
+//!
+//! By default it asks a running sidecar (`--url`, default
+//! `http://127.0.0.1:8000`): the report is then exactly what
+//! `/admin/experiments/NAME` serves, computed from the live aggregates in
+//! milliseconds, and the CLI needs no access to the data directory.
+//!
+//! Offline, `--data-dir DIR` rebuilds the state from a data directory
+//! (read-only: snapshot plus log tail, a torn tail is skipped, nothing is
+//! written, so it is safe beside a running sidecar, if slower), and
+//! `--state FILE` reads states exported with `GET /admin/state`. Several
+//! of either are merged first: the report of a fleet of sidecars.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use super::evaluation::{load_definitions, load_settings};
+use super::http::Client;
+use crate::aggregate::{Engine, EngineOptions};
+use crate::report::{html, report, text};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Html,
+}
+
+impl Format {
+    fn as_str(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Html => "html",
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The experiment.
+    pub name: String,
+
+    /// A running sidecar to ask [default: http://127.0.0.1:8000 unless
+    /// --data-dir or --state is given].
+    #[arg(long, value_name = "URL", conflicts_with_all = ["data_dir", "state"])]
+    pub url: Option<String>,
+
+    /// Read this data directory directly (read-only). Repeat to merge.
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Vec<PathBuf>,
+
+    /// Read a state exported with `GET /admin/state`. Repeat to merge.
+    #[arg(long, value_name = "FILE")]
+    pub state: Vec<PathBuf>,
+
+    /// Experiment definitions (the plugin JSON), offline only.
+    #[arg(long, value_name = "FILE")]
+    pub experiments: Option<PathBuf>,
+
+    /// Evaluation settings (JSON), offline only.
+    #[arg(long, value_name = "FILE")]
+    pub evaluation: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let out = if args.data_dir.is_empty() && args.state.is_empty() {
+        from_server(&args)?
+    } else {
+        offline(&args)?
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&out)?;
+    if !out.ends_with(b"\n") {
+        stdout.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+fn from_server(args: &Args) -> Result<Vec<u8>> {
+    if args.experiments.is_some() || args.evaluation.is_some() {
+        bail!("--experiments and --evaluation apply offline (--data-dir, --state); a running sidecar uses its own");
+    }
+    let url = args.url.as_deref().unwrap_or("http://127.0.0.1:8000");
+    let mut client = Client::new(url)?;
+    let path = format!("/admin/experiments/{}?format={}", args.name, args.format.as_str());
+    let resp = client
+        .get(&path, &[])
+        .with_context(|| format!("asking the sidecar at {url} (is `abmesh serve --data-dir ...` running?)"))?;
+    if resp.status != 200 {
+        let msg = serde_json::from_slice::<serde_json::Value>(&resp.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| resp.text());
+        bail!("{url}{path}: {} {msg}", resp.status);
+    }
+    Ok(resp.body)
+}
+
+fn offline(args: &Args) -> Result<Vec<u8>> {
+    let definitions = load_definitions(args.experiments.as_deref())?;
+    let settings = load_settings(args.evaluation.as_deref())?;
+    let opts = EngineOptions::default();
+    let mut states: Vec<Vec<u8>> = Vec::new();
+    for dir in &args.data_dir {
+        let (engine, _) = crate::store::load(dir, |s| Engine::restore(s, None, opts))
+            .with_context(|| format!("reading {}", dir.display()))?;
+        let mut bytes = Vec::new();
+        engine.encode_state(&mut bytes).map_err(anyhow::Error::msg)?;
+        states.push(bytes);
+    }
+    for f in &args.state {
+        states.push(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
+    }
+    let mut engine = Engine::new(definitions, opts);
+    for (i, s) in states.iter().enumerate() {
+        engine
+            .merge_state(s)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("merging source {}", i + 1))?;
+    }
+    let agg = engine.aggregates();
+    let Some(r) = report(&agg, &args.name, &settings) else {
+        let known: Vec<String> = agg.lock().expect("lock").experiments.iter().map(|e| e.name.clone()).collect();
+        bail!("no experiment {:?} in these sources (known: {})", args.name, known.join(", "));
+    };
+    Ok(match args.format {
+        Format::Text => text::render(&r).into_bytes(),
+        Format::Json => serde_json::to_vec_pretty(&r)?,
+        Format::Html => html::report_page(&r).into_bytes(),
+    })
+}

@@ -1,0 +1,351 @@
+//! `abmesh serve`: the sidecar service.
+//!
+//! Today it hosts ONNX models behind the KServe v2 protocol
+//! (`crate::model`, `crate::kserve`) with admin endpoints and `/metrics`
+//! (`crate::server`). Flags are parsed by clap into [`Args`], then validated
+//! once into a [`ServeConfig`]; nothing past that point re-checks them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use crate::model::dylib;
+use crate::model::metrics::HostMetrics;
+use crate::model::repository::Repository;
+use crate::model::{BatchConfig, DeviceRequest, HostConfig, ModelHost, Runtime, SessionOptions};
+use crate::server::{self, routes, AppState, ConnectionOptions, ServerLimits};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on. Port 0 picks a free port; the log line
+    /// "listening on http://..." says which.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+
+    /// Model repository: DIR/{name}/{version}/model.onnx, versions being
+    /// integers. Every version found is loaded at startup. Without it the
+    /// server hosts no models.
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
+
+    /// Execution provider: auto (CUDA when available, else CPU, saying so),
+    /// cpu, cuda or cuda:N (fail at startup if CUDA cannot be used).
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
+    device: DeviceRequest,
+
+    /// The libonnxruntime to load [env: ORT_DYLIB_PATH]. By default the one
+    /// of the installed `onnxruntime` Python wheel is found by itself.
+    #[arg(long, value_name = "PATH")]
+    ort_library: Option<PathBuf>,
+
+    /// ONNX Runtime sessions (one worker thread each) per model version
+    /// [default: the number of CPUs, at most 4].
+    #[arg(long, value_name = "N")]
+    instances: Option<usize>,
+
+    /// Threads ONNX Runtime may use inside one run of one session.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    intra_op_threads: usize,
+
+    /// Most rows merged into one run by dynamic batching, for models whose
+    /// inputs and outputs have a dynamic first dimension; 1 turns batching
+    /// off.
+    #[arg(long, default_value_t = 64, value_name = "ROWS")]
+    max_batch_size: usize,
+
+    /// How long the first request of a batch may wait for others, in
+    /// microseconds. 0 merges only requests that are already queued.
+    #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
+    max_queue_delay_us: u64,
+
+    /// Requests of models whose runs take at most this many microseconds
+    /// run on the HTTP thread when a session is idle and nothing is queued,
+    /// skipping the queue's two thread hand-offs: lower latency at low
+    /// concurrency for tiny models, lower throughput under load (no
+    /// batching). 0 (the default) always queues. Ignored with
+    /// --max-queue-delay-us.
+    #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
+    inline_max_us: u64,
+
+    /// Requests that may wait per model version; more get a 503.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    queue_capacity: usize,
+
+    /// Largest request body accepted (bytes, or with KiB/MiB/GiB); larger
+    /// gets a 413.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    body_limit: usize,
+
+    /// Threads serving HTTP [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    http_threads: Option<usize>,
+
+    /// On SIGTERM/SIGINT, how long requests in flight get to finish, in
+    /// seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    shutdown_grace: u64,
+
+    // Outcome log and reports: --data-dir, --experiments, --evaluation, ...
+    #[command(flatten)]
+    evaluation: super::evaluation::EvaluationArgs,
+}
+
+/// A flag value that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag} must be at least {min} (got {got})")]
+    TooSmall {
+        flag: &'static str,
+        min: usize,
+        got: usize,
+    },
+    #[error("--models {0}: not a folder")]
+    NotAFolder(PathBuf),
+}
+
+/// The validated configuration of `abmesh serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub models: Option<PathBuf>,
+    pub device: DeviceRequest,
+    pub ort_library: Option<PathBuf>,
+    pub host: HostConfig,
+    pub limits: ServerLimits,
+    pub connections: ConnectionOptions,
+    pub http_threads: usize,
+    /// Outcome log and reports (`crate::cli::evaluation`).
+    pub evaluation: super::evaluation::EvaluationArgs,
+}
+
+impl TryFrom<Args> for ServeConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: Args) -> Result<Self, ConfigError> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let at_least = |flag, min, got| {
+            if got < min {
+                Err(ConfigError::TooSmall { flag, min, got })
+            } else {
+                Ok(got)
+            }
+        };
+        let instances = at_least("instances", 1, a.instances.unwrap_or(cpus.min(4)))?;
+        let intra_op_threads = at_least("intra-op-threads", 1, a.intra_op_threads)?;
+        let max_batch_size = at_least("max-batch-size", 1, a.max_batch_size)?;
+        let queue_capacity = at_least("queue-capacity", 1, a.queue_capacity)?;
+        let body_limit = at_least("body-limit", 1024, a.body_limit)?;
+        let http_threads = at_least("http-threads", 1, a.http_threads.unwrap_or(cpus))?;
+        if let Some(dir) = &a.models {
+            if !dir.is_dir() {
+                return Err(ConfigError::NotAFolder(dir.clone()));
+            }
+        }
+        Ok(ServeConfig {
+            listen: a.listen,
+            models: a.models,
+            device: a.device,
+            ort_library: a
+                .ort_library
+                .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+                .filter(|p| !p.as_os_str().is_empty()),
+            host: HostConfig {
+                instances,
+                session: SessionOptions { intra_op_threads },
+                batching: BatchConfig {
+                    max_batch_size,
+                    max_queue_delay: Duration::from_micros(a.max_queue_delay_us),
+                },
+                queue_capacity,
+                inline_budget: Duration::from_micros(a.inline_max_us),
+            },
+            limits: ServerLimits { body_limit },
+            connections: ConnectionOptions {
+                shutdown_grace: Duration::from_secs(a.shutdown_grace),
+                ..ConnectionOptions::default()
+            },
+            http_threads,
+            evaluation: a.evaluation,
+        })
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    init_logging();
+    let config = ServeConfig::try_from(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.http_threads)
+        .thread_name("abmesh-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn serve(config: ServeConfig) -> Result<()> {
+    let mut state = AppState::builder(config.limits);
+    let host = match &config.models {
+        Some(dir) => {
+            let host = start_model_host(&config, dir, state.registry_mut()).await?;
+            state.models(host.clone());
+            Some(host)
+        }
+        None => {
+            tracing::info!("no --models: this server hosts no models");
+            None
+        }
+    };
+    // Outcome log and reports (crate::cli::evaluation): opened, recovered
+    // and installed before the port opens; closed after the server stops.
+    let ingest = super::evaluation::install(&config.evaluation, &mut state)?;
+    let state = state.build();
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on http://{addr}");
+    server::serve(
+        listener,
+        Arc::new(routes::router()),
+        state,
+        config.connections,
+        shutdown_signal(host),
+    )
+    .await?;
+    super::evaluation::shutdown(ingest).await;
+    Ok(())
+}
+
+async fn start_model_host(
+    config: &ServeConfig,
+    dir: &std::path::Path,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<Arc<ModelHost>> {
+    let library = dylib::locate(config.ort_library.as_deref())?;
+    tracing::info!(
+        path = %library.path.display(),
+        found_by = %library.source,
+        "loading ONNX Runtime"
+    );
+    let runtime = Arc::new(Runtime::init(library, config.device)?);
+    tracing::info!(device = %runtime.device(), "models run on {}", runtime.device());
+    let repository = Repository::open(dir)?;
+    let metrics = HostMetrics::register(registry.sub_registry_with_prefix("model"));
+    let host = Arc::new(ModelHost::new(repository, runtime, config.host, metrics));
+    let loader = host.clone();
+    let loaded = tokio::task::spawn_blocking(move || loader.load_all_blocking())
+        .await
+        .context("loading the models")??;
+    if loaded == 0 {
+        tracing::warn!(
+            repository = %dir.display(),
+            "no models found: expected {{name}}/{{version}}/model.onnx; load them later with POST /admin/models/{{name}}/versions/{{version}}/load"
+        );
+    }
+    Ok(host)
+}
+
+async fn shutdown_signal(host: Option<Arc<ModelHost>>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    if let Some(h) = host {
+        h.start_draining();
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Parses `1048576`, `512KiB`, `64MiB` or `1GiB`.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: usize = digits.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected bytes, or a number with KiB, MiB or GiB")
+    })?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("invalid size unit {other:?}: use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2 KiB"), Ok(2048));
+        assert!(parse_size("10MB").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn flags_are_validated_into_a_config() {
+        let cli = Cli::parse_from([
+            "x",
+            "--max-batch-size",
+            "8",
+            "--max-queue-delay-us",
+            "250",
+            "--device",
+            "cpu",
+        ]);
+        let c = ServeConfig::try_from(cli.args).unwrap();
+        assert_eq!(c.host.batching.max_batch_size, 8);
+        assert_eq!(c.host.batching.max_queue_delay, Duration::from_micros(250));
+        assert_eq!(c.device, DeviceRequest::Cpu);
+        assert_eq!(c.limits.body_limit, 64 << 20);
+
+        let cli = Cli::parse_from(["x", "--instances", "0"]);
+        let e = ServeConfig::try_from(cli.args).unwrap_err();
+        assert_eq!(e.to_string(), "--instances must be at least 1 (got 0)");
+        assert!(Cli::try_parse_from(["x", "--device", "gpu"]).is_err());
+    }
+}

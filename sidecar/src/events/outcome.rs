@@ -1,0 +1,205 @@
+//! Outcome events: what applications post to `POST /v1/events`.
+//!
+//! ```json
+//! {"experiment": "ranker", "user": "u-17", "metric": "purchase", "value": 12.5,
+//!  "timestamp": 1777636800250, "id": "order-8812"}
+//! ```
+//!
+//! | field | required | meaning |
+//! |---|---|---|
+//! | `user` | yes | the user id, as the filter reads it (1 to 256 bytes) |
+//! | `metric` | yes | metric name, 1 to 64 of `[A-Za-z0-9_.:-]` |
+//! | `experiment` | no | attribute only to this experiment; without it the event counts for every experiment the user is exposed in |
+//! | `value` | no | a finite number added to the user's total for the metric; without it the event is a conversion (counts 1) |
+//! | `covariate` | no | a pre-experiment value of the same metric for CUPED, added to the user's covariate; an event with `covariate` and no `value` carries only the covariate |
+//! | `timestamp` | no | Unix milliseconds or an RFC 3339 string; default: when the sidecar received it |
+//! | `id` | no | de-duplication key (1 to 256 bytes): a second event with the same id is acknowledged and ignored |
+//!
+//! The body is a JSON array of events, or NDJSON (one event per line;
+//! blank lines are skipped). Unknown fields are refused, so a typo
+//! (`"vaule"`) is an error rather than a silently missing value.
+
+use serde::Deserialize;
+
+use super::fields::{self, bare_message, Finite, Millis, Text};
+use super::ValidationError;
+
+/// Most events in one request.
+pub const MAX_EVENTS_PER_BATCH: usize = 100_000;
+
+/// One outcome event, borrowing its strings from the request body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome<'a> {
+    #[serde(default, borrow)]
+    pub experiment: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub user: Text<'a>,
+    #[serde(borrow)]
+    pub metric: Text<'a>,
+    #[serde(default)]
+    pub value: Option<Finite>,
+    #[serde(default)]
+    pub covariate: Option<Finite>,
+    #[serde(default)]
+    pub timestamp: Option<Millis>,
+    #[serde(default, borrow)]
+    pub id: Option<Text<'a>>,
+}
+
+impl Outcome<'_> {
+    /// Whether the event is an outcome (it has a value, or it is a
+    /// conversion), rather than a covariate alone.
+    pub fn is_outcome(&self) -> bool {
+        self.value.is_some() || self.covariate.is_none()
+    }
+
+    /// What the event adds to the user's total: its value, 1 for a
+    /// conversion, 0 for a covariate alone.
+    pub fn amount(&self) -> f64 {
+        match (self.value, self.covariate) {
+            (Some(v), _) => v.0,
+            (None, None) => 1.0,
+            (None, Some(_)) => 0.0,
+        }
+    }
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        fields::check_id(self.user.as_str()).map_err(|m| ("user", m))?;
+        fields::check_metric_name(self.metric.as_str()).map_err(|m| ("metric", m))?;
+        if let Some(e) = &self.experiment {
+            fields::check_experiment_name(e.as_str()).map_err(|m| ("experiment", m))?;
+        }
+        if let Some(id) = &self.id {
+            fields::check_id(id.as_str()).map_err(|m| ("id", m))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates a whole body (JSON array or NDJSON). A batch is
+/// all or nothing: the first invalid event rejects it, and the error names
+/// the event's index and field (`events[3].value: ...`).
+pub fn parse_outcomes(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
+    let first = body.iter().position(|b| !b.is_ascii_whitespace());
+    let events = match first.map(|i| body[i]) {
+        None => Vec::new(),
+        Some(b'[') => parse_array(body)?,
+        Some(_) => parse_ndjson(body)?,
+    };
+    if events.len() > MAX_EVENTS_PER_BATCH {
+        return Err(ValidationError::new(
+            "events",
+            format!("{} events in one request; at most {MAX_EVENTS_PER_BATCH}", events.len()),
+        ));
+    }
+    for (i, e) in events.iter().enumerate() {
+        e.check()
+            .map_err(|(field, message)| ValidationError::new(format!("events[{i}].{field}"), message))?;
+    }
+    Ok(events)
+}
+
+fn parse_array(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
+    match serde_json::from_slice::<Vec<Outcome>>(body) {
+        Ok(v) => Ok(v),
+        // Parse again, tracking the path, only to name the failing field.
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let e = match serde_path_to_error::deserialize::<_, Vec<Outcome>>(&mut de) {
+                Ok(_) => unreachable!("a body that failed to parse parsed"),
+                Err(e) => e,
+            };
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let path = if path == "." { "events".to_owned() } else { format!("events{path}") };
+            Err(ValidationError::new(
+                path,
+                format!("{} (line {}, column {})", bare_message(&inner), inner.line(), inner.column()),
+            ))
+        }
+    }
+}
+
+fn parse_ndjson(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
+    let mut out = Vec::with_capacity(body.len() / 96 + 1);
+    for (line_no, line) in body.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let index = out.len();
+        match serde_json::from_slice::<Outcome>(line) {
+            Ok(e) => out.push(e),
+            Err(_) => {
+                let mut de = serde_json::Deserializer::from_slice(line);
+                let e = match serde_path_to_error::deserialize::<_, Outcome>(&mut de) {
+                    Ok(_) => unreachable!("a line that failed to parse parsed"),
+                    Err(e) => e,
+                };
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let path = if path == "." { format!("events[{index}]") } else { format!("events[{index}].{path}") };
+                return Err(ValidationError::new(
+                    path,
+                    format!("{} (line {}, column {})", bare_message(&inner), line_no + 1, inner.column()),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_and_ndjson_parse_the_same_events() {
+        let a = br#"[{"user":"u1","metric":"buy","value":2.5,"experiment":"ranker","id":"e1"},
+                     {"user":"u2","metric":"click","timestamp":"2026-05-01T12:00:00Z"}]"#;
+        let n = b"{\"user\":\"u1\",\"metric\":\"buy\",\"value\":2.5,\"experiment\":\"ranker\",\"id\":\"e1\"}\n\n{\"user\":\"u2\",\"metric\":\"click\",\"timestamp\":\"2026-05-01T12:00:00Z\"}\n";
+        for body in [&a[..], &n[..]] {
+            let ev = parse_outcomes(body).unwrap();
+            assert_eq!(ev.len(), 2);
+            assert_eq!(ev[0].amount(), 2.5);
+            assert_eq!(ev[0].experiment.as_ref().unwrap().as_str(), "ranker");
+            assert_eq!(ev[1].amount(), 1.0);
+            assert!(ev[1].is_outcome());
+            assert_eq!(ev[1].timestamp.unwrap().0, 1_777_636_800_000);
+        }
+        assert!(parse_outcomes(b"  \n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_event_and_field() {
+        let body = br#"[{"user":"a","metric":"m"},{"user":"a","metric":"m"},{"user":"a","metric":"m"},{"user":"a","metric":"m","value":"x"}]"#;
+        let e = parse_outcomes(body).unwrap_err();
+        assert_eq!(e.path, "events[3].value");
+        assert!(e.message.starts_with("invalid type: string \"x\", expected a finite number"), "{e}");
+
+        let body = b"{\"user\":\"a\",\"metric\":\"m\"}\n{\"user\":\"a\",\"metric\":\"m\",\"vaule\":1}\n";
+        let e = parse_outcomes(body).unwrap_err();
+        assert_eq!(e.path, "events[1]");
+        assert!(e.message.contains("unknown field `vaule`") && e.message.contains("line 2"), "{e}");
+
+        let e = parse_outcomes(br#"[{"user":"a","metric":"bad metric"}]"#).unwrap_err();
+        assert_eq!(e.to_string(), "events[0].metric: must be 1 to 64 characters of A-Z a-z 0-9 _ . : - (got \"bad metric\")");
+
+        let e = parse_outcomes(br#"[{"user":"","metric":"m"}]"#).unwrap_err();
+        assert_eq!(e.path, "events[0].user");
+        let e = parse_outcomes(br#"[{"metric":"m"}]"#).unwrap_err();
+        assert_eq!(e.path, "events[0]");
+        assert!(e.message.contains("missing field `user`"));
+        let e = parse_outcomes(br#"[{"user":"a","metric":"m"}"#).unwrap_err();
+        assert!(e.path.starts_with("events"), "{e}");
+    }
+
+    #[test]
+    fn covariate_only_events_are_not_outcomes() {
+        let ev = parse_outcomes(br#"{"user":"a","metric":"m","covariate":4}"#).unwrap();
+        assert!(!ev[0].is_outcome());
+        assert_eq!(ev[0].amount(), 0.0);
+        let ev = parse_outcomes(br#"{"user":"a","metric":"m","covariate":4,"value":0}"#).unwrap();
+        assert!(ev[0].is_outcome());
+    }
+}

@@ -1,0 +1,431 @@
+//! Inference requests and responses, in JSON and in the binary tensor
+//! extension.
+//!
+//! With the extension (what `tritonclient` sends by default) the body is a
+//! JSON header of `Inference-Header-Content-Length` bytes followed by the raw
+//! bytes of the inputs that carry a `binary_data_size` parameter, in the
+//! order of the `inputs` array. Responses mirror it: outputs asked for as
+//! binary (`"binary_data": true` on the output, or `binary_data_output` on
+//! the request when it names no outputs) follow the JSON header, and the
+//! response says where the header ends with the same HTTP header.
+
+use serde::Serialize;
+
+use super::json::{self, JsonData};
+use super::types::InferRequest;
+use crate::model::tensor::format_shape;
+use crate::model::{DataType, NamedTensor, OutputTensor, Tensor};
+
+/// The HTTP header that splits a body into JSON and binary parts.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// A decoded inference request.
+#[derive(Debug)]
+pub struct DecodedRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<NamedTensor>,
+    /// The outputs asked for, by name; `None` asks for all.
+    pub outputs: Option<Vec<String>>,
+    /// Which outputs to return as binary data.
+    pub binary: BinaryOutputs,
+}
+
+/// Which outputs go in the binary part of the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinaryOutputs {
+    All,
+    None,
+    /// The outputs (by name) that asked for it.
+    Named(Vec<String>),
+}
+
+impl BinaryOutputs {
+    pub fn contains(&self, output: &str) -> bool {
+        match self {
+            BinaryOutputs::All => true,
+            BinaryOutputs::None => false,
+            BinaryOutputs::Named(n) => n.iter().any(|o| o == output),
+        }
+    }
+}
+
+/// Why a request body could not be decoded. The messages are meant for the
+/// client, who gets them in a 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid Inference-Header-Content-Length {0:?}: expected a byte count")]
+    BadHeaderLength(String),
+    #[error("Inference-Header-Content-Length is {header} but the body has only {body} bytes")]
+    HeaderPastBody { header: usize, body: usize },
+    #[error("invalid inference request JSON: {0}")]
+    Json(String),
+    #[error("input '{name}': {problem}")]
+    Input { name: String, problem: String },
+    #[error("output '{name}': the classification extension is not supported")]
+    Classification { name: String },
+    #[error("{0} bytes of binary data follow the last binary input")]
+    TrailingBinary(usize),
+}
+
+/// Decodes a request body; `header_length` is the value of the
+/// `Inference-Header-Content-Length` header, if any.
+pub fn decode_request(
+    body: &[u8],
+    header_length: Option<&str>,
+) -> Result<DecodedRequest, DecodeError> {
+    let (json, mut binary) = match header_length {
+        None => (body, &[][..]),
+        Some(h) => {
+            let n: usize = h
+                .trim()
+                .parse()
+                .map_err(|_| DecodeError::BadHeaderLength(h.to_owned()))?;
+            if n > body.len() {
+                return Err(DecodeError::HeaderPastBody {
+                    header: n,
+                    body: body.len(),
+                });
+            }
+            body.split_at(n)
+        }
+    };
+    let request: InferRequest<'_> =
+        serde_json::from_slice(json).map_err(|e| DecodeError::Json(e.to_string()))?;
+
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let problem = |problem: String| DecodeError::Input {
+            name: input.name.clone(),
+            problem,
+        };
+        let datatype = DataType::parse(&input.datatype).map_err(|e| problem(e.to_string()))?;
+        let mut shape = Vec::with_capacity(input.shape.len());
+        for &d in &input.shape {
+            let d = usize::try_from(d).map_err(|_| {
+                problem(format!(
+                    "shape {} has a negative dimension",
+                    format_shape(&input.shape)
+                ))
+            })?;
+            shape.push(d);
+        }
+        let count = Tensor::element_count(&shape)
+            .filter(|n| n.checked_mul(datatype.size()).is_some())
+            .ok_or_else(|| problem(format!("shape {} is too large", format_shape(&shape))))?;
+        let bytes = count * datatype.size();
+        let data = match (input.parameters.binary_data_size, input.data) {
+            (Some(_), Some(_)) => {
+                return Err(problem(
+                    "has both `data` and a binary_data_size parameter".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(problem(
+                    "has no data: give `data`, or a binary_data_size parameter and the bytes after the JSON header"
+                        .into(),
+                ))
+            }
+            (None, Some(raw)) => json::decode(raw, datatype, count).map_err(problem)?,
+            (Some(size), None) => {
+                if header_length.is_none() {
+                    return Err(problem(
+                        "has a binary_data_size parameter but the request has no Inference-Header-Content-Length header"
+                            .into(),
+                    ));
+                }
+                if size != bytes as u64 {
+                    return Err(problem(format!(
+                        "binary_data_size is {size} bytes, but shape {} of {datatype} needs {bytes}",
+                        format_shape(&shape)
+                    )));
+                }
+                if bytes > binary.len() {
+                    return Err(problem(format!(
+                        "binary_data_size {bytes} runs past the end of the body ({} bytes of binary data left)",
+                        binary.len()
+                    )));
+                }
+                let (mine, rest) = binary.split_at(bytes);
+                binary = rest;
+                mine.to_vec()
+            }
+        };
+        inputs.push(NamedTensor {
+            name: input.name,
+            tensor: Tensor {
+                datatype,
+                shape,
+                data,
+            },
+        });
+    }
+    if !binary.is_empty() {
+        return Err(DecodeError::TrailingBinary(binary.len()));
+    }
+
+    let default_binary = request.parameters.binary_data_output.unwrap_or(false);
+    let (outputs, binary) = match request.outputs {
+        None => (
+            None,
+            if default_binary {
+                BinaryOutputs::All
+            } else {
+                BinaryOutputs::None
+            },
+        ),
+        Some(outs) => {
+            let mut names = Vec::with_capacity(outs.len());
+            let mut bin = Vec::new();
+            for o in outs {
+                if o.parameters.classification.is_some() {
+                    return Err(DecodeError::Classification { name: o.name });
+                }
+                if o.parameters.binary_data.unwrap_or(default_binary) {
+                    bin.push(o.name.clone());
+                }
+                names.push(o.name);
+            }
+            (Some(names), BinaryOutputs::Named(bin))
+        }
+    };
+    Ok(DecodedRequest {
+        id: request.id.map(|c| c.into_owned()),
+        inputs,
+        outputs,
+        binary,
+    })
+}
+
+/// An encoded response body.
+#[derive(Debug)]
+pub struct EncodedResponse {
+    pub body: Vec<u8>,
+    /// Set when binary data follows the JSON header: its length, for the
+    /// `Inference-Header-Content-Length` response header.
+    pub header_length: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct ResponseHeader<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<ResponseOutput<'a>>,
+}
+
+#[derive(Serialize)]
+struct ResponseOutput<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParameters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
+}
+
+/// Encodes the outputs of an inference.
+pub fn encode_response(
+    model: &str,
+    version: u64,
+    id: Option<&str>,
+    outputs: &[OutputTensor],
+    binary: &BinaryOutputs,
+) -> EncodedResponse {
+    let mut binary_len = 0;
+    let header = ResponseHeader {
+        model_name: model,
+        model_version: version.to_string(),
+        id,
+        outputs: outputs
+            .iter()
+            .map(|o| {
+                let t = &o.tensor;
+                if binary.contains(&o.name) {
+                    binary_len += t.data.len();
+                    ResponseOutput {
+                        name: &o.name,
+                        datatype: t.datatype.name(),
+                        shape: &t.shape,
+                        parameters: Some(BinaryParameters {
+                            binary_data_size: t.data.len(),
+                        }),
+                        data: None,
+                    }
+                } else {
+                    ResponseOutput {
+                        name: &o.name,
+                        datatype: t.datatype.name(),
+                        shape: &t.shape,
+                        parameters: None,
+                        data: Some(JsonData {
+                            datatype: t.datatype,
+                            bytes: &t.data,
+                        }),
+                    }
+                }
+            })
+            .collect(),
+    };
+    let mut body = Vec::with_capacity(256 + binary_len);
+    serde_json::to_writer(&mut body, &header).expect("serialising to memory cannot fail");
+    if header.outputs.iter().all(|o| o.parameters.is_none()) {
+        return EncodedResponse {
+            body,
+            header_length: None,
+        };
+    }
+    let header_length = body.len();
+    for o in outputs {
+        if binary.contains(&o.name) {
+            body.extend_from_slice(&o.tensor.data);
+        }
+    }
+    EncodedResponse {
+        body,
+        header_length: Some(header_length),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn binary_body(json: &str, tail: &[u8]) -> (Vec<u8>, String) {
+        let mut body = json.as_bytes().to_vec();
+        body.extend_from_slice(tail);
+        (body, json.len().to_string())
+    }
+
+    #[test]
+    fn decodes_json_data_and_output_choices() {
+        let body =
+            br#"{"id":"r1","inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[[1,2]]}],
+                        "outputs":[{"name":"y","parameters":{"binary_data":true}},{"name":"z"}]}"#;
+        let r = decode_request(body, None).unwrap();
+        assert_eq!(r.id.as_deref(), Some("r1"));
+        assert_eq!(r.inputs[0].tensor.shape, vec![1, 2]);
+        assert_eq!(r.inputs[0].tensor.data.len(), 8);
+        assert_eq!(r.outputs, Some(vec!["y".to_string(), "z".to_string()]));
+        assert_eq!(r.binary, BinaryOutputs::Named(vec!["y".into()]));
+    }
+
+    #[test]
+    fn decodes_binary_inputs_in_order() {
+        let a: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let b: Vec<u8> = [7i64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let json = r#"{"inputs":[
+            {"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}},
+            {"name":"b","shape":[1],"datatype":"INT64","parameters":{"binary_data_size":8}}],
+            "parameters":{"binary_data_output":true}}"#;
+        let (body, len) = binary_body(json, &[a.clone(), b.clone()].concat());
+        let r = decode_request(&body, Some(&len)).unwrap();
+        assert_eq!(r.inputs[0].tensor.data, a);
+        assert_eq!(r.inputs[1].tensor.data, b);
+        assert_eq!(r.binary, BinaryOutputs::All);
+        assert_eq!(r.outputs, None);
+    }
+
+    #[test]
+    fn binary_sizes_are_checked_against_shape_and_body() {
+        let json = r#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let (body, len) = binary_body(json, &[0; 4]);
+        assert!(decode_request(&body, Some(&len))
+            .unwrap_err()
+            .to_string()
+            .contains("runs past the end of the body"));
+        let (body, len) = binary_body(json, &[0; 12]);
+        assert_eq!(
+            decode_request(&body, Some(&len)).unwrap_err(),
+            DecodeError::TrailingBinary(4)
+        );
+        let json = r#"{"inputs":[{"name":"a","shape":[3],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let (body, len) = binary_body(json, &[0; 8]);
+        assert_eq!(
+            decode_request(&body, Some(&len)).unwrap_err().to_string(),
+            "input 'a': binary_data_size is 8 bytes, but shape [3] of FP32 needs 12"
+        );
+        assert!(decode_request(&body, None)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid inference request JSON"));
+        assert_eq!(
+            decode_request(b"{}", Some("99")).unwrap_err(),
+            DecodeError::HeaderPastBody {
+                header: 99,
+                body: 2
+            }
+        );
+    }
+
+    #[test]
+    fn input_errors_name_the_input() {
+        let e = decode_request(
+            br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP33","data":[1,2]}]}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("input 'x': unknown datatype \"FP33\""),
+            "{e}"
+        );
+        let e = decode_request(
+            br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "input 'x': shape [-1] has a negative dimension"
+        );
+        let e = decode_request(
+            br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT32","data":[1,"a"]}]}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("input 'x': invalid type: string \"a\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn encodes_json_and_binary_outputs() {
+        let out = |name: &str, v: &[f32]| OutputTensor {
+            name: Arc::from(name),
+            tensor: Tensor {
+                datatype: DataType::Fp32,
+                shape: vec![v.len()],
+                data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            },
+        };
+        let outputs = [out("a", &[0.5]), out("b", &[1.0, 2.0])];
+        let r = encode_response("m", 2, Some("id7"), &outputs, &BinaryOutputs::None);
+        assert_eq!(r.header_length, None);
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            r#"{"model_name":"m","model_version":"2","id":"id7","outputs":[{"name":"a","datatype":"FP32","shape":[1],"data":[0.5]},{"name":"b","datatype":"FP32","shape":[2],"data":[1.0,2.0]}]}"#
+        );
+        let r = encode_response(
+            "m",
+            2,
+            None,
+            &outputs,
+            &BinaryOutputs::Named(vec!["b".into()]),
+        );
+        let n = r.header_length.unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&r.body[..n]).unwrap();
+        assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 8);
+        assert_eq!(header["outputs"][0]["data"][0], 0.5);
+        assert_eq!(&r.body[n..], &outputs[1].tensor.data[..]);
+    }
+}

@@ -1,0 +1,12 @@
+//! The KServe Open Inference Protocol v2 over REST (DESIGN.md, contract 4).
+//!
+//! - [`types`]: the JSON documents.
+//! - [`json`]: tensor data as JSON arrays, checked element by element.
+//! - [`codec`]: whole requests and responses, JSON and the binary tensor
+//!   extension (`Inference-Header-Content-Length`) that `tritonclient` uses.
+//! - [`handlers`]: the HTTP endpoints, on top of `crate::model`.
+
+pub mod codec;
+pub mod handlers;
+pub mod json;
+pub mod types;

@@ -1,0 +1,165 @@
+//! The report for a terminal (`abmesh report NAME`).
+
+use std::fmt::Write as _;
+
+use super::model::{pct, MetricReport, Report, Stat};
+
+fn p(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v < 0.0001 => format!("{v:.1e}"),
+        Some(v) => format!("{v:.4}"),
+        None => "-".into(),
+    }
+}
+
+fn opt(x: Option<f64>, digits: usize) -> String {
+    x.filter(|v| v.is_finite()).map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// Plain text, 100 columns wide at most, no colours.
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "Experiment {}: {}", r.experiment, r.decision.decision.as_str().to_uppercase());
+    for line in wrap(&r.decision.reason, 96) {
+        let _ = writeln!(o, "  {line}");
+    }
+    let _ = writeln!(o);
+    let total: u64 = r.variants.iter().map(|v| v.users).sum();
+    let _ = writeln!(o, "{:<24} {:>12} {:>10} {:>10}", "variant", "users", "observed", "expected");
+    for v in &r.variants {
+        let name = if v.control { format!("{} (control)", v.name) } else { v.name.clone() };
+        let _ = writeln!(
+            o,
+            "{:<24} {:>12} {:>10} {:>10}",
+            name,
+            v.users,
+            if total > 0 { format!("{:.1}%", v.users as f64 * 100.0 / total as f64) } else { "-".into() },
+            v.expected_share.map_or("-".into(), |s| format!("{:.1}%", s * 100.0))
+        );
+    }
+    match &r.srm {
+        Stat::Ok(s) => {
+            let _ = writeln!(
+                o,
+                "sample ratio: chi2 {:.2}, p {}{}",
+                s.chi2,
+                p(Some(s.p_value)),
+                if s.alarm { "  MISMATCH" } else { "" }
+            );
+        }
+        Stat::Err { error } => {
+            let _ = writeln!(o, "sample ratio: {error}");
+        }
+    }
+    for w in &r.data_quality.warnings {
+        let _ = writeln!(o, "warning: {w}");
+    }
+    let mut metrics: Vec<&MetricReport> = r.metrics.iter().collect();
+    metrics.sort_by_key(|m| !m.primary);
+    for m in metrics {
+        metric(&mut o, m, r.settings.alpha);
+    }
+    o
+}
+
+fn metric(o: &mut String, m: &MetricReport, alpha: f64) {
+    let _ = writeln!(
+        o,
+        "\n{}{} ({} metric, {} is better{})",
+        m.name,
+        if m.primary { " [primary]" } else { "" },
+        m.kind,
+        if m.higher_is_better { "higher" } else { "lower" },
+        if m.has_covariate { ", CUPED covariate" } else { "" }
+    );
+    let _ = writeln!(o, "  {:<22} {:>10} {:>10} {:>9} {:>12} {:>12}", "variant", "users", "converted", "rate", "mean", "sd");
+    for v in &m.variants {
+        let _ = writeln!(
+            o,
+            "  {:<22} {:>10} {:>10} {:>9} {:>12} {:>12}",
+            v.variant,
+            v.users,
+            v.converted,
+            v.conversion_rate.map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
+            opt(v.mean, 4),
+            opt(v.sd, 4)
+        );
+    }
+    let level = format!("{:.0}%", (1.0 - alpha) * 100.0);
+    for c in &m.comparisons {
+        let _ = writeln!(o, "  {} vs control:", c.variant);
+        match &c.relative {
+            Stat::Ok(r) => {
+                let _ = writeln!(
+                    o,
+                    "    lift {} ({level} CI {} to {}), p {} (Holm {})",
+                    pct(r.estimate),
+                    pct(r.ci_low),
+                    pct(r.ci_high),
+                    p(c.p_value),
+                    p(c.p_value_holm)
+                );
+            }
+            Stat::Err { error } => {
+                let _ = writeln!(o, "    lift: {error}");
+            }
+        }
+        if let Stat::Ok(a) = &c.absolute {
+            let _ = writeln!(o, "    difference {:+.5} ({level} CI {:+.5} to {:+.5})", a.estimate, a.ci_low, a.ci_high);
+        }
+        if let Stat::Ok(q) = &c.sequential {
+            let _ = writeln!(o, "    always-valid interval {} to {}, sequential p {}", pct(q.ci_low), pct(q.ci_high), p(Some(q.p_value)));
+        }
+        if let Some(Stat::Ok(x)) = &c.cuped {
+            let _ = writeln!(
+                o,
+                "    CUPED difference {:+.5} ({level} CI {:+.5} to {:+.5}), p {}, variance cut {:.1}%",
+                x.diff,
+                x.ci_low,
+                x.ci_high,
+                p(Some(x.p_value)),
+                x.variance_reduction * 100.0
+            );
+        }
+        if let Stat::Ok(x) = &c.chance_to_beat_control {
+            let _ = writeln!(o, "    chance to beat control {:.1}%", x * 100.0);
+        }
+        if let Stat::Ok(x) = &c.mde {
+            let _ = writeln!(o, "    MDE {:.2}% now, power {:.0}% at the target", x.relative.abs() * 100.0, x.power_at_target * 100.0);
+        }
+        if !c.series.is_empty() {
+            let _ = writeln!(o, "    trend {}", spark(&c.series.iter().map(|p| p.lift).collect::<Vec<_>>()));
+        }
+    }
+}
+
+/// A sparkline of the cumulative lift.
+fn spark(v: &[f64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let span = (hi - lo).max(1e-12);
+    let bars: String = v
+        .iter()
+        .map(|x| BARS[(((x - lo) / span) * 7.0).round().clamp(0.0, 7.0) as usize])
+        .collect();
+    format!("{bars}  ({} → {})", pct(v[0]), pct(v[v.len() - 1]))
+}
+
+fn wrap(s: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in s.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
