@@ -13,7 +13,8 @@
 #   CONNECTIONS [16]  wrk -c
 #   THREADS [1]       wrk -t
 #   CONFIGS ["none wasm lua"]  any of `render.py ports` (investigation variants)
-#   PIN [1]           1: Envoy on CPU $ENVOY_CPU [0], wrk on CPU $WRK_CPU [1]; 0: no pinning
+#   PIN [0]           1: Envoy on CPU $ENVOY_CPU [0], wrk on CPU $WRK_CPU [1]; 0: no pinning
+#                     (on a shared machine pinning made req/s far less steady; see README)
 #   VERIFY [1]        1: check the Lua peer against the wasm filter first
 #   VERIFY_USERS [400]
 #   OUT [bench-results/envoy.json]
@@ -34,7 +35,7 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-16}
 THREADS=${THREADS:-1}
 CONFIGS=${CONFIGS:-none wasm lua}
-PIN=${PIN:-1}
+PIN=${PIN:-0}
 ENVOY_CPU=${ENVOY_CPU:-0}
 WRK_CPU=${WRK_CPU:-1}
 VERIFY=${VERIFY:-1}
@@ -158,6 +159,11 @@ python3 - "$RESULTS" "$OUT" <<'EOF'
 import csv, json, os, statistics, sys, time, hashlib
 
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+for r in rows:
+    for k in ("round", "requests", "non2xx", "socket_errors"):
+        r[k] = int(r[k])
+    for k in ("rps", "seconds", "envoy_cpu_s", "loadavg"):
+        r[k] = float(r[k])
 configs = os.environ["CONFIGS"].split()
 by = {c: [r for r in rows if r["config"] == c] for c in configs}
 rounds = sorted({int(r["round"]) for r in rows})
@@ -185,17 +191,21 @@ for c in configs:
         s["ratio_vs_none_per_round"] = per_round
         s["ratio_vs_none_median_of_rounds"] = statistics.median(per_round)
         s["added_cpu_us_per_req"] = round(s["median_envoy_cpu_us_per_req"] - summary["none"]["median_envoy_cpu_us_per_req"], 3)
+        # Throughput ratio implied by CPU cost alone (Envoy given a whole core).
+        s["cpu_ratio_vs_none"] = summary["none"]["median_envoy_cpu_us_per_req"] / s["median_envoy_cpu_us_per_req"]
     summary[c] = s
 
 print()
-print(f"{'config':<18}{'median req/s':>13}{'spread':>9}{'vs none':>9}{'(rounds)':>10}{'CPU us/req':>12}{'+us/req':>9}")
+print(f"{'config':<18}{'median req/s':>13}{'spread':>9}{'vs none':>9}{'(rounds)':>10}{'CPU us/req':>12}{'+us/req':>9}{'CPU ratio':>11}")
 for c in configs:
     s = summary[c]
     ratio = f"{s['ratio_vs_none']:.3f}" if c != "none" else "1"
     rr = f"{s['ratio_vs_none_median_of_rounds']:.3f}" if c != "none" else ""
     add = f"{s['added_cpu_us_per_req']:+.2f}" if c != "none" else ""
-    print(f"{c:<18}{s['median_rps']:>13.0f}{s['spread_pct']:>8.1f}%{ratio:>9}{rr:>10}{s['median_envoy_cpu_us_per_req']:>12.2f}{add:>9}")
-print("spread = (max - min) / median across rounds; vs none = ratio of medians; (rounds) = median of per-round ratios")
+    cr = f"{s['cpu_ratio_vs_none']:.3f}" if c != "none" else "1"
+    print(f"{c:<18}{s['median_rps']:>13.0f}{s['spread_pct']:>8.1f}%{ratio:>9}{rr:>10}{s['median_envoy_cpu_us_per_req']:>12.2f}{add:>9}{cr:>11}")
+print("spread = (max - min) / median req/s across rounds; vs none = ratio of median req/s; (rounds) = median of")
+print("per-round ratios; CPU us/req = Envoy CPU time per request (median); CPU ratio = none's CPU us/req / this one's")
 
 wasm = "target/wasm32-wasip1/release/abmesh_filter.wasm"
 doc = {

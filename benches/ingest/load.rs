@@ -121,7 +121,11 @@ fn expose(a: &Args) -> (f64, u64) {
 
 fn main() {
     let a = parse_args();
-    let (expose_s, exposed) = if a.skip_exposures { (0.0, 0) } else { expose(&a) };
+    let (expose_s, exposed) = if a.skip_exposures {
+        (0.0, 0)
+    } else {
+        expose(&a)
+    };
 
     let batches = a.events / a.batch as u64;
     let next = Arc::new(AtomicU64::new(0));
@@ -205,7 +209,9 @@ fn main() {
         let mut v: Vec<f64> = (0..a.report_samples)
             .map(|_| {
                 let t = Instant::now();
-                let r = c.get(&format!("/admin/experiments/{}{q}", a.experiment), &[]).unwrap();
+                let r = c
+                    .get(&format!("/admin/experiments/{}{q}", a.experiment), &[])
+                    .unwrap();
                 assert_eq!(r.status, 200, "{}", r.text());
                 t.elapsed().as_secs_f64() * 1e3
             })
@@ -215,9 +221,14 @@ fn main() {
     };
     let json_ms = report_ms("");
     let html_ms = report_ms("?format=html");
-    let report: serde_json::Value =
-        serde_json::from_slice(&c.get(&format!("/admin/experiments/{}", a.experiment), &[]).unwrap().body).unwrap();
-    let listing: serde_json::Value = serde_json::from_slice(&c.get("/admin/experiments", &[]).unwrap().body).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(
+        &c.get(&format!("/admin/experiments/{}", a.experiment), &[])
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let listing: serde_json::Value =
+        serde_json::from_slice(&c.get("/admin/experiments", &[]).unwrap().body).unwrap();
 
     let out = serde_json::json!({
         "clients": a.clients,

@@ -56,11 +56,17 @@ fn scenario(seed: u64) -> Vec<(usize, Record)> {
         let user = format!("user-{u}");
         let t = t0 + rng.below(6 * 3_600_000) as i64;
         for (ei, name) in ["ranker", "banner"].iter().enumerate() {
-            let Some(v) = defs.assign(&user, ei, &mut buf) else { continue };
+            let Some(v) = defs.assign(&user, ei, &mut buf) else {
+                continue;
+            };
             if rng.below(10) == 0 {
                 continue; // enrolled but never reached the experiment
             }
-            let vi = defs.experiments()[ei].variants.iter().position(|x| x == v).unwrap();
+            let vi = defs.experiments()[ei]
+                .variants
+                .iter()
+                .position(|x| x == v)
+                .unwrap();
             exposures.push(json!([t, ei, vi, user]));
             if rng.below(4) == 0 {
                 exposures.push(json!([t + 5000, ei, vi, user])); // repeat exposure
@@ -72,7 +78,11 @@ fn scenario(seed: u64) -> Vec<(usize, Record)> {
             }
             let _ = name;
         }
-        let lift = if defs.assign(&user, 0, &mut buf) == Some("treatment") { 1.2 } else { 1.0 };
+        let lift = if defs.assign(&user, 0, &mut buf) == Some("treatment") {
+            1.2
+        } else {
+            1.0
+        };
         let cov = rng.unit() * 20.0;
         if rng.below(3) > 0 {
             events.push(json!({"user": user, "metric": "revenue", "covariate": cov}));
@@ -201,13 +211,16 @@ fn assert_close(a: &Value, b: &Value, path: &str) {
     }
 }
 
+/// (user, experiment scope, metric).
+type TotalKey = (String, Option<String>, String);
+
 /// The joining rule computed the slow, obvious way from the same records.
 #[derive(Default, Debug)]
 struct Brute {
     /// (experiment, user) → (t, variant) of the first exposure.
     first: HashMap<(String, String), (i64, String)>,
     /// (user, scope, metric) → (events, Σ value, Σ covariate).
-    totals: HashMap<(String, Option<String>, String), (u64, f64, f64)>,
+    totals: HashMap<TotalKey, (u64, f64, f64)>,
 }
 
 fn brute(records: &[&Record]) -> Brute {
@@ -229,7 +242,10 @@ fn brute(records: &[&Record]) -> Brute {
                         e["metric"].as_str().unwrap().to_owned(),
                     );
                     let t = b.totals.entry(key).or_default();
-                    let (value, cov) = (e.get("value").and_then(Value::as_f64), e.get("covariate").and_then(Value::as_f64));
+                    let (value, cov) = (
+                        e.get("value").and_then(Value::as_f64),
+                        e.get("covariate").and_then(Value::as_f64),
+                    );
                     if value.is_some() || cov.is_none() {
                         t.0 += 1;
                     }
@@ -246,12 +262,20 @@ fn brute(records: &[&Record]) -> Brute {
                 for row in v["exposures"].as_array().unwrap() {
                     let e = &exps[row[1].as_u64().unwrap() as usize];
                     let name = e["name"].as_str().unwrap().to_owned();
-                    let variant = e["variants"][row[2].as_u64().unwrap() as usize].as_str().unwrap().to_owned();
+                    let variant = e["variants"][row[2].as_u64().unwrap() as usize]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
                     let vi = row[2].as_u64().unwrap();
                     let t = row[0].as_i64().unwrap();
                     let user = row[3].as_str().unwrap().to_owned();
                     let cur = b.first.entry((name, user)).or_insert((t, variant.clone()));
-                    let cur_vi = e["variants"].as_array().unwrap().iter().position(|x| x == &json!(cur.1)).unwrap() as u64;
+                    let cur_vi = e["variants"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .position(|x| x == &json!(cur.1))
+                        .unwrap() as u64;
                     if (t, vi) < (cur.0, cur_vi) {
                         *cur = (t, variant);
                     }
@@ -299,27 +323,54 @@ fn aggregates_match_a_brute_force_join() {
         for metric in ["revenue", "signup"] {
             let expected = brute_stats(&b, exp, metric);
             let m = r.metrics.iter().find(|m| m.name == metric).unwrap();
-            assert_eq!(m.kind, if metric == "signup" { "conversion" } else { "value" });
+            assert_eq!(
+                m.kind,
+                if metric == "signup" {
+                    "conversion"
+                } else {
+                    "value"
+                }
+            );
             for v in &m.variants {
                 let (n, conv, sy, sy2) = expected[&v.variant];
-                assert_eq!((v.users, v.converted), (n, conv), "{exp}/{metric}/{}", v.variant);
+                assert_eq!(
+                    (v.users, v.converted),
+                    (n, conv),
+                    "{exp}/{metric}/{}",
+                    v.variant
+                );
                 let mean = sy / n as f64;
                 let sd = ((sy2 - sy * sy / n as f64) / (n - 1) as f64).sqrt();
-                assert!((v.mean.unwrap() - mean).abs() < 1e-9 * mean.abs().max(1.0), "{exp}/{metric} mean");
-                assert!((v.sd.unwrap() - sd).abs() < 1e-9 * sd.max(1.0), "{exp}/{metric} sd");
+                assert!(
+                    (v.mean.unwrap() - mean).abs() < 1e-9 * mean.abs().max(1.0),
+                    "{exp}/{metric} mean"
+                );
+                assert!(
+                    (v.sd.unwrap() - sd).abs() < 1e-9 * sd.max(1.0),
+                    "{exp}/{metric} sd"
+                );
             }
         }
         let users: u64 = r.variants.iter().map(|v| v.users).sum();
-        assert_eq!(users as usize, b.first.keys().filter(|(x, _)| x == exp).count());
+        assert_eq!(
+            users as usize,
+            b.first.keys().filter(|(x, _)| x == exp).count()
+        );
     }
     // Covariates were sent, so CUPED is reported, and the conflicts the
     // scenario injected are counted.
     let revenue = rep.metrics.iter().find(|m| m.name == "revenue").unwrap();
     assert!(revenue.has_covariate);
-    assert!(matches!(revenue.comparisons[0].cuped, Some(report::Stat::Ok(_))));
+    assert!(matches!(
+        revenue.comparisons[0].cuped,
+        Some(report::Stat::Ok(_))
+    ));
     assert!(rep.data_quality.variant_conflicts > 0);
     // Exposures are the filter's truth: they agree with the assignment core.
-    assert_eq!(rep.data_quality.assignment_mismatches, rep.data_quality.variant_conflicts);
+    assert_eq!(
+        rep.data_quality.assignment_mismatches,
+        rep.data_quality.variant_conflicts
+    );
 }
 
 #[test]
@@ -339,7 +390,8 @@ fn order_restart_and_merge_give_the_same_report() {
     // Snapshot and restore (what a restart does).
     let mut state = Vec::new();
     one.encode_state(&mut state).unwrap();
-    let restored = Engine::restore(Some(&state), Some(definitions()), EngineOptions::default()).unwrap();
+    let restored =
+        Engine::restore(Some(&state), Some(definitions()), EngineOptions::default()).unwrap();
     assert_close(&report_json(&restored, "ranker"), &want[0], "restored");
     assert_close(&report_json(&restored, "banner"), &want[1], "restored");
 
@@ -395,17 +447,33 @@ fn sidecars_merge_over_http_durably() {
         definitions: Some(definitions()),
         ..LocalOptions::default()
     };
-    let (da, db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     let (sa, sb, sc) = (
         LocalServer::start(da.path(), opts()).unwrap(),
         LocalServer::start(db.path(), opts()).unwrap(),
         LocalServer::start(dc.path(), opts()).unwrap(),
     );
-    let (mut ca, mut cb, mut cc) = (Client::new(&sa.url).unwrap(), Client::new(&sb.url).unwrap(), Client::new(&sc.url).unwrap());
+    let (mut ca, mut cb, mut cc) = (
+        Client::new(&sa.url).unwrap(),
+        Client::new(&sb.url).unwrap(),
+        Client::new(&sc.url).unwrap(),
+    );
     let all: Vec<&Record> = records.iter().map(|r| &r.1).collect();
     send(&mut cc, &all);
-    let half: Vec<&Record> = records.iter().filter(|(g, _)| g % 2 == 0).map(|r| &r.1).collect();
-    let other: Vec<&Record> = records.iter().filter(|(g, _)| g % 2 == 1).map(|r| &r.1).collect();
+    let half: Vec<&Record> = records
+        .iter()
+        .filter(|(g, _)| g % 2 == 0)
+        .map(|r| &r.1)
+        .collect();
+    let other: Vec<&Record> = records
+        .iter()
+        .filter(|(g, _)| g % 2 == 1)
+        .map(|r| &r.1)
+        .collect();
     send(&mut ca, &half);
     send(&mut cb, &other);
     let want = get_report(&mut cc);
@@ -413,13 +481,22 @@ fn sidecars_merge_over_http_durably() {
 
     let state = ca.get("/admin/state", &[]).unwrap();
     assert_eq!(state.status, 200);
-    assert_eq!(state.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(
+        state.header("content-type"),
+        Some("application/octet-stream")
+    );
     let merged = post(&mut cb, "/admin/state/merge", &state.body);
     assert!(merged["users"].as_u64().unwrap() > 100, "{merged}");
     assert_close(&get_report(&mut cb), &want, "merged over HTTP");
 
     // Garbage is refused and changes nothing.
-    let bad = cb.post("/admin/state/merge", "application/octet-stream", b"not a state").unwrap();
+    let bad = cb
+        .post(
+            "/admin/state/merge",
+            "application/octet-stream",
+            b"not a state",
+        )
+        .unwrap();
     assert_eq!(bad.status, 400, "{}", bad.text());
 
     // The merge is in B's log: it survives a restart.

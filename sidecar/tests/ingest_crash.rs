@@ -16,15 +16,21 @@ use std::time::{Duration, Instant};
 use abmesh_sidecar::cli::http::Client;
 use serde_json::{json, Value};
 
-const CONFIG: &str =
-    r#"{"experiments":[{"name":"ranker","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
+const CONFIG: &str = r#"{"experiments":[{"name":"ranker","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
 const USERS: usize = 2000;
 const CLIENTS: usize = 8;
 
 /// Starts `abmesh serve` and waits for its "listening on" line.
 fn spawn(dir: &Path, config: &Path, log: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_abmesh"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--snapshot-every", "1MiB", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--snapshot-every",
+            "1MiB",
+            "--data-dir",
+        ])
         .arg(dir)
         .arg("--experiments")
         .arg(config)
@@ -37,7 +43,11 @@ fn spawn(dir: &Path, config: &Path, log: &Path) -> (Child, String) {
     let (tx, rx) = std::sync::mpsc::channel();
     let log = log.to_owned();
     std::thread::spawn(move || {
-        let mut out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             use std::io::Write;
@@ -50,7 +60,9 @@ fn spawn(dir: &Path, config: &Path, log: &Path) -> (Child, String) {
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(60)).expect("abmesh serve did not start listening");
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("abmesh serve did not start listening");
     (child, url)
 }
 
@@ -81,22 +93,29 @@ fn every_acknowledged_event_survives_sigkill() {
     let (mut child, mut url) = spawn(&data, &config, &log);
     {
         let mut c = Client::new(&url).unwrap();
-        let rows: Vec<Value> = (0..USERS).map(|u| json!([1_000_000 + u as i64, 0, u % 2, format!("u{u}")])).collect();
+        let rows: Vec<Value> = (0..USERS)
+            .map(|u| json!([1_000_000 + u as i64, 0, u % 2, format!("u{u}")]))
+            .collect();
         let body = json!({"instance": "test/0/1", "seq": 1, "dropped": 0,
             "experiments": [{"name": "ranker", "variants": ["control", "treatment"]}], "exposures": rows});
-        let r = c.post("/v1/exposures", "application/json", body.to_string().as_bytes()).unwrap();
+        let r = c
+            .post(
+                "/v1/exposures",
+                "application/json",
+                body.to_string().as_bytes(),
+            )
+            .unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
     }
 
     // Acknowledged batches: (body, number of events).
     let acked: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
-    let mut round_seed = 1u64;
     for round in 0..3 {
         let stop = Arc::new(AtomicBool::new(false));
         let threads: Vec<_> = (0..CLIENTS)
             .map(|k| {
                 let (url, stop, acked) = (url.clone(), stop.clone(), acked.clone());
-                let mut rng = 0x9E37_79B9_7F4A_7C15 ^ (round_seed << 8) ^ k as u64;
+                let mut rng = 0x9E37_79B9_7F4A_7C15 ^ ((round as u64 + 1) << 8) ^ k as u64;
                 std::thread::spawn(move || {
                     let mut c = Client::new(&url).unwrap().timeout(Duration::from_secs(20));
                     let mut n = 0u64;
@@ -104,7 +123,9 @@ fn every_acknowledged_event_survives_sigkill() {
                         n += 1;
                         let (body, ids) = batch(k, (round as u64) << 32 | n, &mut rng);
                         match c.post("/v1/events", "application/json", body.as_bytes()) {
-                            Ok(r) if r.status == 200 => acked.lock().unwrap().push((body, ids.len())),
+                            Ok(r) if r.status == 200 => {
+                                acked.lock().unwrap().push((body, ids.len()))
+                            }
                             // The server died mid-request: not acknowledged.
                             Ok(_) | Err(_) => break,
                         }
@@ -115,7 +136,9 @@ fn every_acknowledged_event_survives_sigkill() {
         // Let the stream run, then kill in the middle of it.
         let start = Instant::now();
         let before = acked.lock().unwrap().len();
-        while acked.lock().unwrap().len() < before + 300 && start.elapsed() < Duration::from_secs(60) {
+        while acked.lock().unwrap().len() < before + 300
+            && start.elapsed() < Duration::from_secs(60)
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(37 * (round + 1) as u64));
@@ -126,24 +149,36 @@ fn every_acknowledged_event_survives_sigkill() {
         for t in threads {
             t.join().unwrap();
         }
-        round_seed += 1;
         let (c2, url2) = spawn(&data, &config, &log);
         child = c2;
         let n_acked = acked.lock().unwrap().len();
-        assert!(n_acked > before, "round {round}: no batch was acknowledged before the kill");
+        assert!(
+            n_acked > before,
+            "round {round}: no batch was acknowledged before the kill"
+        );
 
         // Every acknowledged event is present: resending finds them all.
         let mut c = Client::new(&url2).unwrap();
         let mut events = 0u64;
         for (body, n) in acked.lock().unwrap().iter() {
-            let r = c.post("/v1/events", "application/json", body.as_bytes()).unwrap();
+            let r = c
+                .post("/v1/events", "application/json", body.as_bytes())
+                .unwrap();
             assert_eq!(r.status, 200, "{}", r.text());
             let v: Value = serde_json::from_slice(&r.body).unwrap();
-            assert_eq!(v, json!({"accepted": 0, "duplicates": n}), "round {round}: an acknowledged batch was lost");
+            assert_eq!(
+                v,
+                json!({"accepted": 0, "duplicates": n}),
+                "round {round}: an acknowledged batch was lost"
+            );
             events += *n as u64;
         }
-        let listing: Value = serde_json::from_slice(&c.get("/admin/experiments", &[]).unwrap().body).unwrap();
-        assert!(listing["ingest"]["events"].as_u64().unwrap() >= events, "{listing}");
+        let listing: Value =
+            serde_json::from_slice(&c.get("/admin/experiments", &[]).unwrap().body).unwrap();
+        assert!(
+            listing["ingest"]["events"].as_u64().unwrap() >= events,
+            "{listing}"
+        );
         let users: u64 = listing["experiments"][0]["variants"]
             .as_array()
             .unwrap()
@@ -153,16 +188,25 @@ fn every_acknowledged_event_survives_sigkill() {
         assert_eq!(users, USERS as u64, "exposures survive too");
         // The log's metrics are exported.
         let m = c.get("/metrics", &[]).unwrap().text();
-        assert!(m.contains("abmesh_ingest_events_total") && m.contains("abmesh_log_syncs_total"), "{m}");
+        assert!(
+            m.contains("abmesh_ingest_events_total") && m.contains("abmesh_log_syncs_total"),
+            "{m}"
+        );
         url = url2;
     }
     child.kill().unwrap();
     let _ = child.wait();
     let log = std::fs::read_to_string(&log).unwrap();
-    for line in log.lines().filter(|l| l.contains("recovered") || l.contains("torn")) {
+    for line in log
+        .lines()
+        .filter(|l| l.contains("recovered") || l.contains("torn"))
+    {
         eprintln!("{line}");
     }
     assert!(!log.contains("panicked"), "{log}");
-    assert!(log.contains("snapshot written"), "snapshots were taken during the run");
+    assert!(
+        log.contains("snapshot written"),
+        "snapshots were taken during the run"
+    );
     assert_eq!(log.matches("outcome log recovered").count(), 4);
 }

@@ -10,8 +10,7 @@ use abmesh_sidecar::cli::http::Client;
 use abmesh_sidecar::events::local::{LocalOptions, LocalServer};
 use serde_json::{json, Value};
 
-const CONFIG: &str =
-    r#"{"experiments":[{"name":"ranker","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
+const CONFIG: &str = r#"{"experiments":[{"name":"ranker","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
 
 fn start(dir: &Path) -> LocalServer {
     LocalServer::start(
@@ -27,19 +26,39 @@ fn start(dir: &Path) -> LocalServer {
 /// Users `from..to`, half in each variant, with purchases.
 fn feed(url: &str, from: usize, to: usize, seq: u64) {
     let mut c = Client::new(url).unwrap();
-    let rows: Vec<Value> = (from..to).map(|u| json!([1_000_000 + u as i64 * 1000, 0, u % 2, format!("u{u}")])).collect();
+    let rows: Vec<Value> = (from..to)
+        .map(|u| json!([1_000_000 + u as i64 * 1000, 0, u % 2, format!("u{u}")]))
+        .collect();
     let body = json!({"instance": "i", "seq": seq, "experiments": [{"name": "ranker", "variants": ["control", "treatment"]}], "exposures": rows});
-    assert_eq!(c.post("/v1/exposures", "application/json", body.to_string().as_bytes()).unwrap().status, 200);
+    assert_eq!(
+        c.post(
+            "/v1/exposures",
+            "application/json",
+            body.to_string().as_bytes()
+        )
+        .unwrap()
+        .status,
+        200
+    );
     let events: Vec<Value> = (from..to)
         .filter(|u| u % 3 == 0)
         .map(|u| json!({"user": format!("u{u}"), "metric": "purchase", "value": (u % 17) as f64 + if u % 2 == 1 { 3.0 } else { 0.0 }}))
         .collect();
-    let r = c.post("/v1/events", "application/json", Value::Array(events).to_string().as_bytes()).unwrap();
+    let r = c
+        .post(
+            "/v1/events",
+            "application/json",
+            Value::Array(events).to_string().as_bytes(),
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
 }
 
 fn abmesh(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_abmesh")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_abmesh"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -60,8 +79,14 @@ fn report_from_a_server_a_directory_and_merged_states() {
     let (ok, text, err) = abmesh(&["report", "ranker", "--url", &a.url]);
     assert!(ok, "{err}");
     assert!(text.starts_with("Experiment ranker: "), "{text}");
-    assert!(text.contains("purchase [primary] (value metric, higher is better)"), "{text}");
-    assert!(text.contains("treatment vs control:") && text.contains("always-valid interval"), "{text}");
+    assert!(
+        text.contains("purchase [primary] (value metric, higher is better)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("treatment vs control:") && text.contains("always-valid interval"),
+        "{text}"
+    );
     let (ok, json_out, err) = abmesh(&["report", "ranker", "--url", &a.url, "--format", "json"]);
     assert!(ok, "{err}");
     let live: Value = serde_json::from_str(&json_out).unwrap();
@@ -69,43 +94,77 @@ fn report_from_a_server_a_directory_and_merged_states() {
     let (ok, _, err) = abmesh(&["report", "nope", "--url", &a.url]);
     assert!(!ok && err.contains("no experiment"), "{err}");
     let (ok, _, err) = abmesh(&["report", "ranker", "--url", "http://127.0.0.1:9"]);
-    assert!(!ok && err.contains("is `abmesh serve --data-dir ...` running?"), "{err}");
+    assert!(
+        !ok && err.contains("is `abmesh serve --data-dir ...` running?"),
+        "{err}"
+    );
 
     // Two sidecars' exported states, merged offline = one with everything.
     let b = start(&db);
     feed(&b.url, 800, 1500, 1);
     let (sa, sb) = (tmp.path().join("a.state"), tmp.path().join("b.state"));
     for (srv, f) in [(&a, &sa), (&b, &sb)] {
-        let r = Client::new(&srv.url).unwrap().get("/admin/state", &[]).unwrap();
+        let r = Client::new(&srv.url)
+            .unwrap()
+            .get("/admin/state", &[])
+            .unwrap();
         assert_eq!(r.status, 200);
         std::fs::write(f, &r.body).unwrap();
     }
     let all = start(&tmp.path().join("all"));
     feed(&all.url, 0, 800, 1);
     feed(&all.url, 800, 1500, 2);
-    let want: Value =
-        serde_json::from_slice(&Client::new(&all.url).unwrap().get("/admin/experiments/ranker", &[]).unwrap().body).unwrap();
+    let want: Value = serde_json::from_slice(
+        &Client::new(&all.url)
+            .unwrap()
+            .get("/admin/experiments/ranker", &[])
+            .unwrap()
+            .body,
+    )
+    .unwrap();
     let (ok, out, err) = abmesh(&[
-        "report", "ranker", "--format", "json", "--experiments", cfg.to_str().unwrap(),
-        "--state", sa.to_str().unwrap(), "--state", sb.to_str().unwrap(),
+        "report",
+        "ranker",
+        "--format",
+        "json",
+        "--experiments",
+        cfg.to_str().unwrap(),
+        "--state",
+        sa.to_str().unwrap(),
+        "--state",
+        sb.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     let merged: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(merged["variants"], want["variants"]);
     assert_eq!(merged["decision"], want["decision"]);
-    assert_eq!(merged["metrics"][0]["variants"], want["metrics"][0]["variants"]);
+    assert_eq!(
+        merged["metrics"][0]["variants"],
+        want["metrics"][0]["variants"]
+    );
 
     // Offline from the data directories themselves (the servers stopped).
     a.stop();
     b.stop();
     let (ok, out, err) = abmesh(&[
-        "report", "ranker", "--experiments", cfg.to_str().unwrap(),
-        "--data-dir", da.to_str().unwrap(), "--data-dir", db.to_str().unwrap(), "--format", "json",
+        "report",
+        "ranker",
+        "--experiments",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        da.to_str().unwrap(),
+        "--data-dir",
+        db.to_str().unwrap(),
+        "--format",
+        "json",
     ]);
     assert!(ok, "{err}");
     let offline: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(offline["variants"], want["variants"]);
     let (ok, out, err) = abmesh(&["report", "ranker", "--data-dir", da.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(out.contains("control (control)") && out.contains("400"), "{out}");
+    assert!(
+        out.contains("control (control)") && out.contains("400"),
+        "{out}"
+    );
 }

@@ -15,8 +15,7 @@ use abmesh_sidecar::events::Outcome;
 use abmesh_sidecar::report::settings::{ExperimentSettings, MetricSettings};
 use abmesh_sidecar::report::{self, DecisionKind, Report, Settings, Stat};
 
-const CONFIG: &str =
-    r#"{"experiments":[{"name":"exp","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
+const CONFIG: &str = r#"{"experiments":[{"name":"exp","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
 
 struct Rng(u64);
 impl Rng {
@@ -40,16 +39,31 @@ fn t(s: &str) -> Text<'_> {
 /// `users` users per variant (`share_t` of them in treatment); each user
 /// gets `value(variant, rng)` for metric "m" (None: no event) and a
 /// covariate correlated with it.
-fn run(users: usize, share_t: f64, seed: u64, value: impl Fn(usize, &mut Rng) -> Option<f64>, settings: &Settings) -> Report {
+fn run(
+    users: usize,
+    share_t: f64,
+    seed: u64,
+    value: impl Fn(usize, &mut Rng) -> Option<f64>,
+    settings: &Settings,
+) -> Report {
     let defs = Arc::new(Definitions::from_json(CONFIG.as_bytes()).unwrap());
     let mut e = Engine::new(Some(defs), EngineOptions::default());
     let mut rng = Rng(seed);
     let names: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();
-    let variant: Vec<usize> = (0..users).map(|_| usize::from(rng.unit() < share_t)).collect();
+    let variant: Vec<usize> = (0..users)
+        .map(|_| usize::from(rng.unit() < share_t))
+        .collect();
     let rows: Vec<ExposureRow> = names
         .iter()
         .enumerate()
-        .map(|(i, n)| ExposureRow(1_777_636_800_000 + (i as i64) * 1000, 0, variant[i] as u32, t(n)))
+        .map(|(i, n)| {
+            ExposureRow(
+                1_777_636_800_000 + (i as i64) * 1000,
+                0,
+                variant[i] as u32,
+                t(n),
+            )
+        })
         .collect();
     e.apply_exposures(&ExposureBatch {
         instance: t("sim"),
@@ -86,16 +100,36 @@ fn normal_value(mean_c: f64, lift: f64, sd: f64) -> impl Fn(usize, &mut Rng) -> 
 
 #[test]
 fn a_real_improvement_ships() {
-    let r = run(4000, 0.5, 1, normal_value(10.0, 0.10, 3.0), &Settings::default());
-    assert_eq!(r.decision.decision, DecisionKind::Ship, "{}", r.decision.reason);
+    let r = run(
+        4000,
+        0.5,
+        1,
+        normal_value(10.0, 0.10, 3.0),
+        &Settings::default(),
+    );
+    assert_eq!(
+        r.decision.decision,
+        DecisionKind::Ship,
+        "{}",
+        r.decision.reason
+    );
     assert_eq!(r.decision.variant.as_deref(), Some("treatment"));
-    assert!(r.decision.reason.contains("treatment improves m per user by +"), "{}", r.decision.reason);
+    assert!(
+        r.decision
+            .reason
+            .contains("treatment improves m per user by +"),
+        "{}",
+        r.decision.reason
+    );
     let c = &r.metrics[0].comparisons[0];
     let rel = c.relative.ok().unwrap();
     assert!((rel.estimate - 0.10).abs() < 0.03, "{rel:?}");
     assert!(c.p_value.unwrap() < 1e-6);
     let seq = c.sequential.ok().unwrap();
-    assert!(seq.ci_low > 0.0 && seq.ci_low < rel.ci_low && seq.ci_high > rel.ci_high, "the always-valid interval is wider: {seq:?} {rel:?}");
+    assert!(
+        seq.ci_low > 0.0 && seq.ci_low < rel.ci_low && seq.ci_high > rel.ci_high,
+        "the always-valid interval is wider: {seq:?} {rel:?}"
+    );
     assert!(*c.chance_to_beat_control.ok().unwrap() > 0.999);
     // The covariate explains most of the variance: CUPED narrows the test.
     let cuped = c.cuped.as_ref().unwrap().ok().unwrap();
@@ -107,45 +141,123 @@ fn a_real_improvement_ships() {
     assert!(r.srm.ok().is_some_and(|s| !s.alarm));
     assert!(!c.series.is_empty());
     let last = c.series.last().unwrap();
-    assert!((last.lift - rel.estimate).abs() < 1e-12, "the chart ends at the current result");
+    assert!(
+        (last.lift - rel.estimate).abs() < 1e-12,
+        "the chart ends at the current result"
+    );
 }
 
 #[test]
 fn a_real_harm_stops_and_direction_is_respected() {
-    let r = run(4000, 0.5, 2, normal_value(10.0, -0.10, 3.0), &Settings::default());
-    assert_eq!(r.decision.decision, DecisionKind::StopHarm, "{}", r.decision.reason);
-    assert!(r.decision.reason.contains("treatment makes m per user worse"), "{}", r.decision.reason);
+    let r = run(
+        4000,
+        0.5,
+        2,
+        normal_value(10.0, -0.10, 3.0),
+        &Settings::default(),
+    );
+    assert_eq!(
+        r.decision.decision,
+        DecisionKind::StopHarm,
+        "{}",
+        r.decision.reason
+    );
+    assert!(
+        r.decision
+            .reason
+            .contains("treatment makes m per user worse"),
+        "{}",
+        r.decision.reason
+    );
     // Where lower is better, the same data is an improvement.
     let mut s = Settings::default();
     s.experiments.insert(
         "exp".into(),
         ExperimentSettings {
             primary_metric: Some("m".into()),
-            metrics: [("m".to_owned(), MetricSettings { higher_is_better: false })].into(),
+            metrics: [(
+                "m".to_owned(),
+                MetricSettings {
+                    higher_is_better: false,
+                },
+            )]
+            .into(),
         },
     );
     let r = run(4000, 0.5, 2, normal_value(10.0, -0.10, 3.0), &s);
-    assert_eq!(r.decision.decision, DecisionKind::Ship, "{}", r.decision.reason);
-    assert!(*r.metrics[0].comparisons[0].chance_to_beat_control.ok().unwrap() > 0.999);
+    assert_eq!(
+        r.decision.decision,
+        DecisionKind::Ship,
+        "{}",
+        r.decision.reason
+    );
+    assert!(
+        *r.metrics[0].comparisons[0]
+            .chance_to_beat_control
+            .ok()
+            .unwrap()
+            > 0.999
+    );
 }
 
 #[test]
 fn no_effect_on_a_large_sample_is_inconclusive() {
-    let r = run(20_000, 0.5, 3, normal_value(10.0, 0.0, 2.0), &Settings::default());
-    assert_eq!(r.decision.decision, DecisionKind::Inconclusive, "{}", r.decision.reason);
-    assert!(r.decision.reason.contains("No effect as large as ±5.0%"), "{}", r.decision.reason);
+    let r = run(
+        20_000,
+        0.5,
+        3,
+        normal_value(10.0, 0.0, 2.0),
+        &Settings::default(),
+    );
+    assert_eq!(
+        r.decision.decision,
+        DecisionKind::Inconclusive,
+        "{}",
+        r.decision.reason
+    );
+    assert!(
+        r.decision.reason.contains("No effect as large as ±5.0%"),
+        "{}",
+        r.decision.reason
+    );
 }
 
 #[test]
 fn small_samples_keep_running_and_say_how_far_to_go() {
-    let r = run(150, 0.5, 4, normal_value(10.0, 0.0, 5.0), &Settings::default());
+    let r = run(
+        150,
+        0.5,
+        4,
+        normal_value(10.0, 0.0, 5.0),
+        &Settings::default(),
+    );
     assert_eq!(r.decision.decision, DecisionKind::KeepRunning);
-    assert!(r.decision.reason.starts_with("Too early"), "{}", r.decision.reason);
-
-    let r = run(1000, 0.5, 5, normal_value(10.0, 0.02, 8.0), &Settings::default());
-    assert_eq!(r.decision.decision, DecisionKind::KeepRunning, "{}", r.decision.reason);
     assert!(
-        r.decision.reason.contains("The MDE at the current sample is") && r.decision.reason.contains("users per variant give 80% power"),
+        r.decision.reason.starts_with("Too early"),
+        "{}",
+        r.decision.reason
+    );
+
+    let r = run(
+        1000,
+        0.5,
+        5,
+        normal_value(10.0, 0.02, 8.0),
+        &Settings::default(),
+    );
+    assert_eq!(
+        r.decision.decision,
+        DecisionKind::KeepRunning,
+        "{}",
+        r.decision.reason
+    );
+    assert!(
+        r.decision
+            .reason
+            .contains("The MDE at the current sample is")
+            && r.decision
+                .reason
+                .contains("users per variant give 80% power"),
         "{}",
         r.decision.reason
     );
@@ -153,13 +265,22 @@ fn small_samples_keep_running_and_say_how_far_to_go() {
 
 #[test]
 fn conversions_use_proportions_and_the_beta_binomial() {
-    let conv = |v: usize, rng: &mut Rng| (rng.unit() < if v == 1 { 0.15 } else { 0.10 }).then_some(1.0);
+    let conv =
+        |v: usize, rng: &mut Rng| (rng.unit() < if v == 1 { 0.15 } else { 0.10 }).then_some(1.0);
     let r = run(6000, 0.5, 6, conv, &Settings::default());
     let m = &r.metrics[0];
     // Every event had a value of 1 here: still a value metric, but the
     // conversion counts are there.
-    assert!(m.variants.iter().all(|v| v.converted > 0 && v.conversion_rate.is_some()));
-    assert_eq!(r.decision.decision, DecisionKind::Ship, "{}", r.decision.reason);
+    assert!(m
+        .variants
+        .iter()
+        .all(|v| v.converted > 0 && v.conversion_rate.is_some()));
+    assert_eq!(
+        r.decision.decision,
+        DecisionKind::Ship,
+        "{}",
+        r.decision.reason
+    );
 }
 
 #[test]
@@ -169,7 +290,11 @@ fn a_51_49_split_at_100k_users_is_a_sample_ratio_mismatch() {
     assert!(srm.alarm && srm.p_value < 1e-6, "{srm:?}");
     assert!(srm.weights_configured);
     assert_eq!(r.decision.decision, DecisionKind::Inconclusive);
-    assert!(r.decision.reason.starts_with("Sample ratio mismatch"), "{}", r.decision.reason);
+    assert!(
+        r.decision.reason.starts_with("Sample ratio mismatch"),
+        "{}",
+        r.decision.reason
+    );
     // A fair split at the same size is not flagged.
     let r = run(100_000, 0.5, 8, |_, _| Some(1.0), &Settings::default());
     assert!(!r.srm.ok().unwrap().alarm);
@@ -179,16 +304,27 @@ fn a_51_49_split_at_100k_users_is_a_sample_ratio_mismatch() {
 fn undefined_statistics_say_why() {
     // One user per variant: nothing can be tested, and the report says so
     // instead of printing NaN.
-    let settings = Settings { min_users: 1, ..Settings::default() };
+    let settings = Settings {
+        min_users: 1,
+        ..Settings::default()
+    };
     let r = (9..100)
         .map(|seed| run(2, 0.5, seed, normal_value(10.0, 0.0, 1.0), &settings))
         .find(|r| r.variants.iter().all(|v| v.users == 1))
         .expect("some seed splits two users one and one");
     let c = &r.metrics[0].comparisons[0];
-    assert!(matches!(&c.absolute, Stat::Err { error } if error.contains("n must be ≥ 2")), "{:?}", c.absolute);
+    assert!(
+        matches!(&c.absolute, Stat::Err { error } if error.contains("n must be ≥ 2")),
+        "{:?}",
+        c.absolute
+    );
     assert!(matches!(&c.sequential, Stat::Err { .. }));
     let json = serde_json::to_string(&r).unwrap();
     assert!(!json.contains("NaN"), "{json}");
     assert_eq!(r.decision.decision, DecisionKind::KeepRunning);
-    assert!(r.decision.reason.contains("cannot be tested"), "{}", r.decision.reason);
+    assert!(
+        r.decision.reason.contains("cannot be tested"),
+        "{}",
+        r.decision.reason
+    );
 }

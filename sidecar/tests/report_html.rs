@@ -16,8 +16,7 @@ use abmesh_sidecar::cli::http::Client;
 use abmesh_sidecar::events::local::{LocalOptions, LocalServer};
 use serde_json::{json, Value};
 
-const CONFIG: &str =
-    r#"{"experiments":[{"name":"ranker","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
+const CONFIG: &str = r#"{"experiments":[{"name":"ranker","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
 
 fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -102,9 +101,23 @@ fn populated(dir: &Path) -> LocalServer {
         events.push(json!({"user": format!("u{u}"), "metric": "page_view"}));
     }
     let body = json!({"instance": "t/0/1", "seq": 1, "experiments": [{"name": "ranker", "variants": ["control", "treatment"]}], "exposures": rows});
-    assert_eq!(c.post("/v1/exposures", "application/json", body.to_string().as_bytes()).unwrap().status, 200);
+    assert_eq!(
+        c.post(
+            "/v1/exposures",
+            "application/json",
+            body.to_string().as_bytes()
+        )
+        .unwrap()
+        .status,
+        200
+    );
     let body = Value::Array(events).to_string();
-    assert_eq!(c.post("/v1/events", "application/json", body.as_bytes()).unwrap().status, 200);
+    assert_eq!(
+        c.post("/v1/events", "application/json", body.as_bytes())
+            .unwrap()
+            .status,
+        200
+    );
     s
 }
 
@@ -115,11 +128,19 @@ fn html_report_renders_in_headless_chromium() {
     let mut c = Client::new(&server.url).unwrap();
 
     // Content negotiation: Accept: text/html or ?format=html.
-    let r = c.get("/admin/experiments/ranker", &[("accept", "text/html,application/xhtml+xml")]).unwrap();
+    let r = c
+        .get(
+            "/admin/experiments/ranker",
+            &[("accept", "text/html,application/xhtml+xml")],
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
     let page = r.text();
-    assert!(page.contains("<svg") && page.contains("class=lift-chart"), "the chart is inline SVG");
+    assert!(
+        page.contains("<svg") && page.contains("class=lift-chart"),
+        "the chart is inline SVG"
+    );
     let r = c.get("/admin/experiments?format=html", &[]).unwrap();
     assert!(r.text().contains("/admin/experiments/ranker?format=html"));
     let r = c.get("/admin/experiments/ranker", &[]).unwrap();
@@ -135,7 +156,12 @@ fn html_report_renders_in_headless_chromium() {
     let url = format!("{}/admin/experiments/ranker?format=html", server.url);
 
     let shot = dir.path().join("report.png");
-    run_chromium(&bin, &dir.path().join("profile-1"), &[format!("--screenshot={}", shot.display())], &url);
+    run_chromium(
+        &bin,
+        &dir.path().join("profile-1"),
+        &[format!("--screenshot={}", shot.display())],
+        &url,
+    );
     let png = std::fs::read(&shot).expect("chromium wrote a screenshot");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
     let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
@@ -143,13 +169,30 @@ fn html_report_renders_in_headless_chromium() {
     assert_eq!((width, height), (1200, 1600));
     // A blank 1200×1600 page compresses to a few KiB; tables and a chart
     // do not.
-    assert!(png.len() > 40_000, "screenshot of {} bytes looks empty", png.len());
+    assert!(
+        png.len() > 40_000,
+        "screenshot of {} bytes looks empty",
+        png.len()
+    );
 
-    let dom = run_chromium(&bin, &dir.path().join("profile-2"), &["--dump-dom".to_owned()], &url);
-    let fig = dom.find("class=\"lift-chart\"").expect("the chart's figure is in the DOM");
+    let dom = run_chromium(
+        &bin,
+        &dir.path().join("profile-2"),
+        &["--dump-dom".to_owned()],
+        &url,
+    );
+    let fig = dom
+        .find("class=\"lift-chart\"")
+        .expect("the chart's figure is in the DOM");
     let chart = &dom[fig..];
     assert!(chart.contains("<svg"), "an svg element");
-    assert!(chart.contains("cumulative relative lift"), "with its caption");
-    assert!(chart.contains("<polyline") || chart.contains("<path"), "and the lift series drawn");
+    assert!(
+        chart.contains("cumulative relative lift"),
+        "with its caption"
+    );
+    assert!(
+        chart.contains("<polyline") || chart.contains("<path"),
+        "and the lift series drawn"
+    );
     assert!(dom.contains("id=\"decision\""), "the decision is shown");
 }

@@ -13,8 +13,7 @@ use abmesh_sidecar::events::fields::{Finite, Text};
 use abmesh_sidecar::events::Outcome;
 use abmesh_sidecar::report::{self, Settings};
 
-const CONFIG: &str =
-    r#"{"experiments":[{"name":"exp","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
+const CONFIG: &str = r#"{"experiments":[{"name":"exp","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
 
 fn t(s: &str) -> Text<'_> {
     Text(Cow::Borrowed(s))
@@ -68,7 +67,14 @@ fn report_time_does_not_grow_with_events() {
     let rows: Vec<ExposureRow> = names
         .iter()
         .enumerate()
-        .map(|(i, n)| ExposureRow(1_777_636_800_000 + (i as i64 * 51_840), 0, (i % 2) as u32, t(n)))
+        .map(|(i, n)| {
+            ExposureRow(
+                1_777_636_800_000 + (i as i64 * 51_840),
+                0,
+                (i % 2) as u32,
+                t(n),
+            )
+        })
         .collect();
     e.apply_exposures(&ExposureBatch {
         instance: t("x"),
@@ -91,5 +97,8 @@ fn report_time_does_not_grow_with_events() {
         large < small * 3 + Duration::from_millis(20),
         "report time grew with events: {small:?} → {large:?}"
     );
-    assert!(large < Duration::from_millis(200), "{large:?} (unoptimized build)");
+    assert!(
+        large < Duration::from_millis(200),
+        "{large:?} (unoptimized build)"
+    );
 }

@@ -7,7 +7,9 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use abmesh_sidecar::store::{Kind, RecordRef, StateMachine, Store, StoreError, StoreMetrics, StoreOptions};
+use abmesh_sidecar::store::{
+    Kind, RecordRef, StateMachine, Store, StoreError, StoreMetrics, StoreOptions,
+};
 use bytes::Bytes;
 
 /// Every payload applied, in order, with its LSN.
@@ -45,7 +47,10 @@ fn restore(bytes: Option<&[u8]>) -> Result<Journal, String> {
 /// Opens for writing. A store dropped without `shutdown` (a simulated
 /// crash) releases its lock when its threads have exited, a moment later,
 /// so a `Locked` is retried for a while.
-fn open(dir: &Path, options: StoreOptions) -> Result<(Store<Journal>, abmesh_sidecar::store::Recovery), StoreError> {
+fn open(
+    dir: &Path,
+    options: StoreOptions,
+) -> Result<(Store<Journal>, abmesh_sidecar::store::Recovery), StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match Store::open(dir, options, StoreMetrics::new(), restore) {
@@ -58,7 +63,11 @@ fn open(dir: &Path, options: StoreOptions) -> Result<(Store<Journal>, abmesh_sid
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn payload(i: usize) -> Bytes {
@@ -101,7 +110,11 @@ fn concurrent_appends_share_syncs_and_survive_a_restart() {
     });
     let mut sorted = lsns.clone();
     sorted.sort();
-    assert_eq!(sorted, (1..=400).collect::<Vec<_>>(), "every append got its own LSN");
+    assert_eq!(
+        sorted,
+        (1..=400).collect::<Vec<_>>(),
+        "every append got its own LSN"
+    );
     store.shutdown();
     drop(store);
 
@@ -115,7 +128,9 @@ fn concurrent_appends_share_syncs_and_survive_a_restart() {
     // Reopening for writing continues the numbering.
     let (store, rec) = open(dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(rec.last_lsn, 400);
-    let lsn = rt.block_on(store.append(Kind::Outcomes, Bytes::from_static(b"after"))).unwrap();
+    let lsn = rt
+        .block_on(store.append(Kind::Outcomes, Bytes::from_static(b"after")))
+        .unwrap();
     assert_eq!(lsn, 401);
     store.shutdown();
 }
@@ -127,7 +142,8 @@ fn a_torn_tail_is_truncated_and_the_log_goes_on() {
     {
         let (store, _) = open(dir.path(), StoreOptions::default()).unwrap();
         for i in 0..20 {
-            rt.block_on(store.append(Kind::Outcomes, payload(i))).unwrap();
+            rt.block_on(store.append(Kind::Outcomes, payload(i)))
+                .unwrap();
         }
         // No shutdown: no final snapshot, as after a crash.
         drop(store);
@@ -152,7 +168,9 @@ fn a_torn_tail_is_truncated_and_the_log_goes_on() {
     assert_eq!(rec.truncated_bytes, torn.len() as u64 + 300);
     assert_eq!(rec.last_lsn, 20);
     assert_eq!(fs::metadata(&seg).unwrap().len(), good_len);
-    let lsn = rt.block_on(store.append(Kind::Outcomes, payload(99))).unwrap();
+    let lsn = rt
+        .block_on(store.append(Kind::Outcomes, payload(99)))
+        .unwrap();
     assert_eq!(lsn, 21);
     store.shutdown();
     let j = journal(dir.path());
@@ -167,7 +185,8 @@ fn every_cut_of_the_last_record_recovers_to_the_records_before_it() {
     {
         let (store, _) = open(dir.path(), StoreOptions::default()).unwrap();
         for i in 0..3 {
-            rt.block_on(store.append(Kind::Exposures, payload(i))).unwrap();
+            rt.block_on(store.append(Kind::Exposures, payload(i)))
+                .unwrap();
         }
     }
     let seg = segments(dir.path()).pop().unwrap();
@@ -177,7 +196,11 @@ fn every_cut_of_the_last_record_recovers_to_the_records_before_it() {
     for cut in (start..full.len()).step_by(3) {
         fs::write(&seg, &full[..cut]).unwrap();
         let (store, rec) = open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!((rec.last_lsn, rec.truncated_bytes), (2, (cut - start) as u64), "cut at {cut}");
+        assert_eq!(
+            (rec.last_lsn, rec.truncated_bytes),
+            (2, (cut - start) as u64),
+            "cut at {cut}"
+        );
         drop(store);
     }
 }
@@ -194,7 +217,8 @@ fn damage_before_the_last_segment_is_refused_with_its_place() {
     {
         let (store, _) = open(dir.path(), small).unwrap();
         for i in 0..60 {
-            rt.block_on(store.append(Kind::Outcomes, payload(i))).unwrap();
+            rt.block_on(store.append(Kind::Outcomes, payload(i)))
+                .unwrap();
         }
     }
     let segs = segments(dir.path());
@@ -206,7 +230,10 @@ fn damage_before_the_last_segment_is_refused_with_its_place() {
     let err = open(dir.path(), small).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains(&segs[0].display().to_string()) && msg.contains("checksum"), "{msg}");
+    assert!(
+        msg.contains(&segs[0].display().to_string()) && msg.contains("checksum"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -221,7 +248,8 @@ fn snapshots_bound_replay_and_remove_covered_segments() {
     {
         let (store, _) = open(dir.path(), opts).unwrap();
         for i in 0..500 {
-            rt.block_on(store.append(Kind::Outcomes, payload(i))).unwrap();
+            rt.block_on(store.append(Kind::Outcomes, payload(i)))
+                .unwrap();
         }
         drop(store); // a crash: no final snapshot
     }
@@ -229,16 +257,32 @@ fn snapshots_bound_replay_and_remove_covered_segments() {
         .unwrap()
         .filter_map(|e| {
             let p = e.unwrap().path();
-            p.file_name().unwrap().to_str().unwrap().starts_with("snapshot-").then_some(p)
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("snapshot-")
+                .then_some(p)
         })
         .collect();
-    assert_eq!(snaps.len(), 2, "the newest two snapshots are kept: {snaps:?}");
+    assert_eq!(
+        snaps.len(),
+        2,
+        "the newest two snapshots are kept: {snaps:?}"
+    );
     // 500 records of ~50 bytes = ~40 KiB of log in 1 KiB segments, but
     // only the segments after the older kept snapshot are left.
-    assert!(segments(dir.path()).len() <= 12, "{:?}", segments(dir.path()));
+    assert!(
+        segments(dir.path()).len() <= 12,
+        "{:?}",
+        segments(dir.path())
+    );
     let (store, rec) = open(dir.path(), opts).unwrap();
     assert!(rec.snapshot_lsn >= 400, "{rec:?}");
-    assert!(rec.replayed <= 100, "replay is bounded by the snapshot interval: {rec:?}");
+    assert!(
+        rec.replayed <= 100,
+        "replay is bounded by the snapshot interval: {rec:?}"
+    );
     assert_eq!(rec.last_lsn, 500);
     store.shutdown();
     // A clean shutdown leaves a snapshot of everything: nothing to replay.
@@ -246,7 +290,10 @@ fn snapshots_bound_replay_and_remove_covered_segments() {
     assert_eq!((rec.snapshot_lsn, rec.replayed), (500, 0));
     drop(store);
     let j = journal(dir.path());
-    assert_eq!(j.0.iter().map(|x| x.0).collect::<Vec<_>>(), (1..=500).collect::<Vec<_>>());
+    assert_eq!(
+        j.0.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (1..=500).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -261,7 +308,8 @@ fn a_damaged_newest_snapshot_falls_back_to_the_one_before() {
     {
         let (store, _) = open(dir.path(), opts).unwrap();
         for i in 0..500 {
-            rt.block_on(store.append(Kind::Outcomes, payload(i))).unwrap();
+            rt.block_on(store.append(Kind::Outcomes, payload(i)))
+                .unwrap();
         }
         store.shutdown();
     }
@@ -276,7 +324,10 @@ fn a_damaged_newest_snapshot_falls_back_to_the_one_before() {
     b[40] ^= 0x55;
     fs::write(&newest, b).unwrap();
     let j = journal(dir.path());
-    assert_eq!(j.0.iter().map(|x| x.0).collect::<Vec<_>>(), (1..=500).collect::<Vec<_>>());
+    assert_eq!(
+        j.0.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (1..=500).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -286,7 +337,8 @@ fn a_damaged_snapshot_falls_back_to_the_log() {
     {
         let (store, _) = open(dir.path(), StoreOptions::default()).unwrap();
         for i in 0..10 {
-            rt.block_on(store.append(Kind::Outcomes, payload(i))).unwrap();
+            rt.block_on(store.append(Kind::Outcomes, payload(i)))
+                .unwrap();
         }
         store.shutdown();
     }
@@ -308,7 +360,13 @@ fn a_damaged_snapshot_falls_back_to_the_log() {
 fn one_writer_per_directory() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path(), StoreOptions::default()).unwrap();
-    let err = Store::open(dir.path(), StoreOptions::default(), StoreMetrics::new(), restore).unwrap_err();
+    let err = Store::open(
+        dir.path(),
+        StoreOptions::default(),
+        StoreMetrics::new(),
+        restore,
+    )
+    .unwrap_err();
     assert!(matches!(err, StoreError::Locked(_)), "{err}");
     store.shutdown();
     drop(store);
@@ -322,6 +380,8 @@ fn appends_after_shutdown_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path(), StoreOptions::default()).unwrap();
     store.shutdown();
-    let err = rt().block_on(store.append(Kind::Outcomes, payload(1))).unwrap_err();
+    let err = rt()
+        .block_on(store.append(Kind::Outcomes, payload(1)))
+        .unwrap_err();
     assert!(matches!(err, StoreError::Closed), "{err}");
 }

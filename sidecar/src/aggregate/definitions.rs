@@ -60,7 +60,10 @@ impl Definitions {
     }
 
     pub fn get(&self, name: &str) -> Option<(usize, &Defined)> {
-        self.experiments.iter().enumerate().find(|(_, e)| e.name == name)
+        self.experiments
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.name == name)
     }
 
     pub fn plan(&self) -> &Plan {
@@ -92,9 +95,14 @@ mod tests {
         )
         .unwrap();
         let e = &d.experiments()[0];
-        assert_eq!((e.variants.clone(), e.weights.clone(), e.control), (vec!["a".to_owned(), "b".to_owned()], vec![1.0, 3.0], 1));
+        assert_eq!(
+            (e.variants.clone(), e.weights.clone(), e.control),
+            (vec!["a".to_owned(), "b".to_owned()], vec![1.0, 3.0], 1)
+        );
         let mut buf = d.decisions();
         assert!(d.assign("user-1", 0, &mut buf).is_some());
-        assert!(Definitions::from_json(br#"{"experiments":[{"name":"r","variants":[]}]}"#).is_err());
+        assert!(
+            Definitions::from_json(br#"{"experiments":[{"name":"r","variants":[]}]}"#).is_err()
+        );
     }
 }

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use siphasher::sip128::{Hasher128, SipHasher13};
 use smallvec::SmallVec;
 
-use super::{bucket_of, Aggregates, Counters, Definitions, MetricInfo, UserValue, BUCKET_MS};
+use super::{Aggregates, Counters, Definitions, MetricInfo, UserValue, BUCKET_MS};
 use crate::events::{parse_exposures, parse_outcomes, ExposureBatch, Outcome};
 use crate::store::{Kind, RecordRef, StateMachine};
 
@@ -210,7 +210,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("users", &self.users.len()).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -294,15 +296,16 @@ impl Engine {
                 e.mismatches = rec.mismatches;
             }
             drop(agg);
-            if exp_map.iter().enumerate().all(|(i, &(e, ref vs))| e == i as u32 && vs.iter().enumerate().all(|(j, &v)| v == j as u16))
-                && metric_map.iter().enumerate().all(|(i, &m)| m == i as u32)
+            if exp_map.iter().enumerate().all(|(i, &(e, ref vs))| {
+                e == i as u32 && vs.iter().enumerate().all(|(j, &v)| v == j as u16)
+            }) && metric_map.iter().enumerate().all(|(i, &m)| m == i as u32)
             {
                 // The usual case: ids are unchanged; rebuild the sums.
                 engine.users = users;
                 let mut agg = engine.shared.lock().expect("aggregates lock");
                 for user in engine.users.values() {
                     for e in &user.exposures {
-                        agg.add_user(e.exp, e.variant, bucket_of(e.t_ms), &user.values(e.exp), 1.0);
+                        agg.add_user(e.exp, e.variant, e.t_ms, &user.values(e.exp), 1.0);
                         if e.conflicted {
                             agg.experiments[e.exp as usize].conflicts += 1;
                         }
@@ -370,7 +373,10 @@ impl Engine {
         }
         agg.counters.events += accepted;
         agg.counters.duplicate_events += duplicates;
-        Applied::Events { accepted, duplicates }
+        Applied::Events {
+            accepted,
+            duplicates,
+        }
     }
 
     /// Applies a validated `POST /v1/exposures` batch.
@@ -398,12 +404,17 @@ impl Engine {
         agg.counters.dropped_exposures += batch.dropped;
         agg.counters.exposure_rows += batch.exposures.len() as u64;
         // Batch indexes → (experiment id, variant ids, definition index).
-        let mut map: Vec<(u32, Vec<u16>, Option<usize>)> = Vec::with_capacity(batch.experiments.len());
+        let mut map: Vec<(u32, Vec<u16>, Option<usize>)> =
+            Vec::with_capacity(batch.experiments.len());
         for e in &batch.experiments {
             let id = agg.experiment_id(e.name.as_str());
             let exp = &mut agg.experiments[id as usize];
             let variants = e.variants.iter().map(|v| exp.variant(v.as_str())).collect();
-            let def = self.definitions.as_ref().and_then(|d| d.get(e.name.as_str())).map(|(i, _)| i);
+            let def = self
+                .definitions
+                .as_ref()
+                .and_then(|d| d.get(e.name.as_str()))
+                .map(|(i, _)| i);
             map.push((id, variants, def));
         }
         for row in &batch.exposures {
@@ -411,7 +422,8 @@ impl Engine {
             let variant = variants[row.variant()];
             let e = &mut agg.experiments[exp as usize];
             e.exposure_rows += 1;
-            if let (Some(d), Some(i), Some(buf)) = (&self.definitions, def, self.decisions.as_mut()) {
+            if let (Some(d), Some(i), Some(buf)) = (&self.definitions, def, self.decisions.as_mut())
+            {
                 let expected = d.assign(row.user(), i, buf);
                 if expected != Some(e.variants[variant as usize].as_str()) {
                     e.mismatches += 1;
@@ -502,12 +514,22 @@ impl Engine {
     }
 
     /// Adds a user's state from another id space.
-    fn fold_user(&mut self, name: &str, other: &UserState, exp_map: &[(u32, Vec<u16>)], metric_map: &[u32]) {
+    fn fold_user(
+        &mut self,
+        name: &str,
+        other: &UserState,
+        exp_map: &[(u32, Vec<u16>)],
+        metric_map: &[u32],
+    ) {
         let shared = self.shared.clone();
         let mut agg = shared.lock().expect("aggregates lock");
         let user = user_mut(&mut self.users, name);
         for m in &other.metrics {
-            let scope = if m.scope == ANY { ANY } else { exp_map[m.scope as usize].0 };
+            let scope = if m.scope == ANY {
+                ANY
+            } else {
+                exp_map[m.scope as usize].0
+            };
             add_metric(
                 user,
                 &mut agg,
@@ -520,30 +542,50 @@ impl Engine {
         }
         for e in &other.exposures {
             let (exp, ref variants) = exp_map[e.exp as usize];
-            add_exposure(user, &mut agg, exp, variants[e.variant as usize], e.t_ms, e.conflicted);
+            add_exposure(
+                user,
+                &mut agg,
+                exp,
+                variants[e.variant as usize],
+                e.t_ms,
+                e.conflicted,
+            );
         }
     }
 }
 
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, String> {
-    let s: SnapshotIn = postcard::from_bytes(bytes).map_err(|e| format!("not an abmesh state: {e}"))?;
+    let s: SnapshotIn =
+        postcard::from_bytes(bytes).map_err(|e| format!("not an abmesh state: {e}"))?;
     if s.version != SNAPSHOT_VERSION {
-        return Err(format!("state version {} (this abmesh reads {SNAPSHOT_VERSION})", s.version));
+        return Err(format!(
+            "state version {} (this abmesh reads {SNAPSHOT_VERSION})",
+            s.version
+        ));
     }
     if s.bucket_ms != BUCKET_MS {
-        return Err(format!("time buckets of {} ms (this abmesh uses {BUCKET_MS})", s.bucket_ms));
+        return Err(format!(
+            "time buckets of {} ms (this abmesh uses {BUCKET_MS})",
+            s.bucket_ms
+        ));
     }
     let n_exp = s.experiments.len();
     let n_metric = s.metrics.len();
     for u in s.users.values() {
         for e in &u.exposures {
-            if e.exp as usize >= n_exp || e.variant as usize >= s.experiments[e.exp as usize].variants.len() {
-                return Err("an exposure names an experiment or variant the state does not list".into());
+            if e.exp as usize >= n_exp
+                || e.variant as usize >= s.experiments[e.exp as usize].variants.len()
+            {
+                return Err(
+                    "an exposure names an experiment or variant the state does not list".into(),
+                );
             }
         }
         for m in &u.metrics {
             if (m.scope != ANY && m.scope as usize >= n_exp) || m.metric as usize >= n_metric {
-                return Err("a user's metric names an experiment or metric the state does not list".into());
+                return Err(
+                    "a user's metric names an experiment or metric the state does not list".into(),
+                );
             }
         }
     }
@@ -552,7 +594,10 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, String> {
 
 /// Registers the experiments (and variants) of a state; returns the map
 /// from its ids to ours.
-fn register_experiments(agg: &mut Aggregates, records: &[ExperimentRecord]) -> Vec<(u32, Vec<u16>)> {
+fn register_experiments(
+    agg: &mut Aggregates,
+    records: &[ExperimentRecord],
+) -> Vec<(u32, Vec<u16>)> {
     records
         .iter()
         .map(|r| {
@@ -614,14 +659,21 @@ fn add_metric(user: &mut UserState, agg: &mut Aggregates, delta: UserMetric) {
     }
     for (e, old) in affected {
         let new = user.value(e.exp, delta.metric);
-        agg.change_user(e.exp, e.variant, bucket_of(e.t_ms), delta.metric, &old, &new);
+        agg.change_user(e.exp, e.variant, e.t_ms, delta.metric, &old, &new);
     }
 }
 
 /// Records an exposure: the earliest (time, variant) wins. `conflicted`:
 /// the exposure comes from a state where the user was already seen in two
 /// variants.
-fn add_exposure(user: &mut UserState, agg: &mut Aggregates, exp: u32, variant: u16, t_ms: i64, conflicted: bool) {
+fn add_exposure(
+    user: &mut UserState,
+    agg: &mut Aggregates,
+    exp: u32,
+    variant: u16,
+    t_ms: i64,
+    conflicted: bool,
+) {
     match user.exposures.iter().position(|e| e.exp == exp) {
         None => {
             user.exposures.push(Exposure {
@@ -633,7 +685,7 @@ fn add_exposure(user: &mut UserState, agg: &mut Aggregates, exp: u32, variant: u
             if conflicted {
                 agg.experiments[exp as usize].conflicts += 1;
             }
-            agg.add_user(exp, variant, bucket_of(t_ms), &user.values(exp), 1.0);
+            agg.add_user(exp, variant, t_ms, &user.values(exp), 1.0);
         }
         Some(i) => {
             let old = user.exposures[i];
@@ -644,10 +696,8 @@ fn add_exposure(user: &mut UserState, agg: &mut Aggregates, exp: u32, variant: u
             }
             if (t_ms, variant) < (old.t_ms, old.variant) {
                 let values = user.values(exp);
-                if (old.variant, bucket_of(old.t_ms)) != (variant, bucket_of(t_ms)) {
-                    agg.add_user(exp, old.variant, bucket_of(old.t_ms), &values, -1.0);
-                    agg.add_user(exp, variant, bucket_of(t_ms), &values, 1.0);
-                }
+                agg.add_user(exp, old.variant, old.t_ms, &values, -1.0);
+                agg.add_user(exp, variant, t_ms, &values, 1.0);
                 new.variant = variant;
                 new.t_ms = t_ms;
             }
@@ -663,11 +713,15 @@ impl StateMachine for Engine {
         let out = match record.kind {
             Kind::Outcomes => match parse_outcomes(record.payload) {
                 Ok(events) => self.apply_outcomes(&events),
-                Err(e) => Applied::Unreadable { error: e.to_string() },
+                Err(e) => Applied::Unreadable {
+                    error: e.to_string(),
+                },
             },
             Kind::Exposures => match parse_exposures(record.payload) {
                 Ok(batch) => self.apply_exposures(&batch),
-                Err(e) => Applied::Unreadable { error: e.to_string() },
+                Err(e) => Applied::Unreadable {
+                    error: e.to_string(),
+                },
             },
             Kind::Merge => match self.merge_state(record.payload) {
                 Ok(a) => a,

@@ -25,8 +25,8 @@
 //!
 //! # Time buckets: cumulative by exposure
 //!
-//! Each user's contribution is also kept in the bucket (one minute) of
-//! their first exposure. The prefix sum of buckets up to time T is the
+//! Each user's contribution is also kept in the bucket (one minute, one
+//! hour and one day: [`LEVEL_MS`]) of their first exposure. The prefix sum of buckets up to time T is the
 //! comparison among the users exposed by T, with everything they have done
 //! so far; its last point is the current result. Unlike "what the report
 //! said at T", this is a function of the set of events alone, so it does
@@ -51,8 +51,14 @@ use serde::{Deserialize, Serialize};
 pub use definitions::{Defined, Definitions};
 pub use engine::{Applied, Engine, EngineOptions};
 
-/// Width of a time bucket.
+/// Width of the finest time bucket.
 pub const BUCKET_MS: i64 = 60_000;
+
+/// Widths of the bucket levels (minute, hour, day). Every contribution is
+/// kept at each level, so a chart over a month sums ~720 hourly cells
+/// instead of ~43 000 minutes, and a report stays within milliseconds
+/// whatever the duration.
+pub const LEVEL_MS: [i64; 3] = [BUCKET_MS, 3_600_000, 86_400_000];
 
 /// A compensated (Neumaier) sum: the rounding error of each addition is
 /// kept in `c`, so the total is accurate to ~ε whatever the count.
@@ -186,8 +192,9 @@ impl Cell {
 #[derive(Clone, Debug, Default)]
 pub struct VariantAgg {
     pub total: Cell,
-    /// Keyed by bucket index (first exposure time / [`BUCKET_MS`]).
-    pub buckets: BTreeMap<i64, Cell>,
+    /// Per level of [`LEVEL_MS`], keyed by bucket index (first exposure
+    /// time / the level's width).
+    pub levels: [BTreeMap<i64, Cell>; 3],
 }
 
 /// Everything known about one experiment.
@@ -317,7 +324,9 @@ impl Aggregates {
     }
 
     pub fn experiment(&self, name: &str) -> Option<&ExperimentAgg> {
-        self.exp_index.get(name).map(|&i| &self.experiments[i as usize])
+        self.exp_index
+            .get(name)
+            .map(|&i| &self.experiments[i as usize])
     }
 
     /// The definition of an experiment, if the definitions name it.
@@ -353,37 +362,59 @@ impl Aggregates {
 
     /// Adds (`sign` 1) or removes (−1) a whole user from a variant of an
     /// experiment; `values` are the user's totals per global metric id.
-    fn add_user(&mut self, exp: u32, variant: u16, bucket: i64, values: &[(u32, UserValue)], sign: f64) {
+    fn add_user(
+        &mut self,
+        exp: u32,
+        variant: u16,
+        t_ms: i64,
+        values: &[(u32, UserValue)],
+        sign: f64,
+    ) {
         let e = &mut self.experiments[exp as usize];
-        let slots: smallvec::SmallVec<[usize; 4]> = values.iter().map(|(m, _)| e.slot(*m)).collect();
+        let slots: smallvec::SmallVec<[usize; 4]> =
+            values.iter().map(|(m, _)| e.slot(*m)).collect();
         let va = &mut e.cells[variant as usize];
-        let bucket_cell = va.buckets.entry(bucket).or_default();
-        for cell in [&mut va.total, bucket_cell] {
+        let add = |cell: &mut Cell| {
             cell.users += sign as i64;
             for ((_, v), &slot) in values.iter().zip(&slots) {
                 cell.metric_mut(slot).add_user(v, sign);
             }
-        }
-        if va.buckets.get(&bucket).is_some_and(|c| c.users == 0 && sign < 0.0) {
-            // A user moved out and the bucket is empty of users: its sums
-            // are zeros up to rounding; drop it so buckets stay sparse.
-            va.buckets.remove(&bucket);
+        };
+        add(&mut va.total);
+        for (level, width) in va.levels.iter_mut().zip(LEVEL_MS) {
+            let b = t_ms.div_euclid(width);
+            let cell = level.entry(b).or_default();
+            add(cell);
+            if cell.users == 0 && sign < 0.0 {
+                // A user moved out and the bucket is empty of users: its
+                // sums are zeros up to rounding; drop it to stay sparse.
+                level.remove(&b);
+            }
         }
     }
 
     /// A user's totals for one metric changed.
-    fn change_user(&mut self, exp: u32, variant: u16, bucket: i64, metric: u32, old: &UserValue, new: &UserValue) {
+    fn change_user(
+        &mut self,
+        exp: u32,
+        variant: u16,
+        t_ms: i64,
+        metric: u32,
+        old: &UserValue,
+        new: &UserValue,
+    ) {
         let e = &mut self.experiments[exp as usize];
         let slot = e.slot(metric);
         let va = &mut e.cells[variant as usize];
         va.total.metric_mut(slot).change_user(old, new);
-        va.buckets.entry(bucket).or_default().metric_mut(slot).change_user(old, new);
+        for (level, width) in va.levels.iter_mut().zip(LEVEL_MS) {
+            level
+                .entry(t_ms.div_euclid(width))
+                .or_default()
+                .metric_mut(slot)
+                .change_user(old, new);
+        }
     }
-}
-
-/// The bucket of a time.
-pub fn bucket_of(t_ms: i64) -> i64 {
-    t_ms.div_euclid(BUCKET_MS)
 }
 
 #[cfg(test)]
@@ -403,15 +434,29 @@ mod tests {
 
     #[test]
     fn changing_a_user_equals_removing_and_adding() {
-        let a = UserValue { count: 1, y: 3.0, x: 2.0 };
-        let b = UserValue { count: 2, y: 7.5, x: 2.5 };
+        let a = UserValue {
+            count: 1,
+            y: 3.0,
+            x: 2.0,
+        };
+        let b = UserValue {
+            count: 2,
+            y: 7.5,
+            x: 2.5,
+        };
         let mut m1 = MetricSums::default();
         m1.add_user(&a, 1.0);
         m1.change_user(&a, &b);
         let mut m2 = MetricSums::default();
         m2.add_user(&b, 1.0);
         assert_eq!(m1.converted, m2.converted);
-        for (p, q) in [(m1.y, m2.y), (m1.y2, m2.y2), (m1.x, m2.x), (m1.x2, m2.x2), (m1.xy, m2.xy)] {
+        for (p, q) in [
+            (m1.y, m2.y),
+            (m1.y2, m2.y2),
+            (m1.x, m2.x),
+            (m1.x2, m2.x2),
+            (m1.xy, m2.xy),
+        ] {
             assert!((p.value() - q.value()).abs() < 1e-12);
         }
     }

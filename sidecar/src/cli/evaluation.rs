@@ -44,10 +44,12 @@ pub struct EvaluationArgs {
 
 fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
-    let (digits, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected bytes, or a number with KiB, MiB or GiB"))?;
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: usize = digits.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected bytes, or a number with KiB, MiB or GiB")
+    })?;
     let mult: usize = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -55,7 +57,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
         "GiB" => 1 << 30,
         other => return Err(format!("invalid size unit {other:?}: use KiB, MiB or GiB")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// Reads `--experiments`.

@@ -41,14 +41,24 @@ pub struct Client {
 
 /// Splits `http://host:port[/...]` into the authority.
 pub fn authority(url: &str) -> io::Result<String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{url:?}: only http:// URLs are supported")))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{url:?}: only http:// URLs are supported"),
+        )
+    })?;
     let auth = rest.split('/').next().unwrap_or_default();
     if auth.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{url:?}: no host")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{url:?}: no host"),
+        ));
     }
-    Ok(if auth.contains(':') { auth.to_owned() } else { format!("{auth}:80") })
+    Ok(if auth.contains(':') {
+        auth.to_owned()
+    } else {
+        format!("{auth}:80")
+    })
 }
 
 impl Client {
@@ -89,10 +99,24 @@ impl Client {
     /// Sends one request and reads its response. A request on a reused
     /// connection that the server had closed is retried once on a new one
     /// (only before any response byte arrived).
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Response> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Response> {
         let reused = self.conn.is_some();
         match self.try_request(method, path, headers, body) {
-            Err(e) if reused && matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {
+            Err(e)
+                if reused
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                    ) =>
+            {
                 self.conn = None;
                 self.try_request(method, path, headers, body)
             }
@@ -100,10 +124,19 @@ impl Client {
         }
     }
 
-    fn try_request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Response> {
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Response> {
         let authority = self.authority.clone();
         let conn = self.connect()?;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {}\r\n", body.len());
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {}\r\n",
+            body.len()
+        );
         for (n, v) in headers {
             head.push_str(n);
             head.push_str(": ");
@@ -141,7 +174,10 @@ fn bad(msg: impl Into<String>) -> io::Error {
 fn read_response(r: &mut BufReader<TcpStream>) -> io::Result<(Response, bool)> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
     }
     let status: u16 = line
         .split_whitespace()
@@ -152,16 +188,26 @@ fn read_response(r: &mut BufReader<TcpStream>) -> io::Result<(Response, bool)> {
     loop {
         line.clear();
         if r.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in the headers"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in the headers",
+            ));
         }
         let l = line.trim_end();
         if l.is_empty() {
             break;
         }
-        let (n, v) = l.split_once(':').ok_or_else(|| bad(format!("bad header {l:?}")))?;
+        let (n, v) = l
+            .split_once(':')
+            .ok_or_else(|| bad(format!("bad header {l:?}")))?;
         headers.push((n.trim().to_owned(), v.trim().to_owned()));
     }
-    let find = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
     let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     let body = match find("content-length") {
         Some(n) => {
@@ -170,14 +216,30 @@ fn read_response(r: &mut BufReader<TcpStream>) -> io::Result<(Response, bool)> {
             r.read_exact(&mut b)?;
             b
         }
-        None if find("transfer-encoding").is_some() => return Err(bad("chunked responses are not supported")),
+        None if find("transfer-encoding").is_some() => {
+            return Err(bad("chunked responses are not supported"))
+        }
         None => {
             let mut b = Vec::new();
             r.read_to_end(&mut b)?;
-            return Ok((Response { status, headers, body: b }, false));
+            return Ok((
+                Response {
+                    status,
+                    headers,
+                    body: b,
+                },
+                false,
+            ));
         }
     };
-    Ok((Response { status, headers, body }, !close))
+    Ok((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        !close,
+    ))
 }
 
 #[cfg(test)]
@@ -186,7 +248,10 @@ mod tests {
 
     #[test]
     fn authorities() {
-        assert_eq!(authority("http://127.0.0.1:8000").unwrap(), "127.0.0.1:8000");
+        assert_eq!(
+            authority("http://127.0.0.1:8000").unwrap(),
+            "127.0.0.1:8000"
+        );
         assert_eq!(authority("http://localhost/admin").unwrap(), "localhost:80");
         assert!(authority("https://x").is_err());
         assert!(authority("http://").is_err());

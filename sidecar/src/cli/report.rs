@@ -89,10 +89,14 @@ fn from_server(args: &Args) -> Result<Vec<u8>> {
     }
     let url = args.url.as_deref().unwrap_or("http://127.0.0.1:8000");
     let mut client = Client::new(url)?;
-    let path = format!("/admin/experiments/{}?format={}", args.name, args.format.as_str());
-    let resp = client
-        .get(&path, &[])
-        .with_context(|| format!("asking the sidecar at {url} (is `abmesh serve --data-dir ...` running?)"))?;
+    let path = format!(
+        "/admin/experiments/{}?format={}",
+        args.name,
+        args.format.as_str()
+    );
+    let resp = client.get(&path, &[]).with_context(|| {
+        format!("asking the sidecar at {url} (is `abmesh serve --data-dir ...` running?)")
+    })?;
     if resp.status != 200 {
         let msg = serde_json::from_slice::<serde_json::Value>(&resp.body)
             .ok()
@@ -112,7 +116,9 @@ fn offline(args: &Args) -> Result<Vec<u8>> {
         let (engine, _) = crate::store::load(dir, |s| Engine::restore(s, None, opts))
             .with_context(|| format!("reading {}", dir.display()))?;
         let mut bytes = Vec::new();
-        engine.encode_state(&mut bytes).map_err(anyhow::Error::msg)?;
+        engine
+            .encode_state(&mut bytes)
+            .map_err(anyhow::Error::msg)?;
         states.push(bytes);
     }
     for f in &args.state {
@@ -127,8 +133,18 @@ fn offline(args: &Args) -> Result<Vec<u8>> {
     }
     let agg = engine.aggregates();
     let Some(r) = report(&agg, &args.name, &settings) else {
-        let known: Vec<String> = agg.lock().expect("lock").experiments.iter().map(|e| e.name.clone()).collect();
-        bail!("no experiment {:?} in these sources (known: {})", args.name, known.join(", "));
+        let known: Vec<String> = agg
+            .lock()
+            .expect("lock")
+            .experiments
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        bail!(
+            "no experiment {:?} in these sources (known: {})",
+            args.name,
+            known.join(", ")
+        );
     };
     Ok(match args.format {
         Format::Text => text::render(&r).into_bytes(),

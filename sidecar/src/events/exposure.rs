@@ -93,10 +93,19 @@ pub fn parse_exposures(body: &[u8]) -> Result<ExposureBatch<'_>, ValidationError
             };
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let path = if path == "." { "batch".to_owned() } else { path };
+            let path = if path == "." {
+                "batch".to_owned()
+            } else {
+                path
+            };
             return Err(ValidationError::new(
                 path,
-                format!("{} (line {}, column {})", bare_message(&inner), inner.line(), inner.column()),
+                format!(
+                    "{} (line {}, column {})",
+                    bare_message(&inner),
+                    inner.line(),
+                    inner.column()
+                ),
             ));
         }
     };
@@ -109,13 +118,19 @@ fn validate(b: &ExposureBatch) -> Result<(), ValidationError> {
     if b.experiments.len() > MAX_EXPERIMENTS_PER_BATCH {
         return Err(ValidationError::new(
             "experiments",
-            format!("{} experiments; at most {MAX_EXPERIMENTS_PER_BATCH}", b.experiments.len()),
+            format!(
+                "{} experiments; at most {MAX_EXPERIMENTS_PER_BATCH}",
+                b.experiments.len()
+            ),
         ));
     }
     if b.exposures.len() > MAX_EXPOSURES_PER_BATCH {
         return Err(ValidationError::new(
             "exposures",
-            format!("{} rows; at most {MAX_EXPOSURES_PER_BATCH}", b.exposures.len()),
+            format!(
+                "{} rows; at most {MAX_EXPOSURES_PER_BATCH}",
+                b.exposures.len()
+            ),
         ));
     }
     for (i, e) in b.experiments.iter().enumerate() {
@@ -148,7 +163,10 @@ fn validate(b: &ExposureBatch) -> Result<(), ValidationError> {
         if !(0..=MAX_TIMESTAMP_MS).contains(&row.t_ms()) {
             return Err(ValidationError::new(
                 format!("exposures[{i}][0]"),
-                format!("time {} is not Unix milliseconds in [0, {MAX_TIMESTAMP_MS}]", row.t_ms()),
+                format!(
+                    "time {} is not Unix milliseconds in [0, {MAX_TIMESTAMP_MS}]",
+                    row.t_ms()
+                ),
             ));
         }
         let Some(exp) = b.experiments.get(row.experiment()) else {
@@ -172,7 +190,8 @@ fn validate(b: &ExposureBatch) -> Result<(), ValidationError> {
                 ),
             ));
         }
-        fields::check_id(row.user()).map_err(|m| ValidationError::new(format!("exposures[{i}][3]"), m))?;
+        fields::check_id(row.user())
+            .map_err(|m| ValidationError::new(format!("exposures[{i}][3]"), m))?;
     }
     Ok(())
 }
@@ -197,13 +216,19 @@ mod tests {
     fn errors_name_the_row_and_element() {
         let body = br#"{"instance":"i","seq":1,"experiments":[{"name":"r","variants":["a","b"]}],"exposures":[[1,0,0,"u"],[1,0,2,"u"]]}"#;
         let e = parse_exposures(body).unwrap_err();
-        assert_eq!(e.to_string(), "exposures[1][2]: variant index 2 is out of range (experiment \"r\" lists 2)");
+        assert_eq!(
+            e.to_string(),
+            "exposures[1][2]: variant index 2 is out of range (experiment \"r\" lists 2)"
+        );
         let body = br#"{"instance":"i","seq":1,"experiments":[],"exposures":[[1,0,0]]}"#;
         let e = parse_exposures(body).unwrap_err();
         assert_eq!(e.path, "exposures[0]");
         let body = br#"{"instance":"i","seq":-1,"experiments":[],"exposures":[]}"#;
         assert_eq!(parse_exposures(body).unwrap_err().path, "seq");
         let body = br#"{"instance":"i","seq":1,"experiments":[{"name":"r","variants":["a","a"]}],"exposures":[]}"#;
-        assert_eq!(parse_exposures(body).unwrap_err().path, "experiments[0].variants[1]");
+        assert_eq!(
+            parse_exposures(body).unwrap_err().path,
+            "experiments[0].variants[1]"
+        );
     }
 }

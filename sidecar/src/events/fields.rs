@@ -88,7 +88,8 @@ pub struct Millis(pub i64);
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        const EXPECTED: &str = "milliseconds since the Unix epoch (an integer from 0) or an RFC 3339 time";
+        const EXPECTED: &str =
+            "milliseconds since the Unix epoch (an integer from 0) or an RFC 3339 time";
         impl Visitor<'_> for V {
             type Value = Millis;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -142,10 +143,20 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
     {
         return None;
     }
@@ -214,22 +225,36 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// Checks an experiment name the way the filter does: 1 to 64 of
 /// `[a-z0-9_.-]`.
 pub fn check_experiment_name(s: &str) -> Result<(), String> {
-    check_name(s, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'), "a-z 0-9 _ . -")
+    check_name(
+        s,
+        |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'),
+        "a-z 0-9 _ . -",
+    )
 }
 
 /// Variant names, as the filter accepts them: 1 to 64 of `[A-Za-z0-9_.-]`.
 pub fn check_variant_name(s: &str) -> Result<(), String> {
-    check_name(s, |c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'), "A-Z a-z 0-9 _ . -")
+    check_name(
+        s,
+        |c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'),
+        "A-Z a-z 0-9 _ . -",
+    )
 }
 
 /// Metric names: 1 to 64 of `[A-Za-z0-9_.:-]`.
 pub fn check_metric_name(s: &str) -> Result<(), String> {
-    check_name(s, |c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'), "A-Z a-z 0-9 _ . : -")
+    check_name(
+        s,
+        |c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'),
+        "A-Z a-z 0-9 _ . : -",
+    )
 }
 
 fn check_name(s: &str, ok: impl Fn(u8) -> bool, allowed: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > MAX_NAME_CHARS || !s.bytes().all(ok) {
-        return Err(format!("must be 1 to {MAX_NAME_CHARS} characters of {allowed} (got {s:?})"));
+        return Err(format!(
+            "must be 1 to {MAX_NAME_CHARS} characters of {allowed} (got {s:?})"
+        ));
     }
     Ok(())
 }
@@ -237,7 +262,10 @@ fn check_name(s: &str, ok: impl Fn(u8) -> bool, allowed: &str) -> Result<(), Str
 /// User ids, event ids and instance ids: 1 to 256 bytes of UTF-8.
 pub fn check_id(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > MAX_ID_BYTES {
-        return Err(format!("must be 1 to {MAX_ID_BYTES} bytes (got {})", s.len()));
+        return Err(format!(
+            "must be 1 to {MAX_ID_BYTES} bytes (got {})",
+            s.len()
+        ));
     }
     Ok(())
 }
@@ -260,12 +288,18 @@ mod tests {
     #[test]
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2026-05-01T12:00:00.250Z"), Some(1_777_636_800_250));
+        assert_eq!(
+            parse_rfc3339("2026-05-01T12:00:00.250Z"),
+            Some(1_777_636_800_250)
+        );
         assert_eq!(
             parse_rfc3339("2026-05-01T14:00:00.25+02:00"),
             parse_rfc3339("2026-05-01T12:00:00.250Z")
         );
-        assert_eq!(parse_rfc3339("2024-02-29T00:00:00.123456Z"), Some(1_709_164_800_123));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T00:00:00.123456Z"),
+            Some(1_709_164_800_123)
+        );
         assert_eq!(parse_rfc3339("2023-02-29T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("2026-05-01T12:00:00"), None);
         assert_eq!(parse_rfc3339("2026-05-01T12:00:00.Z"), None);

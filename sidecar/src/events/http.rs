@@ -72,8 +72,16 @@ impl Ingest {
                     "Outcome events ignored as duplicates (same id)",
                     metrics.duplicate_events.clone(),
                 );
-                ing.register("exposures", "Exposure rows accepted", metrics.exposures.clone());
-                ing.register("rejected_requests", "Ingest requests refused (400)", metrics.rejected.clone());
+                ing.register(
+                    "exposures",
+                    "Exposure rows accepted",
+                    metrics.exposures.clone(),
+                );
+                ing.register(
+                    "rejected_requests",
+                    "Ingest requests refused (400)",
+                    metrics.rejected.clone(),
+                );
                 m
             }
             None => StoreMetrics::new(),
@@ -95,7 +103,6 @@ impl Ingest {
             recovery,
         ))
     }
-
 }
 
 /// Every route of the outcome log and the reports, for `server::routes`:
@@ -110,10 +117,9 @@ pub fn routes() -> Router {
 }
 
 fn ingest(state: &AppState) -> Result<Ingest, ApiError> {
-    state
-        .get::<Ingest>()
-        .cloned()
-        .ok_or_else(|| ApiError::not_found("this server keeps no outcome log (start it with --data-dir DIR)"))
+    state.get::<Ingest>().cloned().ok_or_else(|| {
+        ApiError::not_found("this server keeps no outcome log (start it with --data-dir DIR)")
+    })
 }
 
 /// Maps log failures to statuses: the client may retry a 503.
@@ -166,8 +172,16 @@ pub async fn post_events(mut req: Request, state: AppState) -> HandlerResult {
             duplicates: 0,
         }));
     }
-    let applied = ingest.store.append(Kind::Outcomes, body).await.map_err(store_error)?;
-    if let Applied::Events { accepted, duplicates } = &applied {
+    let applied = ingest
+        .store
+        .append(Kind::Outcomes, body)
+        .await
+        .map_err(store_error)?;
+    if let Applied::Events {
+        accepted,
+        duplicates,
+    } = &applied
+    {
         ingest.metrics.events.inc_by(*accepted);
         ingest.metrics.duplicate_events.inc_by(*duplicates);
     }
@@ -185,7 +199,11 @@ pub async fn post_exposures(mut req: Request, state: AppState) -> HandlerResult 
             return Err(e);
         }
     };
-    let applied = ingest.store.append(Kind::Exposures, body).await.map_err(store_error)?;
+    let applied = ingest
+        .store
+        .append(Kind::Exposures, body)
+        .await
+        .map_err(store_error)?;
     if let Applied::Exposures { accepted, .. } = &applied {
         ingest.metrics.exposures.inc_by(*accepted);
     }
@@ -205,7 +223,11 @@ pub async fn get_state(_req: Request, state: AppState) -> HandlerResult {
         .await
         .map_err(store_error)?
         .map_err(ApiError::internal)?;
-    Ok(response::with_body(StatusCode::OK, "application/octet-stream", bytes))
+    Ok(response::with_body(
+        StatusCode::OK,
+        "application/octet-stream",
+        bytes,
+    ))
 }
 
 /// `POST /admin/state/merge`: merges another sidecar's `GET /admin/state`
@@ -217,6 +239,10 @@ pub async fn post_merge(mut req: Request, state: AppState) -> HandlerResult {
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
-    let applied = ingest.store.append(Kind::Merge, body).await.map_err(store_error)?;
+    let applied = ingest
+        .store
+        .append(Kind::Merge, body)
+        .await
+        .map_err(store_error)?;
     Ok(response::json(&applied))
 }

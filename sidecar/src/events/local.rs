@@ -80,7 +80,8 @@ impl LocalServer {
                         shutdown_grace: std::time::Duration::from_secs(5),
                         ..ConnectionOptions::default()
                     };
-                    let _ = server::serve(listener, Arc::new(routes()), state, opts, shutdown).await;
+                    let _ =
+                        server::serve(listener, Arc::new(routes()), state, opts, shutdown).await;
                 });
             })?;
         Ok(LocalServer {

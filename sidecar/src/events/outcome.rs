@@ -90,12 +90,16 @@ pub fn parse_outcomes(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> 
     if events.len() > MAX_EVENTS_PER_BATCH {
         return Err(ValidationError::new(
             "events",
-            format!("{} events in one request; at most {MAX_EVENTS_PER_BATCH}", events.len()),
+            format!(
+                "{} events in one request; at most {MAX_EVENTS_PER_BATCH}",
+                events.len()
+            ),
         ));
     }
     for (i, e) in events.iter().enumerate() {
-        e.check()
-            .map_err(|(field, message)| ValidationError::new(format!("events[{i}].{field}"), message))?;
+        e.check().map_err(|(field, message)| {
+            ValidationError::new(format!("events[{i}].{field}"), message)
+        })?;
     }
     Ok(events)
 }
@@ -112,10 +116,19 @@ fn parse_array(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
             };
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let path = if path == "." { "events".to_owned() } else { format!("events{path}") };
+            let path = if path == "." {
+                "events".to_owned()
+            } else {
+                format!("events{path}")
+            };
             Err(ValidationError::new(
                 path,
-                format!("{} (line {}, column {})", bare_message(&inner), inner.line(), inner.column()),
+                format!(
+                    "{} (line {}, column {})",
+                    bare_message(&inner),
+                    inner.line(),
+                    inner.column()
+                ),
             ))
         }
     }
@@ -138,10 +151,19 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
                 };
                 let path = e.path().to_string();
                 let inner = e.into_inner();
-                let path = if path == "." { format!("events[{index}]") } else { format!("events[{index}].{path}") };
+                let path = if path == "." {
+                    format!("events[{index}]")
+                } else {
+                    format!("events[{index}].{path}")
+                };
                 return Err(ValidationError::new(
                     path,
-                    format!("{} (line {}, column {})", bare_message(&inner), line_no + 1, inner.column()),
+                    format!(
+                        "{} (line {}, column {})",
+                        bare_message(&inner),
+                        line_no + 1,
+                        inner.column()
+                    ),
                 ));
             }
         }
@@ -175,12 +197,20 @@ mod tests {
         let body = br#"[{"user":"a","metric":"m"},{"user":"a","metric":"m"},{"user":"a","metric":"m"},{"user":"a","metric":"m","value":"x"}]"#;
         let e = parse_outcomes(body).unwrap_err();
         assert_eq!(e.path, "events[3].value");
-        assert!(e.message.starts_with("invalid type: string \"x\", expected a finite number"), "{e}");
+        assert!(
+            e.message
+                .starts_with("invalid type: string \"x\", expected a finite number"),
+            "{e}"
+        );
 
-        let body = b"{\"user\":\"a\",\"metric\":\"m\"}\n{\"user\":\"a\",\"metric\":\"m\",\"vaule\":1}\n";
+        let body =
+            b"{\"user\":\"a\",\"metric\":\"m\"}\n{\"user\":\"a\",\"metric\":\"m\",\"vaule\":1}\n";
         let e = parse_outcomes(body).unwrap_err();
-        assert_eq!(e.path, "events[1]");
-        assert!(e.message.contains("unknown field `vaule`") && e.message.contains("line 2"), "{e}");
+        assert_eq!(e.path, "events[1].vaule");
+        assert!(
+            e.message.contains("unknown field `vaule`") && e.message.contains("line 2"),
+            "{e}"
+        );
 
         let e = parse_outcomes(br#"[{"user":"a","metric":"bad metric"}]"#).unwrap_err();
         assert_eq!(e.to_string(), "events[0].metric: must be 1 to 64 characters of A-Z a-z 0-9 _ . : - (got \"bad metric\")");

@@ -5,10 +5,15 @@
 //! depends on the number of events or users, which is what keeps a report
 //! within milliseconds at any volume.
 
-use crate::aggregate::{Aggregates, Cell, Counters, Defined, MetricInfo, MetricSums, BUCKET_MS};
+use crate::aggregate::{Aggregates, Cell, Counters, Defined, MetricInfo, MetricSums, LEVEL_MS};
 
 /// Most points on a cumulative chart.
 pub const MAX_POINTS: usize = 48;
+
+/// Most buckets scanned per variant: the finest level of
+/// [`LEVEL_MS`] whose buckets over the experiment's span stay under this is
+/// used (minutes up to ~1 day, hours up to ~2 months, then days).
+pub const MAX_SCANNED: i64 = 1500;
 
 /// One experiment's statistics, detached from the lock.
 #[derive(Debug, Clone)]
@@ -72,7 +77,11 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
             sums: e.cells.iter().map(|c| c.total.metric(*slot)).collect(),
         })
         .collect();
-    let points = if series { cumulative(e.cells.iter().map(|c| &c.buckets).collect(), &metrics) } else { Vec::new() };
+    let points = if series {
+        cumulative(e.cells.iter().map(|c| &c.levels).collect(), &metrics)
+    } else {
+        Vec::new()
+    };
     Some(ExperimentData {
         name: e.name.clone(),
         variants: e.variants.clone(),
@@ -88,16 +97,31 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
     })
 }
 
-type Buckets = std::collections::BTreeMap<i64, Cell>;
+type Levels = [std::collections::BTreeMap<i64, Cell>; 3];
 
 /// Prefix sums of every variant's buckets at up to [`MAX_POINTS`] evenly
-/// spaced bucket boundaries.
-fn cumulative(per_variant: Vec<&Buckets>, metrics: &[(usize, &MetricInfo)]) -> Vec<SeriesPoint> {
-    let first = per_variant.iter().filter_map(|b| b.keys().next()).min().copied();
-    let last = per_variant.iter().filter_map(|b| b.keys().next_back()).max().copied();
+/// spaced bucket boundaries, on the finest level that keeps the scan under
+/// [`MAX_SCANNED`] buckets.
+fn cumulative(per_variant: Vec<&Levels>, metrics: &[(usize, &MetricInfo)]) -> Vec<SeriesPoint> {
+    let first = per_variant
+        .iter()
+        .filter_map(|l| l[0].keys().next())
+        .min()
+        .copied();
+    let last = per_variant
+        .iter()
+        .filter_map(|l| l[0].keys().next_back())
+        .max()
+        .copied();
     let (Some(first), Some(last)) = (first, last) else {
         return Vec::new();
     };
+    let (t_first, t_last) = (first * LEVEL_MS[0], (last + 1) * LEVEL_MS[0] - 1);
+    let level = (0..LEVEL_MS.len())
+        .find(|&l| t_last.div_euclid(LEVEL_MS[l]) - t_first.div_euclid(LEVEL_MS[l]) < MAX_SCANNED)
+        .unwrap_or(LEVEL_MS.len() - 1);
+    let width = LEVEL_MS[level];
+    let (first, last) = (t_first.div_euclid(width), t_last.div_euclid(width));
     let span = (last - first + 1) as usize;
     let k = span.min(MAX_POINTS);
     // Cut i closes at bucket first + ceil((i + 1)·span/k) − 1.
@@ -107,14 +131,14 @@ fn cumulative(per_variant: Vec<&Buckets>, metrics: &[(usize, &MetricInfo)]) -> V
     let mut points: Vec<SeriesPoint> = cuts
         .iter()
         .map(|&b| SeriesPoint {
-            t_ms: (b + 1) * BUCKET_MS,
+            t_ms: (b + 1) * width,
             users: vec![0; per_variant.len()],
             sums: vec![vec![MetricSums::default(); per_variant.len()]; metrics.len()],
         })
         .collect();
-    for (v, buckets) in per_variant.iter().enumerate() {
+    for (v, levels) in per_variant.iter().enumerate() {
         let mut running = Cell::default();
-        let mut it = buckets.iter().peekable();
+        let mut it = levels[level].iter().peekable();
         for (p, &cut) in cuts.iter().enumerate() {
             while let Some((_, cell)) = it.next_if(|(b, _)| **b <= cut) {
                 running.add(cell);

@@ -46,7 +46,10 @@ fn p(x: Option<f64>) -> String {
 fn stat_cell<T>(s: &Stat<T>, f: impl Fn(&T) -> String) -> String {
     match s {
         Stat::Ok(v) => f(v),
-        Stat::Err { error } => format!("<span class=muted title=\"{}\">n/a</span>", escape_html(error)),
+        Stat::Err { error } => format!(
+            "<span class=muted title=\"{}\">n/a</span>",
+            escape_html(error)
+        ),
     }
 }
 
@@ -76,10 +79,19 @@ pub fn report_page(r: &Report) -> String {
             h,
             "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape_html(&v.name),
-            if v.control { " <span class=muted>(control)</span>" } else { "" },
+            if v.control {
+                " <span class=muted>(control)</span>"
+            } else {
+                ""
+            },
             v.users,
-            v.expected_share.map_or("–".into(), |s| format!("{:.1}%", s * 100.0)),
-            if total > 0 { format!("{:.1}%", v.users as f64 * 100.0 / total as f64) } else { "–".into() }
+            v.expected_share
+                .map_or("–".into(), |s| format!("{:.1}%", s * 100.0)),
+            if total > 0 {
+                format!("{:.1}%", v.users as f64 * 100.0 / total as f64)
+            } else {
+                "–".into()
+            }
         );
     }
     h.push_str("</table>");
@@ -91,12 +103,24 @@ pub fn report_page(r: &Report) -> String {
                 s.chi2,
                 s.df,
                 p(Some(s.p_value)),
-                if s.alarm { " — <strong class=warn>MISMATCH</strong>" } else { " (no mismatch)" },
-                if s.weights_configured { "" } else { " <span class=muted>(equal split assumed: no definitions)</span>" }
+                if s.alarm {
+                    " — <strong class=warn>MISMATCH</strong>"
+                } else {
+                    " (no mismatch)"
+                },
+                if s.weights_configured {
+                    ""
+                } else {
+                    " <span class=muted>(equal split assumed: no definitions)</span>"
+                }
             );
         }
         Stat::Err { error } => {
-            let _ = write!(h, "<p class=muted>Sample ratio check: {}</p>", escape_html(error));
+            let _ = write!(
+                h,
+                "<p class=muted>Sample ratio check: {}</p>",
+                escape_html(error)
+            );
         }
     }
     for w in &r.data_quality.warnings {
@@ -132,10 +156,22 @@ fn metric_section(h: &mut String, m: &MetricReport, level: &str, target: f64) {
         h,
         "<h2>{}{}</h2><p class=muted>{} metric, {} is better{}</p>",
         escape_html(&m.name),
-        if m.primary { " <small>(primary)</small>" } else { "" },
+        if m.primary {
+            " <small>(primary)</small>"
+        } else {
+            ""
+        },
         m.kind,
-        if m.higher_is_better { "higher" } else { "lower" },
-        if m.has_covariate { ", with a pre-period covariate (CUPED)" } else { "" }
+        if m.higher_is_better {
+            "higher"
+        } else {
+            "lower"
+        },
+        if m.has_covariate {
+            ", with a pre-period covariate (CUPED)"
+        } else {
+            ""
+        }
     );
     h.push_str("<table><tr><th>variant</th><th>users</th><th>converted</th><th>rate</th><th>mean per user</th><th>sd</th>");
     if m.has_covariate {
@@ -149,7 +185,8 @@ fn metric_section(h: &mut String, m: &MetricReport, level: &str, target: f64) {
             escape_html(&v.variant),
             v.users,
             v.converted,
-            v.conversion_rate.map_or("–".into(), |r| format!("{:.2}%", r * 100.0)),
+            v.conversion_rate
+                .map_or("–".into(), |r| format!("{:.2}%", r * 100.0)),
             num(v.mean, 4),
             num(v.sd, 4)
         );
@@ -173,9 +210,9 @@ fn metric_section(h: &mut String, m: &MetricReport, level: &str, target: f64) {
     if let Some(svg) = lift_chart(m, level) {
         let _ = write!(
             h,
-            "<figure class=lift-chart data-metric=\"{}\">{svg}<figcaption class=muted>Cumulative relative lift of {} by first-exposure time: \
-             the line is the estimate, the dark band its {level} confidence interval, the light band the always-valid interval \
-             (safe to watch continuously).</figcaption></figure>",
+            "<figure class=lift-chart data-metric=\"{}\">{svg}<figcaption class=muted>Cumulative relative lift of {} among the users exposed by each time, \
+             with its always-valid {level} interval (valid at every point at once, so it is safe to watch continuously). \
+             The tables give the fixed-horizon intervals of the current result.</figcaption></figure>",
             escape_html(&m.name),
             escape_html(&m.name)
         );
@@ -183,9 +220,20 @@ fn metric_section(h: &mut String, m: &MetricReport, level: &str, target: f64) {
 }
 
 fn comparison_row(h: &mut String, m: &MetricReport, c: &Comparison) {
-    let abs = stat_cell(&c.absolute, |i| format!("{:+.4} [{:+.4}, {:+.4}]", i.estimate, i.ci_low, i.ci_high));
-    let rel = stat_cell(&c.relative, |i| format!("{} [{}, {}]", pct(i.estimate), pct(i.ci_low), pct(i.ci_high)));
-    let seq = stat_cell(&c.sequential, |q| format!("[{}, {}]", pct(q.ci_low), pct(q.ci_high)));
+    let abs = stat_cell(&c.absolute, |i| {
+        format!("{:+.4} [{:+.4}, {:+.4}]", i.estimate, i.ci_low, i.ci_high)
+    });
+    let rel = stat_cell(&c.relative, |i| {
+        format!(
+            "{} [{}, {}]",
+            pct(i.estimate),
+            pct(i.ci_low),
+            pct(i.ci_high)
+        )
+    });
+    let seq = stat_cell(&c.sequential, |q| {
+        format!("[{}, {}]", pct(q.ci_low), pct(q.ci_high))
+    });
     let seq_p = stat_cell(&c.sequential, |q| p(Some(q.p_value)));
     let _ = write!(
         h,
@@ -200,7 +248,13 @@ fn comparison_row(h: &mut String, m: &MetricReport, c: &Comparison) {
                 let _ = write!(
                     h,
                     "<td>{}</td><td>{}</td>",
-                    stat_cell(s, |x| format!("{:+.4} [{:+.4}, {:+.4}] p {}", x.diff, x.ci_low, x.ci_high, p(Some(x.p_value)))),
+                    stat_cell(s, |x| format!(
+                        "{:+.4} [{:+.4}, {:+.4}] p {}",
+                        x.diff,
+                        x.ci_low,
+                        x.ci_high,
+                        p(Some(x.p_value))
+                    )),
                     stat_cell(s, |x| format!("{:.1}%", x.variance_reduction * 100.0))
                 );
             }
@@ -231,7 +285,11 @@ pub fn lift_chart(m: &MetricReport, level: &str) -> Option<String> {
     let t0 = series.iter().map(|s| s.1[0].t_ms).min()?;
     let t1 = series.iter().map(|s| s.1[s.1.len() - 1].t_ms).max()?;
     let span_h = (t1 - t0) as f64 / 3_600_000.0;
-    let (unit, scale) = if span_h < 2.0 { ("minutes", 60_000.0) } else { ("hours", 3_600_000.0) };
+    let (unit, scale) = if span_h < 2.0 {
+        ("minutes", 60_000.0)
+    } else {
+        ("hours", 3_600_000.0)
+    };
     let x = |t: i64| (t - t0) as f64 / scale;
     let x_max = x(t1).max(1.0);
     // The y range follows the later points: the first ones, on few users,
@@ -239,14 +297,15 @@ pub fn lift_chart(m: &MetricReport, level: &str) -> Option<String> {
     let mut lo: f64 = 0.0;
     let mut hi: f64 = 0.0;
     for (_, pts) in &series {
-        let skip = pts.len() / 4;
+        let skip = pts.len() / 3;
         for pt in &pts[skip..] {
-            lo = lo.min(pt.ci_low).min(pt.lift);
-            hi = hi.max(pt.ci_high).max(pt.lift);
+            lo = lo.min(pt.seq_low).min(pt.lift);
+            hi = hi.max(pt.seq_high).max(pt.lift);
         }
-        let last = pts[pts.len() - 1];
-        lo = lo.min(last.seq_low);
-        hi = hi.max(last.seq_high);
+        for pt in pts.iter() {
+            lo = lo.min(pt.lift);
+            hi = hi.max(pt.lift);
+        }
     }
     let pad = ((hi - lo) * 0.08).max(0.005);
     let (lo, hi) = ((lo - pad).max(-5.0), (hi + pad).min(5.0));
@@ -257,7 +316,10 @@ pub fn lift_chart(m: &MetricReport, level: &str) -> Option<String> {
         let root = SVGBackend::with_string(&mut svg, (1000, 380)).into_drawing_area();
         root.fill(&WHITE).ok()?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{}: cumulative relative lift vs control", m.name), ("sans-serif", 18))
+            .caption(
+                format!("{}: cumulative relative lift vs control", m.name),
+                ("sans-serif", 18),
+            )
             .margin(12)
             .x_label_area_size(42)
             .y_label_area_size(64)
@@ -267,31 +329,47 @@ pub fn lift_chart(m: &MetricReport, level: &str) -> Option<String> {
             .configure_mesh()
             .x_desc(format!("{unit} since the first exposure"))
             .y_desc("relative lift")
-            .y_label_formatter(&|v| format!("{:+.1}%", v * 100.0))
+            .y_label_formatter(&|v| {
+                if v.abs() < 1e-9 {
+                    "0%".to_owned()
+                } else {
+                    format!("{:+.1}%", v * 100.0)
+                }
+            })
             .light_line_style(TRANSPARENT)
             .draw()
             .ok()?;
         chart
-            .draw_series(LineSeries::new([(0.0, 0.0), (x_max, 0.0)], BLACK.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (x_max, 0.0)],
+                BLACK.stroke_width(1),
+            ))
             .ok()?;
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
-            let band = |low: fn(&LiftPoint) -> f64, high: fn(&LiftPoint) -> f64| -> Vec<(f64, f64)> {
-                let mut v: Vec<(f64, f64)> = pts.iter().map(|p| (x(p.t_ms), clamp(high(p)))).collect();
-                v.extend(pts.iter().rev().map(|p| (x(p.t_ms), clamp(low(p)))));
-                v
-            };
+            let band =
+                |low: fn(&LiftPoint) -> f64, high: fn(&LiftPoint) -> f64| -> Vec<(f64, f64)> {
+                    let mut v: Vec<(f64, f64)> =
+                        pts.iter().map(|p| (x(p.t_ms), clamp(high(p)))).collect();
+                    v.extend(pts.iter().rev().map(|p| (x(p.t_ms), clamp(low(p)))));
+                    v
+                };
             chart
-                .draw_series(std::iter::once(Polygon::new(band(|p| p.seq_low, |p| p.seq_high), color.mix(0.10).filled())))
+                .draw_series(std::iter::once(Polygon::new(
+                    band(|p| p.seq_low, |p| p.seq_high),
+                    color.mix(0.18).filled(),
+                )))
                 .ok()?;
             chart
-                .draw_series(std::iter::once(Polygon::new(band(|p| p.ci_low, |p| p.ci_high), color.mix(0.25).filled())))
-                .ok()?;
-            chart
-                .draw_series(LineSeries::new(pts.iter().map(|p| (x(p.t_ms), clamp(p.lift))), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|p| (x(p.t_ms), clamp(p.lift))),
+                    color.stroke_width(2),
+                ))
                 .ok()?
-                .label(format!("{name} ({level} CI, always-valid band)"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .label(format!("{name} (band: always-valid {level} interval)"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -312,7 +390,11 @@ pub fn list_page(entries: &[ListEntry]) -> String {
          <h1>Experiments</h1><table><tr><th>experiment</th><th>users per variant</th><th>metrics</th><th>decision</th><th>reason</th></tr>"
     );
     for e in entries {
-        let users: Vec<String> = e.variants.iter().map(|v| format!("{} {}", escape_html(&v.name), v.users)).collect();
+        let users: Vec<String> = e
+            .variants
+            .iter()
+            .map(|v| format!("{} {}", escape_html(&v.name), v.users))
+            .collect();
         let _ = write!(
             h,
             "<tr><td><a href=\"/admin/experiments/{name_url}?format=html\">{name}</a></td><td>{}</td><td>{}</td>\

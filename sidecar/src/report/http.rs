@@ -19,10 +19,9 @@ pub fn routes() -> Router {
 }
 
 fn parts(state: &AppState) -> Result<(Ingest, std::sync::Arc<Settings>), ApiError> {
-    let ingest = state
-        .get::<Ingest>()
-        .cloned()
-        .ok_or_else(|| ApiError::not_found("this server keeps no outcome log (start it with --data-dir DIR)"))?;
+    let ingest = state.get::<Ingest>().cloned().ok_or_else(|| {
+        ApiError::not_found("this server keeps no outcome log (start it with --data-dir DIR)")
+    })?;
     let settings = state.get::<ReportSettings>().cloned().unwrap_or_default().0;
     Ok((ingest, settings))
 }
@@ -32,7 +31,11 @@ pub async fn list_experiments(req: Request, state: AppState) -> HandlerResult {
     let (ingest, settings) = parts(&state)?;
     let listing = list(&ingest.aggregates, &settings);
     if req.wants_html() {
-        return Ok(response::with_body(StatusCode::OK, response::HTML, html::list_page(&listing.experiments)));
+        return Ok(response::with_body(
+            StatusCode::OK,
+            response::HTML,
+            html::list_page(&listing.experiments),
+        ));
     }
     Ok(response::json(&listing))
 }
@@ -48,14 +51,26 @@ pub async fn get_experiment(req: Request, state: AppState) -> HandlerResult {
         };
         return Err(ApiError::not_found(format!(
             "no experiment {name:?}: it is neither defined nor seen in exposures (known: {})",
-            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
         )));
     };
     if req.wants_html() {
-        return Ok(response::with_body(StatusCode::OK, response::HTML, html::report_page(&r)));
+        return Ok(response::with_body(
+            StatusCode::OK,
+            response::HTML,
+            html::report_page(&r),
+        ));
     }
     if req.query("format").as_deref() == Some("text") {
-        return Ok(response::with_body(StatusCode::OK, "text/plain; charset=utf-8", text::render(&r)));
+        return Ok(response::with_body(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            text::render(&r),
+        ));
     }
     Ok(response::json(&r))
 }

@@ -33,9 +33,9 @@ use super::data::{ExperimentData, MetricData};
 use super::settings::Settings;
 use crate::aggregate::MetricSums;
 use crate::stats::{
-    self, chance_to_beat, cuped, holm, mde_at, mde_proportions, power_at, relative_lift, sample_size_means,
-    sample_size_proportions, sequential, srm, two_proportion, welch_t, BetaPrior, CoMoments, Moments,
-    Proportion, SequentialParams, SRM_ALERT_P,
+    self, chance_to_beat, cuped, holm, mde_at, mde_proportions, power_at, relative_lift,
+    sample_size_means, sample_size_proportions, sequential, srm, two_proportion, welch_t,
+    BetaPrior, CoMoments, Moments, Proportion, SequentialParams, SRM_ALERT_P,
 };
 
 /// A statistic, or why it cannot be computed yet (shown as it is).
@@ -50,7 +50,9 @@ impl<T> Stat<T> {
     fn from(r: Result<T, impl ToString>) -> Stat<T> {
         match r {
             Ok(v) => Stat::Ok(v),
-            Err(e) => Stat::Err { error: e.to_string() },
+            Err(e) => Stat::Err {
+                error: e.to_string(),
+            },
         }
     }
 
@@ -212,14 +214,16 @@ pub struct MdeOut {
     pub power_at_target: f64,
 }
 
+/// One point of the cumulative chart: the relative lift among users
+/// exposed by `t_ms`, with its always-valid interval. (Only the
+/// always-valid interval is drawn over time: a fixed-horizon interval at
+/// every point would invite exactly the peeking it does not allow for.)
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct LiftPoint {
     pub t_ms: i64,
     pub users_control: i64,
     pub users_treatment: i64,
     pub lift: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
     pub seq_low: f64,
     pub seq_high: f64,
 }
@@ -259,36 +263,70 @@ fn proportion(n: i64, s: &MetricSums) -> Proportion {
 }
 
 fn comoments(n: i64, s: &MetricSums) -> Result<CoMoments, stats::StatsError> {
-    CoMoments::from_sums(n.max(0) as u64, s.y.value(), s.y2.value(), s.x.value(), s.x2.value(), s.xy.value())
+    CoMoments::from_sums(
+        n.max(0) as u64,
+        s.y.value(),
+        s.y2.value(),
+        s.x.value(),
+        s.x2.value(),
+        s.xy.value(),
+    )
 }
 
-/// Relative lift and its sequential interval from one pair of groups.
-fn lift_point(conversion: bool, nc: i64, c: &MetricSums, nt: i64, t: &MetricSums, s: &Settings) -> Option<(Interval, SequentialOut)> {
+/// The relative lift's sequential look (estimate and always-valid
+/// interval) from one pair of groups: cheap (no t quantile), so it can be
+/// computed at every chart point.
+fn seq_point(
+    conversion: bool,
+    nc: i64,
+    c: &MetricSums,
+    nt: i64,
+    t: &MetricSums,
+    s: &Settings,
+) -> Result<(f64, SequentialOut), String> {
     let params = SequentialParams {
         alpha: s.alpha,
         n_star: s.n_star,
         relative: true,
     };
-    let (rel, seq) = if conversion {
+    let r = if conversion {
         let (pc, pt) = (proportion(nc, c), proportion(nt, t));
-        (relative_lift(&pc, &pt, s.alpha).ok()?, sequential(&pc, &pt, params).ok()?)
+        sequential(&pc, &pt, params)
     } else {
-        let (mc, mt) = (moments(nc, c).ok()?, moments(nt, t).ok()?);
-        (relative_lift(&mc, &mt, s.alpha).ok()?, sequential(&mc, &mt, params).ok()?)
-    };
-    Some((
-        Interval {
-            estimate: rel.lift,
-            se: rel.se,
-            ci_low: rel.ci_low,
-            ci_high: rel.ci_high,
-        },
+        moments(nc, c).and_then(|a| moments(nt, t).and_then(|b| sequential(&a, &b, params)))
+    }
+    .map_err(|e| e.to_string())?;
+    Ok((
+        r.estimate,
         SequentialOut {
-            ci_low: seq.ci_low,
-            ci_high: seq.ci_high,
-            p_value: seq.p_value,
+            ci_low: r.ci_low,
+            ci_high: r.ci_high,
+            p_value: r.p_value,
         },
     ))
+}
+
+/// The relative lift with its fixed-horizon interval.
+fn relative(
+    conversion: bool,
+    nc: i64,
+    c: &MetricSums,
+    nt: i64,
+    t: &MetricSums,
+    s: &Settings,
+) -> Result<Interval, String> {
+    let r = if conversion {
+        relative_lift(&proportion(nc, c), &proportion(nt, t), s.alpha)
+    } else {
+        moments(nc, c).and_then(|a| moments(nt, t).and_then(|b| relative_lift(&a, &b, s.alpha)))
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(Interval {
+        estimate: r.lift,
+        se: r.se,
+        ci_low: r.ci_low,
+        ci_high: r.ci_high,
+    })
 }
 
 /// Builds the report of one experiment.
@@ -341,7 +379,9 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
     if let Some(d) = &data.definition {
         for v in &data.variants {
             if !d.variants.contains(v) {
-                warnings.push(format!("variant {v:?} has exposures but is not in the experiment definitions"));
+                warnings.push(format!(
+                    "variant {v:?} has exposures but is not in the experiment definitions"
+                ));
             }
         }
     }
@@ -353,7 +393,9 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
         .or_else(|| data.metrics.first().map(|m| m.info.name.clone()));
     if let Some(p) = exp_settings.and_then(|e| e.primary_metric.as_ref()) {
         if !data.metrics.iter().any(|d| d.info.name == *p) {
-            warnings.push(format!("the primary metric {p:?} has no events from exposed users yet"));
+            warnings.push(format!(
+                "the primary metric {p:?} has no events from exposed users yet"
+            ));
         }
     }
 
@@ -361,26 +403,51 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
         .metrics
         .iter()
         .enumerate()
-        .map(|(mi, m)| metric_report(data, mi, m, control, primary.as_deref() == Some(&m.info.name), settings))
+        .map(|(mi, m)| {
+            metric_report(
+                data,
+                mi,
+                m,
+                control,
+                primary.as_deref() == Some(&m.info.name),
+                settings,
+            )
+        })
         .collect();
     // Holm over every fixed-horizon p-value of the experiment.
     let ps: Vec<(usize, usize, f64)> = metrics
         .iter()
         .enumerate()
-        .flat_map(|(i, m)| m.comparisons.iter().enumerate().filter_map(move |(j, c)| c.p_value.map(|p| (i, j, p))))
+        .flat_map(|(i, m)| {
+            m.comparisons
+                .iter()
+                .enumerate()
+                .filter_map(move |(j, c)| c.p_value.map(|p| (i, j, p)))
+        })
         .collect();
     if let Ok(adj) = holm(&ps.iter().map(|x| x.2).collect::<Vec<_>>()) {
         for ((i, j, _), a) in ps.iter().zip(adj) {
             metrics[*i].comparisons[*j].p_value_holm = Some(a);
         }
     }
-    let decision = decide(&control_name, &variants, &srm_out, &metrics, primary.as_deref(), settings);
+    let decision = decide(
+        &control_name,
+        &variants,
+        &srm_out,
+        &metrics,
+        primary.as_deref(),
+        settings,
+    );
     Report {
         experiment: data.name.clone(),
         generated_at_ms: now_ms,
         applied_lsn: data.applied_lsn,
         control: control_name,
-        definitions: if data.definition.is_some() { "experiments file" } else { "exposures" },
+        definitions: if data.definition.is_some() {
+            "experiments file"
+        } else {
+            "exposures"
+        },
         settings: Settings {
             experiments: Default::default(),
             ..settings.clone()
@@ -456,14 +523,27 @@ fn metric_report(
                 conversion_rate: (users > 0).then(|| sums.converted as f64 / users as f64),
                 mean: mo.filter(|m| m.n() > 0).map(|m| m.mean()),
                 sd: mo.filter(|m| m.n() > 1).map(|m| m.sd()),
-                covariate_mean: (m.info.covariate_events > 0 && users > 0).then(|| sums.x.value() / users as f64),
+                covariate_mean: (m.info.covariate_events > 0 && users > 0)
+                    .then(|| sums.x.value() / users as f64),
             }
         })
         .collect();
     let has_covariate = m.info.covariate_events > 0;
     let comparisons = (0..data.variants.len())
         .filter(|&v| v != control)
-        .map(|v| comparison(data, mi, m, control, v, conversion, higher, has_covariate, s))
+        .map(|v| {
+            comparison(
+                data,
+                mi,
+                m,
+                control,
+                v,
+                conversion,
+                higher,
+                has_covariate,
+                s,
+            )
+        })
         .collect();
     MetricReport {
         name: m.info.name.clone(),
@@ -502,16 +582,24 @@ fn comparison(
         }));
         let chance = Stat::from(chance_to_beat(&pc, &pt, BetaPrior::default()).map(better));
         let mde = Stat::from(
-            mde_proportions(pc.rate(), nc.min(nt).max(1) as f64, s.alpha, s.power).and_then(|abs| {
-                let se = z.as_ref().map_or(f64::NAN, |r| r.se);
-                Ok(MdeOut {
-                    absolute: abs,
-                    relative: abs / pc.rate(),
-                    power_at_target: power_at(s.target_lift * pc.rate(), se, s.alpha)?,
-                })
-            }),
+            mde_proportions(pc.rate(), nc.min(nt).max(1) as f64, s.alpha, s.power).and_then(
+                |abs| {
+                    let se = z.as_ref().map_or(f64::NAN, |r| r.se);
+                    Ok(MdeOut {
+                        absolute: abs,
+                        relative: abs / pc.rate(),
+                        power_at_target: power_at(s.target_lift * pc.rate(), se, s.alpha)?,
+                    })
+                },
+            ),
         );
-        ("two_proportion", absolute, z.ok().map(|r| r.p_value), chance, mde)
+        (
+            "two_proportion",
+            absolute,
+            z.ok().map(|r| r.p_value),
+            chance,
+            mde,
+        )
     } else {
         let groups = moments(nc, sc).and_then(|a| moments(nt, st).map(|b| (a, b)));
         let w = groups.clone().and_then(|(a, b)| welch_t(&a, &b, s.alpha));
@@ -522,7 +610,10 @@ fn comparison(
             ci_high: r.ci_high,
         }));
         // Flat prior and normal likelihood: P(Δ > 0) = Φ(diff/se).
-        let chance = Stat::from(w.clone().map(|r| better(stats::special::normal_cdf(r.diff / r.se))));
+        let chance = Stat::from(
+            w.clone()
+                .map(|r| better(stats::special::normal_cdf(r.diff / r.se))),
+        );
         let mde = Stat::from(groups.and_then(|(a, b)| {
             let abs = mde_at(&a, &b, s.alpha, s.power)?;
             let base = a.mean().abs();
@@ -535,23 +626,8 @@ fn comparison(
         }));
         ("welch_t", absolute, w.ok().map(|r| r.p_value), chance, mde)
     };
-    let (relative, seq) = match lift_point(conversion, nc, sc, nt, st, s) {
-        Some((r, q)) => (Stat::Ok(r), Stat::Ok(q)),
-        None => {
-            // Say why, from the test that failed.
-            let err = if conversion {
-                let (pc, pt) = (proportion(nc, sc), proportion(nt, st));
-                relative_lift(&pc, &pt, s.alpha).err()
-            } else {
-                moments(nc, sc)
-                    .and_then(|a| moments(nt, st).map(|b| (a, b)))
-                    .and_then(|(a, b)| relative_lift(&a, &b, s.alpha))
-                    .err()
-            };
-            let error = err.map_or_else(|| "not computable yet".to_owned(), |e| e.to_string());
-            (Stat::Err { error: error.clone() }, Stat::Err { error })
-        }
-    };
+    let relative = Stat::from(relative(conversion, nc, sc, nt, st, s));
+    let seq = Stat::from(seq_point(conversion, nc, sc, nt, st, s).map(|x| x.1));
     let cuped_out = has_covariate.then(|| {
         Stat::from(
             comoments(nc, sc)
@@ -573,14 +649,13 @@ fn comparison(
         .iter()
         .filter_map(|p| {
             let (nc, nt) = (p.users[c], p.users[t]);
-            let (r, q) = lift_point(conversion, nc, &p.sums[mi][c], nt, &p.sums[mi][t], s)?;
+            let (lift, q) =
+                seq_point(conversion, nc, &p.sums[mi][c], nt, &p.sums[mi][t], s).ok()?;
             Some(LiftPoint {
                 t_ms: p.t_ms,
                 users_control: nc,
                 users_treatment: nt,
-                lift: r.estimate,
-                ci_low: r.ci_low,
-                ci_high: r.ci_high,
+                lift,
                 seq_low: q.ci_low,
                 seq_high: q.ci_high,
             })
@@ -641,7 +716,11 @@ fn decide(
             None,
         );
     }
-    if let Some(v) = variants.iter().filter(|v| v.users < s.min_users).min_by_key(|v| v.users) {
+    if let Some(v) = variants
+        .iter()
+        .filter(|v| v.users < s.min_users)
+        .min_by_key(|v| v.users)
+    {
         return keep(
             format!(
                 "Too early: variant {} has {} exposed users; decisions wait for at least {} per variant.",
@@ -652,7 +731,10 @@ fn decide(
     }
     if let Stat::Ok(r) = srm_out {
         if r.alarm {
-            let split: Vec<String> = variants.iter().map(|v| format!("{} {}", v.name, v.users)).collect();
+            let split: Vec<String> = variants
+                .iter()
+                .map(|v| format!("{} {}", v.name, v.users))
+                .collect();
             return Decision {
                 decision: DecisionKind::Inconclusive,
                 reason: format!(
@@ -669,7 +751,10 @@ fn decide(
     let Some(primary) = primary else {
         return keep("No outcome events from exposed users yet.".into(), None);
     };
-    let m = metrics.iter().find(|m| m.name == primary).expect("primary metric is reported");
+    let m = metrics
+        .iter()
+        .find(|m| m.name == primary)
+        .expect("primary metric is reported");
     let what = describe(m);
     let level = format!("{:.0}%", (1.0 - s.alpha) * 100.0);
     let mut seqs = Vec::new();
@@ -677,7 +762,10 @@ fn decide(
         match (&c.sequential, &c.relative) {
             (Stat::Ok(q), Stat::Ok(r)) => seqs.push((c, *q, *r)),
             (Stat::Err { error }, _) | (_, Stat::Err { error }) => {
-                return keep(format!("{what} cannot be tested for {} yet: {error}.", c.variant), Some(primary));
+                return keep(
+                    format!("{what} cannot be tested for {} yet: {error}.", c.variant),
+                    Some(primary),
+                );
             }
         }
     }
@@ -689,7 +777,13 @@ fn decide(
         .filter(|(_, &a)| a < s.alpha)
         .map(|(x, _)| x)
         .collect();
-    let interval = |q: &SequentialOut| format!("always-valid {level} interval {} to {}", pct(q.ci_low), pct(q.ci_high));
+    let interval = |q: &SequentialOut| {
+        format!(
+            "always-valid {level} interval {} to {}",
+            pct(q.ci_low),
+            pct(q.ci_high)
+        )
+    };
     if let Some((c, q, r)) = significant
         .iter()
         .filter(|(_, _, r)| sign * r.estimate < 0.0)
@@ -787,6 +881,13 @@ fn users_needed(m: &MetricReport, control: &str, c: &Comparison, s: &Settings) -
         sample_size_proportions(p, s.target_lift * p, s.alpha, s.power).ok()
     } else {
         let (mc, sdc, sdt) = (cv.mean?, cv.sd?, tv.sd?);
-        sample_size_means(sdc * sdc, sdt * sdt, s.target_lift * mc.abs(), s.alpha, s.power).ok()
+        sample_size_means(
+            sdc * sdc,
+            sdt * sdt,
+            s.target_lift * mc.abs(),
+            s.alpha,
+            s.power,
+        )
+        .ok()
     }
 }

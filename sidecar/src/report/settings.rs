@@ -70,7 +70,9 @@ pub struct MetricSettings {
 
 impl Default for MetricSettings {
     fn default() -> Self {
-        MetricSettings { higher_is_better: true }
+        MetricSettings {
+            higher_is_better: true,
+        }
     }
 }
 
@@ -78,7 +80,10 @@ impl Default for MetricSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -92,11 +97,15 @@ impl Settings {
             source,
         })?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let s: Settings = serde_path_to_error::deserialize(&mut de).map_err(|e| SettingsError::Invalid {
-            path: shown.clone(),
-            message: format!("{}: {}", e.path(), e.inner()),
+        let s: Settings =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| SettingsError::Invalid {
+                path: shown.clone(),
+                message: format!("{}: {}", e.path(), e.inner()),
+            })?;
+        s.check().map_err(|message| SettingsError::Invalid {
+            path: shown,
+            message,
         })?;
-        s.check().map_err(|message| SettingsError::Invalid { path: shown, message })?;
         Ok(s)
     }
 
@@ -147,7 +156,12 @@ mod tests {
         assert!(!s.higher_is_better("r", "lat"));
         assert!(s.higher_is_better("r", "buy"));
         assert!(s.check().is_ok());
-        assert!(Settings { alpha: 1.0, ..Settings::default() }.check().is_err());
+        assert!(Settings {
+            alpha: 1.0,
+            ..Settings::default()
+        }
+        .check()
+        .is_err());
         assert!(serde_json::from_str::<Settings>(r#"{"alpah":0.1}"#).is_err());
     }
 }

@@ -13,28 +13,47 @@ fn p(x: Option<f64>) -> String {
 }
 
 fn opt(x: Option<f64>, digits: usize) -> String {
-    x.filter(|v| v.is_finite()).map_or("-".into(), |v| format!("{v:.digits$}"))
+    x.filter(|v| v.is_finite())
+        .map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
 /// Plain text, 100 columns wide at most, no colours.
 pub fn render(r: &Report) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "Experiment {}: {}", r.experiment, r.decision.decision.as_str().to_uppercase());
+    let _ = writeln!(
+        o,
+        "Experiment {}: {}",
+        r.experiment,
+        r.decision.decision.as_str().to_uppercase()
+    );
     for line in wrap(&r.decision.reason, 96) {
         let _ = writeln!(o, "  {line}");
     }
     let _ = writeln!(o);
     let total: u64 = r.variants.iter().map(|v| v.users).sum();
-    let _ = writeln!(o, "{:<24} {:>12} {:>10} {:>10}", "variant", "users", "observed", "expected");
+    let _ = writeln!(
+        o,
+        "{:<24} {:>12} {:>10} {:>10}",
+        "variant", "users", "observed", "expected"
+    );
     for v in &r.variants {
-        let name = if v.control { format!("{} (control)", v.name) } else { v.name.clone() };
+        let name = if v.control {
+            format!("{} (control)", v.name)
+        } else {
+            v.name.clone()
+        };
         let _ = writeln!(
             o,
             "{:<24} {:>12} {:>10} {:>10}",
             name,
             v.users,
-            if total > 0 { format!("{:.1}%", v.users as f64 * 100.0 / total as f64) } else { "-".into() },
-            v.expected_share.map_or("-".into(), |s| format!("{:.1}%", s * 100.0))
+            if total > 0 {
+                format!("{:.1}%", v.users as f64 * 100.0 / total as f64)
+            } else {
+                "-".into()
+            },
+            v.expected_share
+                .map_or("-".into(), |s| format!("{:.1}%", s * 100.0))
         );
     }
     match &r.srm {
@@ -69,10 +88,22 @@ fn metric(o: &mut String, m: &MetricReport, alpha: f64) {
         m.name,
         if m.primary { " [primary]" } else { "" },
         m.kind,
-        if m.higher_is_better { "higher" } else { "lower" },
-        if m.has_covariate { ", CUPED covariate" } else { "" }
+        if m.higher_is_better {
+            "higher"
+        } else {
+            "lower"
+        },
+        if m.has_covariate {
+            ", CUPED covariate"
+        } else {
+            ""
+        }
     );
-    let _ = writeln!(o, "  {:<22} {:>10} {:>10} {:>9} {:>12} {:>12}", "variant", "users", "converted", "rate", "mean", "sd");
+    let _ = writeln!(
+        o,
+        "  {:<22} {:>10} {:>10} {:>9} {:>12} {:>12}",
+        "variant", "users", "converted", "rate", "mean", "sd"
+    );
     for v in &m.variants {
         let _ = writeln!(
             o,
@@ -80,7 +111,8 @@ fn metric(o: &mut String, m: &MetricReport, alpha: f64) {
             v.variant,
             v.users,
             v.converted,
-            v.conversion_rate.map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
+            v.conversion_rate
+                .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
             opt(v.mean, 4),
             opt(v.sd, 4)
         );
@@ -105,10 +137,20 @@ fn metric(o: &mut String, m: &MetricReport, alpha: f64) {
             }
         }
         if let Stat::Ok(a) = &c.absolute {
-            let _ = writeln!(o, "    difference {:+.5} ({level} CI {:+.5} to {:+.5})", a.estimate, a.ci_low, a.ci_high);
+            let _ = writeln!(
+                o,
+                "    difference {:+.5} ({level} CI {:+.5} to {:+.5})",
+                a.estimate, a.ci_low, a.ci_high
+            );
         }
         if let Stat::Ok(q) = &c.sequential {
-            let _ = writeln!(o, "    always-valid interval {} to {}, sequential p {}", pct(q.ci_low), pct(q.ci_high), p(Some(q.p_value)));
+            let _ = writeln!(
+                o,
+                "    always-valid interval {} to {}, sequential p {}",
+                pct(q.ci_low),
+                pct(q.ci_high),
+                p(Some(q.p_value))
+            );
         }
         if let Some(Stat::Ok(x)) = &c.cuped {
             let _ = writeln!(
@@ -125,10 +167,19 @@ fn metric(o: &mut String, m: &MetricReport, alpha: f64) {
             let _ = writeln!(o, "    chance to beat control {:.1}%", x * 100.0);
         }
         if let Stat::Ok(x) = &c.mde {
-            let _ = writeln!(o, "    MDE {:.2}% now, power {:.0}% at the target", x.relative.abs() * 100.0, x.power_at_target * 100.0);
+            let _ = writeln!(
+                o,
+                "    MDE {:.2}% now, power {:.0}% at the target",
+                x.relative.abs() * 100.0,
+                x.power_at_target * 100.0
+            );
         }
         if !c.series.is_empty() {
-            let _ = writeln!(o, "    trend {}", spark(&c.series.iter().map(|p| p.lift).collect::<Vec<_>>()));
+            let _ = writeln!(
+                o,
+                "    trend {}",
+                spark(&c.series.iter().map(|p| p.lift).collect::<Vec<_>>())
+            );
         }
     }
 }

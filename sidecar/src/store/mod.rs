@@ -99,9 +99,17 @@ pub enum StoreError {
     #[error("the data directory {0} is in use by another abmesh process")]
     Locked(PathBuf),
     #[error("{file}: corrupt record at byte {offset}: {stop}; only the last segment may end in a torn record, so this is damage, not a crash (restore the directory from a backup, or move this file and the later ones away to keep what precedes it)")]
-    Corrupt { file: PathBuf, offset: u64, stop: String },
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        stop: String,
+    },
     #[error("{file}: expected a record with LSN {expected}, found {found}: segments are missing")]
-    Gap { file: PathBuf, expected: u64, found: u64 },
+    Gap {
+        file: PathBuf,
+        expected: u64,
+        found: u64,
+    },
     #[error("restoring {file}: {message}")]
     Restore { file: PathBuf, message: String },
     #[error("the outcome log stopped taking writes after an I/O error and needs a restart: {0}")]
@@ -170,12 +178,32 @@ impl StoreMetrics {
     /// Registers under `registry` (give it a `log` sub-registry).
     pub fn register(registry: &mut Registry) -> Self {
         let m = StoreMetrics::new();
-        registry.register("records", "Records appended to the outcome log", m.records.clone());
-        registry.register("bytes", "Bytes appended to the outcome log", m.bytes.clone());
-        registry.register("syncs", "fdatasync calls (one per group commit)", m.syncs.clone());
+        registry.register(
+            "records",
+            "Records appended to the outcome log",
+            m.records.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes appended to the outcome log",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "syncs",
+            "fdatasync calls (one per group commit)",
+            m.syncs.clone(),
+        );
         registry.register("snapshots", "Snapshots written", m.snapshots.clone());
-        registry.register("sync_seconds", "Time of one write + fdatasync", m.sync_seconds.clone());
-        registry.register("group_records", "Records per group commit", m.group_records.clone());
+        registry.register(
+            "sync_seconds",
+            "Time of one write + fdatasync",
+            m.sync_seconds.clone(),
+        );
+        registry.register(
+            "group_records",
+            "Records per group commit",
+            m.group_records.clone(),
+        );
         m
     }
 }
@@ -238,7 +266,9 @@ impl<S: StateMachine> Clone for Store<S> {
 
 impl<S: StateMachine> std::fmt::Debug for Store<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.shared.dir).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -263,7 +293,10 @@ fn numbered(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)
         let entry = entry.map_err(|e| io_err(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(num) = name.strip_prefix(prefix).and_then(|n| n.strip_suffix(suffix)) else {
+        let Some(num) = name
+            .strip_prefix(prefix)
+            .and_then(|n| n.strip_suffix(suffix))
+        else {
             continue;
         };
         if let Ok(n) = num.parse::<u64>() {
@@ -275,7 +308,9 @@ fn numbered(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"ABMSNAP1";
@@ -343,6 +378,10 @@ struct Tail {
     last: Option<(u64, PathBuf, u64)>,
 }
 
+/// What `recover` returns: the state, the report, where the log ends, and
+/// the segments (first LSN, path).
+type Recovered<S> = (S, Recovery, Tail, Vec<(u64, PathBuf)>);
+
 /// Loads the newest good snapshot and replays the log after it into the
 /// state `restore` builds. `repair` truncates a torn tail (a writer's
 /// open); without it a torn tail just ends the replay (a reader's load).
@@ -350,7 +389,7 @@ fn recover<S: StateMachine>(
     dir: &Path,
     repair: bool,
     restore: impl FnOnce(Option<&[u8]>) -> Result<S, String>,
-) -> Result<(S, Recovery, Tail, Vec<(u64, PathBuf)>), StoreError> {
+) -> Result<Recovered<S>, StoreError> {
     let mut rec = Recovery::default();
     let mut snapshot: Option<(u64, Vec<u8>, PathBuf)> = None;
     for (_, path) in numbered(dir, "snapshot-", ".bin")?.into_iter().rev() {
@@ -359,7 +398,9 @@ fn recover<S: StateMachine>(
                 snapshot = Some((lsn, payload, path));
                 break;
             }
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping a snapshot that does not check out"),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "skipping a snapshot that does not check out")
+            }
         }
     }
     let mut state = match &snapshot {
@@ -453,7 +494,10 @@ fn recover<S: StateMachine>(
                             reason = %stop,
                             "truncating a torn record at the end of the log (written during a crash, never acknowledged)"
                         );
-                        let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, e))?;
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(path)
+                            .map_err(|e| io_err(path, e))?;
                         f.set_len(off as u64)
                             .and_then(|()| f.sync_all())
                             .map_err(|e| io_err(path, e))?;
@@ -508,7 +552,10 @@ impl<S: StateMachine> Store<S> {
         let (state, mut rec, tail, mut segments) = recover(dir, true, restore)?;
         let (file, path, seg_len) = match tail.last {
             Some((_, path, len)) => {
-                let f = OpenOptions::new().append(true).open(&path).map_err(|e| io_err(&path, e))?;
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| io_err(&path, e))?;
                 (f, path, len)
             }
             None => {
@@ -572,7 +619,12 @@ impl<S: StateMachine> Store<S> {
     }
 
     /// [`Store::append`] with an explicit receive time.
-    pub async fn append_at(&self, kind: Kind, received_ms: i64, payload: Bytes) -> Result<S::Output, StoreError> {
+    pub async fn append_at(
+        &self,
+        kind: Kind,
+        received_ms: i64,
+        payload: Bytes,
+    ) -> Result<S::Output, StoreError> {
         if let Some(msg) = self.shared.failed.get() {
             return Err(StoreError::Failed(msg.clone()));
         }
@@ -598,7 +650,9 @@ impl<S: StateMachine> Store<S> {
         let call: Call<S> = Box::new(move |s, lsn| {
             let _ = tx.send(f(s, lsn));
         });
-        self.tx.send(Msg::Call(call)).map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Msg::Call(call))
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
     }
 
@@ -615,7 +669,12 @@ impl<S: StateMachine> Store<S> {
         if self.tx.send(Msg::Close(tx)).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(120));
         }
-        let threads: Vec<_> = self.threads.lock().expect("threads lock").drain(..).collect();
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .expect("threads lock")
+            .drain(..)
+            .collect();
         for t in threads {
             let _ = t.join();
         }
@@ -636,7 +695,10 @@ fn new_segment(dir: &Path, first_lsn: u64) -> Result<(File, PathBuf), StoreError
         .and_then(|()| f.sync_all())
         .map_err(|e| io_err(&path, e))?;
     sync_dir(dir)?;
-    let f = OpenOptions::new().append(true).open(&path).map_err(|e| io_err(&path, e))?;
+    let f = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
     Ok((f, path))
 }
 
@@ -650,7 +712,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn run<S: StateMachine>(mut self, rx: mpsc::Receiver<Msg<S>>, to_applier: mpsc::Sender<Vec<Item<S>>>) {
+    fn run<S: StateMachine>(
+        mut self,
+        rx: mpsc::Receiver<Msg<S>>,
+        to_applier: mpsc::Sender<Vec<Item<S>>>,
+    ) {
         while let Ok(first) = rx.recv() {
             let mut closed = false;
             let mut msgs = vec![first];
@@ -744,11 +810,16 @@ impl Writer {
     fn commit(&mut self) -> Result<(), StoreError> {
         let t = Instant::now();
         let path = &self.path;
-        self.file.write_all(&self.buf).map_err(|e| io_err(path, e))?;
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| io_err(path, e))?;
         self.file.sync_data().map_err(|e| io_err(path, e))?;
         self.seg_len += self.buf.len() as u64;
         self.shared.metrics.syncs.inc();
-        self.shared.metrics.sync_seconds.observe(t.elapsed().as_secs_f64());
+        self.shared
+            .metrics
+            .sync_seconds
+            .observe(t.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -862,7 +933,11 @@ impl<S: StateMachine> Applier<S> {
                 for (_, p) in &kept[..keep_from] {
                     let _ = fs::remove_file(p);
                 }
-                let covered = if kept.len() >= 2 { Some(kept[keep_from].0) } else { None };
+                let covered = if kept.len() >= 2 {
+                    Some(kept[keep_from].0)
+                } else {
+                    None
+                };
                 let mut segs = self.shared.segments.lock().expect("segments lock");
                 // A segment is covered when the next one starts at or
                 // before lsn + 1; the last (active) one always stays.
@@ -885,7 +960,9 @@ impl<S: StateMachine> Applier<S> {
                     "snapshot written"
                 );
             }
-            Err(e) => tracing::error!(error = %e, "writing a snapshot failed; the log keeps growing until one succeeds"),
+            Err(e) => {
+                tracing::error!(error = %e, "writing a snapshot failed; the log keeps growing until one succeeds")
+            }
         }
     }
 }

@@ -177,7 +177,10 @@ mod tests {
         encode(&mut buf, 8, Kind::Exposures, 5678, b"");
         assert_eq!(one, framed_len(5));
         let (r, n) = decode(&buf).unwrap().unwrap();
-        assert_eq!((r.lsn, r.kind, r.received_ms, r.payload, n), (7, Kind::Outcomes, 1234, &b"hello"[..], one));
+        assert_eq!(
+            (r.lsn, r.kind, r.received_ms, r.payload, n),
+            (7, Kind::Outcomes, 1234, &b"hello"[..], one)
+        );
         let (r, _) = decode(&buf[one..]).unwrap().unwrap();
         assert_eq!((r.lsn, r.payload), (8, &b""[..]));
         assert_eq!(decode(&buf[buf.len()..]).unwrap().map(|_| ()), None);

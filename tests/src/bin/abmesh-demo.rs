@@ -39,10 +39,19 @@ async fn main() {
             let mut seen: Vec<(String, String, bool)> = Vec::new();
             for u in (worker..users).step_by(4) {
                 let id = format!("user-{u}");
-                let a = client.get("/predict", &[("x-user-id", id.as_bytes())]).await.json();
+                let a = client
+                    .get("/predict", &[("x-user-id", id.as_bytes())])
+                    .await
+                    .json();
                 // Each user comes back: are they served the same way?
-                let b = client.get("/predict", &[("x-user-id", id.as_bytes())]).await.json();
-                let variant = a["headers"]["x-abmesh-ranker"].as_str().unwrap_or("-").to_string();
+                let b = client
+                    .get("/predict", &[("x-user-id", id.as_bytes())])
+                    .await
+                    .json();
+                let variant = a["headers"]["x-abmesh-ranker"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string();
                 let upstream = a["upstream"].as_str().unwrap_or("?").to_string();
                 seen.push((variant, upstream, a["upstream"] == b["upstream"]));
             }
@@ -62,19 +71,25 @@ async fn main() {
         "\n{users} users, 2 requests each, in {:.2} s\n",
         elapsed.as_secs_f64()
     );
-    println!("  {:<10} {:<9} {:>7} {:>7}", "variant", "upstream", "users", "share");
+    println!(
+        "  {:<10} {:<9} {:>7} {:>7}",
+        "variant", "upstream", "users", "share"
+    );
     for ((variant, upstream), n) in &table {
         println!(
             "  {variant:<10} {upstream:<9} {n:>7} {:>6.2}%",
             100.0 * *n as f64 / users as f64
         );
     }
-    println!(
-        "\n  sticky (second request on the same upstream): {sticky}/{users}"
-    );
+    println!("\n  sticky (second request on the same upstream): {sticky}/{users}");
     let misrouted: usize = table
         .iter()
-        .filter(|((v, u), _)| !matches!((v.as_str(), u.as_str()), ("control", "v1") | ("treatment", "v2")))
+        .filter(|((v, u), _)| {
+            !matches!(
+                (v.as_str(), u.as_str()),
+                ("control", "v1") | ("treatment", "v2")
+            )
+        })
         .map(|(_, n)| n)
         .sum();
     println!("  misrouted (variant not on its upstream):      {misrouted}");
