@@ -51,5 +51,13 @@ if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $wbg"; then
   cargo install --quiet wasm-bindgen-cli --version "$wbg"
 fi
 
+# Debian's Chromium renders the HTML report in the report test.
+if ! command -v chromium >/dev/null; then
+  log "apt-get install chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq chromium >/dev/null
+fi
+
 command -v node >/dev/null || { echo "node is required for the wasm tests (apt-get install nodejs)" >&2; exit 1; }
 log "ok"
