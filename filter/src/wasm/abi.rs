@@ -58,6 +58,11 @@ extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -134,6 +139,18 @@ pub fn get_header(map: MapType, name: &str) -> Option<Vec<u8>> {
     unsafe {
         match proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut len)
         {
+            STATUS_OK => take_host_buffer(data, len),
+            _ => None,
+        }
+    }
+}
+
+/// Every header of a map, serialized (see `crate::header_map`).
+pub fn get_header_pairs(map: MapType) -> Option<Vec<u8>> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: as above.
+    unsafe {
+        match proxy_get_header_map_pairs(map as u32, &mut data, &mut len) {
             STATUS_OK => take_host_buffer(data, len),
             _ => None,
         }

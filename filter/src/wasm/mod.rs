@@ -31,7 +31,7 @@ struct Root {
 
 struct Scratch {
     decisions: crate::Decisions,
-    cache: Box<[OnceCell<Option<Vec<u8>>>]>,
+    headers: HeaderCache,
     path_buf: Vec<u8>,
     echo_buf: Vec<u8>,
 }
@@ -119,9 +119,13 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
         };
         root.scratch = Some(Scratch {
             decisions: plan.decisions(),
-            cache: (0..plan.header_names().len())
-                .map(|_| OnceCell::new())
-                .collect(),
+            headers: HeaderCache {
+                bulk: plan.headers_per_request() >= 2,
+                all: OnceCell::new(),
+                by_slot: (0..plan.header_names().len())
+                    .map(|_| OnceCell::new())
+                    .collect(),
+            },
             path_buf: Vec::with_capacity(PATH_CAPACITY),
             echo_buf: Vec::with_capacity(256),
         });
@@ -133,16 +137,38 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
     })
 }
 
-/// Request headers read from the host on first use, cached per slot.
-struct HostHeaders<'a> {
-    cache: &'a [OnceCell<Option<Vec<u8>>>],
+/// Request headers read from the host on first use: all at once, or one
+/// at a time cached per slot. The buffers are the host's copies (the ABI
+/// allocates them in our memory); they are dropped at the next request.
+struct HeaderCache {
+    /// Read the whole map in one hostcall: the plan reads two or more
+    /// headers per request, and one bulk read costs about one single read.
+    bulk: bool,
+    all: OnceCell<Option<Vec<u8>>>,
+    by_slot: Box<[OnceCell<Option<Vec<u8>>>]>,
 }
 
-impl RequestHeaders for HostHeaders<'_> {
+impl HeaderCache {
+    fn clear(&mut self) {
+        self.all.take();
+        for c in self.by_slot.iter_mut() {
+            c.take();
+        }
+    }
+}
+
+impl RequestHeaders for HeaderCache {
     fn get(&self, slot: Slot, name: &str) -> Option<&[u8]> {
-        self.cache[usize::from(slot)]
-            .get_or_init(|| abi::get_header(MapType::RequestHeaders, name))
-            .as_deref()
+        if self.bulk {
+            let map = self
+                .all
+                .get_or_init(|| abi::get_header_pairs(MapType::RequestHeaders));
+            crate::header_map::find(map.as_deref()?, name.as_bytes())
+        } else {
+            self.by_slot[usize::from(slot)]
+                .get_or_init(|| abi::get_header(MapType::RequestHeaders, name))
+                .as_deref()
+        }
     }
 }
 
@@ -177,11 +203,8 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
         let (Some(plan), Some(s)) = (&root.plan, &mut root.scratch) else {
             return abi::ACTION_CONTINUE;
         };
-        for c in s.cache.iter_mut() {
-            c.take();
-        }
-        let headers = HostHeaders { cache: &s.cache };
-        if plan.decide(&headers, &mut s.decisions) == Verdict::RejectMissingIdentity {
+        s.headers.clear();
+        if plan.decide(&s.headers, &mut s.decisions) == Verdict::RejectMissingIdentity {
             debug_assert_eq!(plan.missing_identity(), MissingIdentity::Reject);
             abi::send_local_response(
                 400,
@@ -190,7 +213,7 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
             );
             return abi::ACTION_PAUSE;
         }
-        plan.apply(&s.decisions, &headers, &mut s.path_buf, &mut HostSink);
+        plan.apply(&s.decisions, &s.headers, &mut s.path_buf, &mut HostSink);
         if plan.clear_route_cache() && root.route_cache_fn {
             // Envoy >= 1.33 only re-selects the route when asked; older
             // versions do it on header changes and lack the function.
