@@ -6,8 +6,8 @@
 //! then `N` pairs of (name length, value length) as u32 LE, then each name
 //! and value followed by a NUL byte. One such call costs about as much as
 //! one `proxy_get_header_map_value` (both copy into the VM through one
-//! allocation callback), so a plan that reads two or more headers per
-//! request reads them all at once and looks them up here.
+//! allocation callback), so the filter reads every request's headers at
+//! once and looks them up here.
 
 /// The value of the first header called `name` (lower case) in `map`, or
 /// `None` if absent or if `map` is malformed.

@@ -193,31 +193,6 @@ impl Plan {
         self.clear_route_cache
     }
 
-    /// How many distinct request headers a request that matches every
-    /// condition makes the plan read (identity, path, method, match
-    /// headers, force header). The glue reads the whole header map in one
-    /// hostcall when this is 2 or more, one header at a time otherwise.
-    pub fn headers_per_request(&self) -> usize {
-        let mut read = vec![false; self.header_names.len()];
-        if let Some(IdentityRule::Header(s) | IdentityRule::Cookie { slot: s, .. }) =
-            self.identity.first()
-        {
-            read[usize::from(*s)] = true;
-        }
-        if let Some(s) = self.force {
-            read[usize::from(s)] = true;
-        }
-        for e in self.experiments.iter() {
-            let c = &e.conditions;
-            read[usize::from(self.path_slot)] |= c.path_prefix.is_some();
-            read[usize::from(self.method_slot)] |= !c.methods.is_empty();
-            for h in c.headers.iter() {
-                read[usize::from(h.slot)] = true;
-            }
-        }
-        read.iter().filter(|&&r| r).count()
-    }
-
     /// How requests without an identity are handled.
     pub fn missing_identity(&self) -> MissingIdentity {
         self.missing_identity

@@ -120,11 +120,7 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
         root.scratch = Some(Scratch {
             decisions: plan.decisions(),
             headers: HeaderCache {
-                bulk: plan.headers_per_request() >= 2,
                 all: OnceCell::new(),
-                by_slot: (0..plan.header_names().len())
-                    .map(|_| OnceCell::new())
-                    .collect(),
             },
             path_buf: Vec::with_capacity(PATH_CAPACITY),
             echo_buf: Vec::with_capacity(256),
@@ -137,38 +133,33 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
     })
 }
 
-/// Request headers read from the host on first use: all at once, or one
-/// at a time cached per slot. The buffers are the host's copies (the ABI
-/// allocates them in our memory); they are dropped at the next request.
+/// The request's headers, read from the host in one hostcall on first use
+/// (`proxy_get_header_map_pairs`) and looked up in place.
+///
+/// One bulk read costs about as much as one single-header read (both are
+/// one hostcall plus one allocation callback into the VM), so reading the
+/// whole map is never slower for plans that read one header, faster for
+/// plans that read several, and it tells us which headers the client sent,
+/// so headers the client must not set are only removed when present.
 struct HeaderCache {
-    /// Read the whole map in one hostcall: the plan reads two or more
-    /// headers per request, and one bulk read costs about one single read.
-    bulk: bool,
     all: OnceCell<Option<Vec<u8>>>,
-    by_slot: Box<[OnceCell<Option<Vec<u8>>>]>,
 }
 
 impl HeaderCache {
-    fn clear(&mut self) {
-        self.all.take();
-        for c in self.by_slot.iter_mut() {
-            c.take();
-        }
+    fn map(&self) -> Option<&[u8]> {
+        self.all
+            .get_or_init(|| abi::get_header_pairs(MapType::RequestHeaders))
+            .as_deref()
     }
 }
 
 impl RequestHeaders for HeaderCache {
-    fn get(&self, slot: Slot, name: &str) -> Option<&[u8]> {
-        if self.bulk {
-            let map = self
-                .all
-                .get_or_init(|| abi::get_header_pairs(MapType::RequestHeaders));
-            crate::header_map::find(map.as_deref()?, name.as_bytes())
-        } else {
-            self.by_slot[usize::from(slot)]
-                .get_or_init(|| abi::get_header(MapType::RequestHeaders, name))
-                .as_deref()
-        }
+    fn get(&self, _slot: Slot, name: &str) -> Option<&[u8]> {
+        crate::header_map::find(self.map()?, name.as_bytes())
+    }
+
+    fn contains(&self, name: &str) -> Option<bool> {
+        Some(crate::header_map::find(self.map()?, name.as_bytes()).is_some())
     }
 }
 
@@ -203,7 +194,7 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
         let (Some(plan), Some(s)) = (&root.plan, &mut root.scratch) else {
             return abi::ACTION_CONTINUE;
         };
-        s.headers.clear();
+        s.headers.all.take();
         if plan.decide(&s.headers, &mut s.decisions) == Verdict::RejectMissingIdentity {
             debug_assert_eq!(plan.missing_identity(), MissingIdentity::Reject);
             abi::send_local_response(
