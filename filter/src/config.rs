@@ -33,10 +33,13 @@ pub struct Config {
     /// as `experiment=variant[, …]`, so clients can log them.
     #[serde(default)]
     pub echo_header: Option<String>,
-    /// Ask Envoy to re-select the route after the filter changed a header
-    /// that routing may depend on (the `clear_route_cache` foreign function
-    /// of Envoy ≥ 1.33). Default: `true`.
-    #[serde(default = "default_true")]
+    /// Also call Envoy's `clear_route_cache` foreign function after the
+    /// filter changed request headers. Envoy 1.40, which abmesh is tested
+    /// with, re-selects the route by itself after a Wasm filter changes
+    /// request headers (tests/filter_envoy.rs checks it), so the extra
+    /// hostcall is off by default; turn it on for a proxy built or
+    /// configured without that automatic refresh. Default: `false`.
+    #[serde(default)]
     pub clear_route_cache: bool,
     /// The experiments, evaluated in this order.
     pub experiments: Vec<ExperimentConfig>,
@@ -162,9 +165,6 @@ fn default_identity() -> Vec<IdentitySource> {
 }
 fn default_cluster_header() -> String {
     "x-abmesh-cluster".into()
-}
-fn default_true() -> bool {
-    true
 }
 fn default_traffic() -> f64 {
     100.0

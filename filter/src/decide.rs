@@ -18,6 +18,15 @@ use crate::plan::{Experiment, IdentityRule, Plan, Slot, AUTHORITY, PATH};
 /// slot. Values are raw bytes: user ids need not be UTF-8.
 pub trait RequestHeaders {
     fn get(&self, slot: Slot, name: &str) -> Option<&[u8]>;
+
+    /// Whether the request has header `name`, if that is known without
+    /// asking the proxy (e.g. because the whole header map was read).
+    /// `None` means unknown: [`Plan::apply`] then removes the headers the
+    /// client must not set without checking, at one hostcall each.
+    fn contains(&self, name: &str) -> Option<bool> {
+        let _ = name;
+        None
+    }
 }
 
 /// Receives the header changes a decision implies.
@@ -213,13 +222,13 @@ impl Plan {
                     }
                 }
                 // A client must not be able to claim a variant.
-                _ => sink.remove(&e.variant_header),
+                _ => remove_if_present(req, sink, &e.variant_header),
             }
         }
         // Nor pick an upstream cluster.
         match cluster {
             Some(c) => sink.set(&self.cluster_header, c.as_bytes()),
-            None => sink.remove(&self.cluster_header),
+            None => remove_if_present(req, sink, &self.cluster_header),
         }
         if let Some((from, to)) = path {
             if let Some(old) = req.get(self.path_slot, PATH) {
@@ -358,5 +367,13 @@ impl Plan {
                 };
             }
         }
+    }
+}
+
+/// Removes `name` unless the request is known not to have it: removing an
+/// absent header is harmless but costs a hostcall.
+fn remove_if_present(req: &impl RequestHeaders, sink: &mut impl HeaderSink, name: &str) {
+    if req.contains(name) != Some(false) {
+        sink.remove(name);
     }
 }

@@ -17,6 +17,7 @@
 pub mod config;
 mod decide;
 pub mod hash;
+pub mod header_map;
 pub mod identity;
 mod plan;
 

@@ -317,3 +317,46 @@ fn header_names_are_case_insensitive_in_config() {
     assert!(a[0].variant().is_some());
     assert_eq!(rec.get("x-route"), Some(&b"c"[..]));
 }
+
+/// Request headers whose full set is known, like the filter's bulk read.
+struct Known<'a>(Req<'a>);
+impl abmesh_filter::RequestHeaders for Known<'_> {
+    fn get(&self, slot: abmesh_filter::Slot, name: &str) -> Option<&[u8]> {
+        self.0.get(slot, name)
+    }
+    fn contains(&self, name: &str) -> Option<bool> {
+        Some(self.0 .0.iter().any(|(n, _)| *n == name))
+    }
+}
+
+#[test]
+fn client_headers_are_removed_only_when_present_if_known() {
+    let p = plan();
+    let mut d = p.decisions();
+    let mut buf = Vec::new();
+    // Not in any experiment: nothing to set; with the header set known, the
+    // absent headers cost no removal.
+    let clean: [(&str, &[u8]); 1] = [(":path", b"/other")];
+    let req = Known(Req(&clean));
+    p.decide(&req, &mut d);
+    let mut rec = Recorder::default();
+    p.apply(&d, &req, &mut buf, &mut rec);
+    assert!(rec.removed.is_empty() && rec.set.is_empty(), "{rec:?}");
+    // Spoofed headers are removed.
+    let spoofed: [(&str, &[u8]); 3] = [
+        (":path", b"/other"),
+        ("x-abmesh-cluster", b"ranker-v2"),
+        ("x-abmesh-ranker", b"treatment"),
+    ];
+    let req = Known(Req(&spoofed));
+    p.decide(&req, &mut d);
+    let mut rec = Recorder::default();
+    p.apply(&d, &req, &mut buf, &mut rec);
+    assert_eq!(rec.removed, vec!["x-abmesh-ranker", "x-abmesh-cluster"]);
+    // Unknown (the default): removed without checking.
+    let req = Req(&clean);
+    p.decide(&req, &mut d);
+    let mut rec = Recorder::default();
+    p.apply(&d, &req, &mut buf, &mut rec);
+    assert_eq!(rec.removed, vec!["x-abmesh-ranker", "x-abmesh-beta", "x-abmesh-cluster"]);
+}

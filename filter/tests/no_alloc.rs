@@ -35,6 +35,29 @@ fn allocations() -> u64 {
     ALLOCS.with(|c| c.get())
 }
 
+/// A proxy-wasm serialized header map, as the glue reads in bulk mode.
+struct Serialized(Vec<u8>);
+impl RequestHeaders for Serialized {
+    fn get(&self, _: Slot, name: &str) -> Option<&[u8]> {
+        abmesh_filter::header_map::find(&self.0, name.as_bytes())
+    }
+}
+
+fn serialize(pairs: &[(&str, &[u8])]) -> Serialized {
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    Serialized(out)
+}
+
 struct Req<'a>(&'a [(&'a str, &'a [u8])]);
 impl RequestHeaders for Req<'_> {
     fn get(&self, _: Slot, name: &str) -> Option<&[u8]> {
@@ -96,6 +119,19 @@ fn deciding_allocates_nothing() {
         .map(|id| [&b"theme=dark; uid="[..], id].concat())
         .collect();
     let long_path = format!("/v2/models/ranker/infer?{}", "q".repeat(4000));
+    let serialized: Vec<Serialized> = ids
+        .iter()
+        .take(500)
+        .map(|id| {
+            serialize(&[
+                (":path", b"/v2/models/ranker/infer"),
+                (":method", b"POST"),
+                ("user-agent", b"wrk"),
+                ("x-tier", b"gold"),
+                ("x-user-id", id),
+            ])
+        })
+        .collect();
 
     let start = allocations();
     let mut decided = 0u64;
@@ -128,6 +164,11 @@ fn deciding_allocates_nothing() {
         let req = Req(&[("x-user-id", b"qa-user")]);
         plan.decide(&req, &mut decisions);
         plan.apply(&decisions, &req, &mut path_buf, &mut sink);
+        decided += 1;
+    }
+    for req in &serialized {
+        plan.decide(req, &mut decisions);
+        plan.apply(&decisions, req, &mut path_buf, &mut sink);
         decided += 1;
     }
     let allocated = allocations() - start;

@@ -298,3 +298,33 @@ async fn rewrites_path_and_authority_for_matching_requests() {
     assert_eq!(r["upstream"], "v1");
     assert!(r["headers"].get("x-abmesh-ranker").is_none());
 }
+
+/// With `clear_route_cache: true` the filter also calls Envoy's foreign
+/// function; routing is the same and Envoy knows the function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_route_cache_clearing_routes_the_same() {
+    let demo = start_demo(|yaml| {
+        let json = plugin_json(&yaml).replacen('{', "{\"clear_route_cache\": true,", 1);
+        with_plugin_json(&yaml, &json)
+    })
+    .await;
+    assert!(plugin_json(&demo.yaml).contains("\"clear_route_cache\": true"));
+    let ids: Vec<Vec<u8>> = (0..200).map(|i| format!("crc-{i}").into_bytes()).collect();
+    let expected = cli_assign(&plugin_json(&demo.yaml), &ids, "ranker");
+    let mut client = Client::new(demo.proxy);
+    for (id, want) in ids.iter().zip(&expected) {
+        let body = client.get("/predict", &[("x-user-id", id)]).await.json();
+        let upstream = if want.as_deref() == Some("control") { "v1" } else { "v2" };
+        assert_eq!(body["upstream"], upstream);
+    }
+    let body = client
+        .get("/predict", &[("x-abmesh-cluster", b"ranker_v2")])
+        .await
+        .json();
+    assert_eq!(body["upstream"], "v1", "client-chosen cluster must be ignored");
+    assert!(
+        !demo.envoy.log().contains("no clear_route_cache foreign function"),
+        "{}",
+        demo.envoy.log()
+    );
+}

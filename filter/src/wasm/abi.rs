@@ -51,12 +51,10 @@ extern "C" {
         return_buffer_data: *mut *mut u8,
         return_buffer_size: *mut usize,
     ) -> u32;
-    fn proxy_get_header_map_value(
+    fn proxy_get_header_map_pairs(
         map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
     ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
@@ -127,13 +125,12 @@ pub fn plugin_configuration(size: usize) -> Vec<u8> {
     }
 }
 
-/// One header's value (raw bytes), or `None` if absent.
-pub fn get_header(map: MapType, name: &str) -> Option<Vec<u8>> {
+/// Every header of a map, serialized (see `crate::header_map`).
+pub fn get_header_pairs(map: MapType) -> Option<Vec<u8>> {
     let (mut data, mut len) = (null_mut(), 0);
     // SAFETY: as above.
     unsafe {
-        match proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut len)
-        {
+        match proxy_get_header_map_pairs(map as u32, &mut data, &mut len) {
             STATUS_OK => take_host_buffer(data, len),
             _ => None,
         }

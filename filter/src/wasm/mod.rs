@@ -31,7 +31,7 @@ struct Root {
 
 struct Scratch {
     decisions: crate::Decisions,
-    cache: Box<[OnceCell<Option<Vec<u8>>>]>,
+    headers: HeaderCache,
     path_buf: Vec<u8>,
     echo_buf: Vec<u8>,
 }
@@ -119,9 +119,9 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
         };
         root.scratch = Some(Scratch {
             decisions: plan.decisions(),
-            cache: (0..plan.header_names().len())
-                .map(|_| OnceCell::new())
-                .collect(),
+            headers: HeaderCache {
+                all: OnceCell::new(),
+            },
             path_buf: Vec::with_capacity(PATH_CAPACITY),
             echo_buf: Vec::with_capacity(256),
         });
@@ -133,16 +133,33 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
     })
 }
 
-/// Request headers read from the host on first use, cached per slot.
-struct HostHeaders<'a> {
-    cache: &'a [OnceCell<Option<Vec<u8>>>],
+/// The request's headers, read from the host in one hostcall on first use
+/// (`proxy_get_header_map_pairs`) and looked up in place.
+///
+/// One bulk read costs about as much as one single-header read (both are
+/// one hostcall plus one allocation callback into the VM), so reading the
+/// whole map is never slower for plans that read one header, faster for
+/// plans that read several, and it tells us which headers the client sent,
+/// so headers the client must not set are only removed when present.
+struct HeaderCache {
+    all: OnceCell<Option<Vec<u8>>>,
 }
 
-impl RequestHeaders for HostHeaders<'_> {
-    fn get(&self, slot: Slot, name: &str) -> Option<&[u8]> {
-        self.cache[usize::from(slot)]
-            .get_or_init(|| abi::get_header(MapType::RequestHeaders, name))
+impl HeaderCache {
+    fn map(&self) -> Option<&[u8]> {
+        self.all
+            .get_or_init(|| abi::get_header_pairs(MapType::RequestHeaders))
             .as_deref()
+    }
+}
+
+impl RequestHeaders for HeaderCache {
+    fn get(&self, _slot: Slot, name: &str) -> Option<&[u8]> {
+        crate::header_map::find(self.map()?, name.as_bytes())
+    }
+
+    fn contains(&self, name: &str) -> Option<bool> {
+        Some(crate::header_map::find(self.map()?, name.as_bytes()).is_some())
     }
 }
 
@@ -177,11 +194,8 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
         let (Some(plan), Some(s)) = (&root.plan, &mut root.scratch) else {
             return abi::ACTION_CONTINUE;
         };
-        for c in s.cache.iter_mut() {
-            c.take();
-        }
-        let headers = HostHeaders { cache: &s.cache };
-        if plan.decide(&headers, &mut s.decisions) == Verdict::RejectMissingIdentity {
+        s.headers.all.take();
+        if plan.decide(&s.headers, &mut s.decisions) == Verdict::RejectMissingIdentity {
             debug_assert_eq!(plan.missing_identity(), MissingIdentity::Reject);
             abi::send_local_response(
                 400,
@@ -190,7 +204,7 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
             );
             return abi::ACTION_PAUSE;
         }
-        plan.apply(&s.decisions, &headers, &mut s.path_buf, &mut HostSink);
+        plan.apply(&s.decisions, &s.headers, &mut s.path_buf, &mut HostSink);
         if plan.clear_route_cache() && root.route_cache_fn {
             // Envoy >= 1.33 only re-selects the route when asked; older
             // versions do it on header changes and lack the function.
