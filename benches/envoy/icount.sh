@@ -48,6 +48,9 @@ if [[ $BUILD == 1 ]]; then
 fi
 python3 benches/envoy/render.py lua --check
 python3 benches/envoy/render.py bootstraps "$WORK/conf"
+for c in ${CONFIGS}; do
+  [[ -f $WORK/conf/$c.yaml ]] || { echo "${0##*/}: no config $c (see render.py ports; wasm_alt needs WASM_ALT=file.wasm)" >&2; exit 1; }
+done
 
 vg_pid=
 cleanup() { [[ -n $vg_pid ]] && kill "$vg_pid" 2>/dev/null && wait "$vg_pid" 2>/dev/null; true; }

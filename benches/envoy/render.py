@@ -423,6 +423,9 @@ def render_bootstraps(out_dir):
     )
     for name in CONFIGS:
         if name == "wasm_alt" and not os.environ.get("WASM_ALT"):
+            stale = os.path.join(out_dir, "wasm_alt.yaml")
+            if os.path.exists(stale):
+                os.remove(stale)
             continue
         port, admin = ports(name)
         text = (

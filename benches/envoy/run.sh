@@ -79,6 +79,9 @@ if [[ $BUILD == 1 ]]; then
 fi
 python3 benches/envoy/render.py lua --check
 python3 benches/envoy/render.py bootstraps "$WORK/conf"
+for c in ${CONFIGS}; do
+  [[ -f $WORK/conf/$c.yaml ]] || { echo "${0##*/}: no config $c (see render.py ports; wasm_alt needs WASM_ALT=file.wasm)" >&2; exit 1; }
+done
 
 port_of() { python3 benches/envoy/render.py ports | awk -v c="$1" '$1 == c { print $2 }'; }
 admin_of() { python3 benches/envoy/render.py ports | awk -v c="$1" '$1 == c { print $3 }'; }

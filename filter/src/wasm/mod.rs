@@ -1,10 +1,12 @@
 //! The proxy-wasm glue: ABI exports that feed Envoy's request headers to the
 //! assignment core and write its decisions back.
 //!
-//! Per request Envoy enters the VM for `proxy_on_context_create`,
-//! `proxy_on_request_headers`, `proxy_on_response_headers`, and once per
-//! header value it hands us (`proxy_on_memory_allocate`). Nothing else is
-//! exported, so nothing else is called.
+//! Per request Envoy enters the VM four times: `proxy_on_context_create`,
+//! `proxy_on_request_headers`, `proxy_on_response_headers`, and once to
+//! allocate the copy of the request headers (`proxy_on_memory_allocate`).
+//! Nothing else is exported, so nothing else is called. Hostcalls per
+//! request: one read of the whole header map, one write per header the
+//! decision sets, a removal only for routing headers the client sent.
 
 mod abi;
 mod streams;
