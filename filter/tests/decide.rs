@@ -358,5 +358,8 @@ fn client_headers_are_removed_only_when_present_if_known() {
     p.decide(&req, &mut d);
     let mut rec = Recorder::default();
     p.apply(&d, &req, &mut buf, &mut rec);
-    assert_eq!(rec.removed, vec!["x-abmesh-ranker", "x-abmesh-beta", "x-abmesh-cluster"]);
+    assert_eq!(
+        rec.removed,
+        vec!["x-abmesh-ranker", "x-abmesh-beta", "x-abmesh-cluster"]
+    );
 }

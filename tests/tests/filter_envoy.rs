@@ -314,16 +314,26 @@ async fn explicit_route_cache_clearing_routes_the_same() {
     let mut client = Client::new(demo.proxy);
     for (id, want) in ids.iter().zip(&expected) {
         let body = client.get("/predict", &[("x-user-id", id)]).await.json();
-        let upstream = if want.as_deref() == Some("control") { "v1" } else { "v2" };
+        let upstream = if want.as_deref() == Some("control") {
+            "v1"
+        } else {
+            "v2"
+        };
         assert_eq!(body["upstream"], upstream);
     }
     let body = client
         .get("/predict", &[("x-abmesh-cluster", b"ranker_v2")])
         .await
         .json();
-    assert_eq!(body["upstream"], "v1", "client-chosen cluster must be ignored");
+    assert_eq!(
+        body["upstream"], "v1",
+        "client-chosen cluster must be ignored"
+    );
     assert!(
-        !demo.envoy.log().contains("no clear_route_cache foreign function"),
+        !demo
+            .envoy
+            .log()
+            .contains("no clear_route_cache foreign function"),
         "{}",
         demo.envoy.log()
     );
