@@ -8,7 +8,7 @@ the configurations differ only in their HTTP filter chain (and ports):
     wasm          the abmesh wasm filter with experiments.json
     lua           abmesh_peer.lua: the same assignment in LuaJIT
   investigation variants of `wasm` (see README.md):
-    wasm_nocrc    clear_route_cache: false
+    wasm_crc      clear_route_cache: true (the filter's default is false)
     wasm_echo     echo_header: x-abmesh-assignment
     wasm_nomatch  every experiment has match.path_prefix "/never/": no hashing
     wasm_1exp     one experiment (ranker, no layer, 2 variants with clusters)
@@ -305,7 +305,7 @@ def load_config():
 # Fixed order: a config's index gives its ports.
 CONFIGS = [
     "none", "wasm", "lua",
-    "wasm_nocrc", "wasm_echo", "wasm_nomatch", "wasm_1exp",
+    "wasm_crc", "wasm_echo", "wasm_nomatch", "wasm_1exp",
     "wasm_null", "wasm_null_noresp", "wasm_get", "wasm_abi", "lua_null",
     "wasm_null_min", "wasm_alt",
     "wasm_get2", "wasm_get_set", "wasm_get_rm", "wasm_get_crc", "wasm_pairs",
@@ -335,8 +335,8 @@ def ports(name):
 
 def wasm_config(name):
     cfg = load_config()
-    if name == "wasm_nocrc":
-        cfg["clear_route_cache"] = False
+    if name == "wasm_crc":
+        cfg["clear_route_cache"] = True
     elif name == "wasm_echo":
         cfg["echo_header"] = "x-abmesh-assignment"
     elif name == "wasm_nomatch":

@@ -4,7 +4,7 @@
 #
 #   benches/envoy/run.sh                      # 3 rounds x (none, wasm, lua), 10 s each
 #   ROUNDS=5 DURATION=15 benches/envoy/run.sh
-#   CONFIGS="none wasm wasm_nocrc wasm_nomatch" benches/envoy/run.sh
+#   CONFIGS="none wasm wasm_crc wasm_nomatch" benches/envoy/run.sh
 #
 # Environment (defaults in brackets):
 #   ROUNDS [3]        interleaved rounds; each round measures every config once

@@ -208,8 +208,9 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
         }
         plan.apply(&s.decisions, &s.headers, &mut s.path_buf, &mut HostSink);
         if plan.clear_route_cache() && root.route_cache_fn {
-            // Envoy >= 1.33 only re-selects the route when asked; older
-            // versions do it on header changes and lack the function.
+            // Opt-in: Envoy 1.40 re-selects the route by itself after a
+            // Wasm filter changes request headers; this is for proxies that
+            // do not.
             if abi::call_foreign("clear_route_cache") == abi::STATUS_NOT_FOUND {
                 root.route_cache_fn = false;
                 abi::log(
