@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use super::serve::parse_size;
 use crate::aggregate::{Definitions, EngineOptions};
 use crate::events::http::{Ingest, DEFAULT_INGEST_BODY_LIMIT};
 use crate::report::{ReportSettings, Settings};
@@ -40,25 +41,6 @@ pub struct EvaluationArgs {
     /// this much).
     #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     pub snapshot_every: usize,
-}
-
-fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let (digits, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: usize = digits.parse().map_err(|_| {
-        format!("invalid size {s:?}: expected bytes, or a number with KiB, MiB or GiB")
-    })?;
-    let mult: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => return Err(format!("invalid size unit {other:?}: use KiB, MiB or GiB")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// Reads `--experiments`.

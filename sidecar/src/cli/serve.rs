@@ -286,8 +286,9 @@ fn init_logging() {
         .try_init();
 }
 
-/// Parses `1048576`, `512KiB`, `64MiB` or `1GiB`.
-fn parse_size(s: &str) -> Result<usize, String> {
+/// Parses `1048576`, `512KiB`, `64MiB` or `1GiB` (size flags of `serve`
+/// and of the evaluation options).
+pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (digits, unit) = s
         .find(|c: char| !c.is_ascii_digit())
