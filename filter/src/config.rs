@@ -41,8 +41,40 @@ pub struct Config {
     /// configured without that automatic refresh. Default: `false`.
     #[serde(default)]
     pub clear_route_cache: bool,
+    /// Where to ship exposures (off when absent). See [`SidecarConfig`].
+    #[serde(default)]
+    pub sidecar: Option<SidecarConfig>,
     /// The experiments, evaluated in this order.
     pub experiments: Vec<ExperimentConfig>,
+}
+
+/// Shipping exposures to the abmesh sidecar: batched on a timer with
+/// `dispatch_http_call`, never per request; requests never wait for it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// The Envoy cluster of the sidecar.
+    pub cluster: String,
+    /// `:authority` of the batch requests. Default: the cluster name.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Default: `/v1/exposures`.
+    #[serde(default = "default_exposures_path")]
+    pub path: String,
+    /// How often to flush, in ms (also the resolution of exposure times).
+    /// Default: 1000.
+    #[serde(default = "default_flush_ms")]
+    pub flush_interval_ms: u32,
+    /// Timeout of one batch request, in ms. Default: 1000.
+    #[serde(default = "default_flush_ms")]
+    pub timeout_ms: u32,
+    /// Exposures kept while the sidecar is slow or down; beyond this the
+    /// oldest are dropped (and counted). Default: 10 000.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_exposures: usize,
+    /// Most exposures in one batch. Default: 5 000.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
 }
 
 /// One place a user id may be found.
@@ -171,4 +203,16 @@ fn default_traffic() -> f64 {
 }
 fn default_range() -> [f64; 2] {
     [0.0, 100.0]
+}
+fn default_exposures_path() -> String {
+    "/v1/exposures".into()
+}
+fn default_flush_ms() -> u32 {
+    1000
+}
+fn default_max_pending() -> usize {
+    10_000
+}
+fn default_max_batch() -> usize {
+    5_000
 }

@@ -16,6 +16,7 @@
 
 pub mod config;
 mod decide;
+pub mod exposures;
 pub mod hash;
 pub mod header_map;
 pub mod identity;

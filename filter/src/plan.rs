@@ -142,6 +142,7 @@ pub struct Plan {
     pub(crate) experiments: Box<[Experiment]>,
     pub(crate) path_slot: Slot,
     pub(crate) method_slot: Slot,
+    pub(crate) sidecar: Option<crate::config::SidecarConfig>,
 }
 
 /// Pseudo-header names Envoy exposes to filters.
@@ -191,6 +192,11 @@ impl Plan {
     /// Whether to ask Envoy to re-select the route after a change.
     pub fn clear_route_cache(&self) -> bool {
         self.clear_route_cache
+    }
+
+    /// Where exposures are shipped, if anywhere (validated).
+    pub fn sidecar(&self) -> Option<&crate::config::SidecarConfig> {
+        self.sidecar.as_ref()
     }
 
     /// How requests without an identity are handled.
@@ -496,6 +502,10 @@ impl Compiler {
             experiments: experiments.into_boxed_slice(),
             path_slot,
             method_slot,
+            sidecar: match &config.sidecar {
+                None => None,
+                Some(s) => Some(check_sidecar(s)?),
+            },
         })
     }
 
@@ -535,6 +545,53 @@ impl Compiler {
             headers: headers.into_boxed_slice(),
         })
     }
+}
+
+fn check_sidecar(
+    s: &crate::config::SidecarConfig,
+) -> Result<crate::config::SidecarConfig, ConfigError> {
+    if s.cluster.is_empty() || !s.cluster.bytes().all(is_header_value_byte) {
+        return Err(ConfigError::invalid(
+            "sidecar.cluster",
+            "must be a non-empty cluster name of printable ASCII",
+        ));
+    }
+    if let Some(a) = &s.authority {
+        if a.is_empty() || !a.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(
+                "sidecar.authority",
+                "must be a non-empty host[:port] without spaces",
+            ));
+        }
+    }
+    check_path("sidecar.path", &s.path)?;
+    for (field, v) in [
+        ("sidecar.flush_interval_ms", s.flush_interval_ms),
+        ("sidecar.timeout_ms", s.timeout_ms),
+    ] {
+        if !(10..=3_600_000).contains(&v) {
+            return Err(ConfigError::invalid(
+                field,
+                format!("must be between 10 and 3600000 ms, got {v}"),
+            ));
+        }
+    }
+    if !(1..=1_000_000).contains(&s.max_pending_exposures) {
+        return Err(ConfigError::invalid(
+            "sidecar.max_pending_exposures",
+            format!(
+                "must be between 1 and 1000000, got {}",
+                s.max_pending_exposures
+            ),
+        ));
+    }
+    if !(1..=100_000).contains(&s.max_batch) {
+        return Err(ConfigError::invalid(
+            "sidecar.max_batch",
+            format!("must be between 1 and 100000, got {}", s.max_batch),
+        ));
+    }
+    Ok(s.clone())
 }
 
 /// Validates a header name and lower-cases it (HTTP/2 and Envoy use

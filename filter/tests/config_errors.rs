@@ -231,3 +231,46 @@ fn variant_headers_must_be_distinct() {
         "also experiment \"x\"",
     );
 }
+
+#[test]
+fn sidecar_section() {
+    let with = |s: &str| {
+        format!(r#"{{"sidecar": {s}, "experiments": [{{"name": "e", "variants": {TWO}}}]}}"#)
+    };
+    let p = Plan::from_json(with(r#"{"cluster": "abmesh_sidecar"}"#).as_bytes()).unwrap();
+    let s = p.sidecar().unwrap();
+    assert_eq!(
+        (
+            s.path.as_str(),
+            s.flush_interval_ms,
+            s.max_pending_exposures
+        ),
+        ("/v1/exposures", 1000, 10_000)
+    );
+    assert!(Plan::from_json(exp("").as_bytes())
+        .unwrap()
+        .sidecar()
+        .is_none());
+    assert_refused(&with(r#"{"cluster": ""}"#), "sidecar.cluster", "non-empty");
+    assert_refused(&with(r#"{}"#), "sidecar", "missing field `cluster`");
+    assert_refused(
+        &with(r#"{"cluster": "c", "flush_interval_ms": 1}"#),
+        "sidecar.flush_interval_ms",
+        "between 10 and 3600000",
+    );
+    assert_refused(
+        &with(r#"{"cluster": "c", "path": "v1"}"#),
+        "sidecar.path",
+        "start with '/'",
+    );
+    assert_refused(
+        &with(r#"{"cluster": "c", "max_pending_exposures": 0}"#),
+        "sidecar.max_pending_exposures",
+        "between 1 and 1000000",
+    );
+    assert_refused(
+        &with(r#"{"cluster": "c", "flush": 1}"#),
+        "sidecar.flush",
+        "unknown field",
+    );
+}

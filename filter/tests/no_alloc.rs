@@ -133,6 +133,7 @@ fn deciding_allocates_nothing() {
         })
         .collect();
 
+    let mut ring = abmesh_filter::exposures::ExposureRing::new(1000);
     let start = allocations();
     let mut decided = 0u64;
     for (i, (id, cookie)) in ids.iter().zip(&cookies).enumerate() {
@@ -159,6 +160,14 @@ fn deciding_allocates_nothing() {
             plan.decide(&req, &mut decisions);
             plan.apply(&decisions, &req, &mut path_buf, &mut sink);
             plan.write_echo(&decisions, &mut echo_buf);
+            // What the glue does when exposures are shipped to the sidecar.
+            if let Some(user) = plan.identity(&req) {
+                for (e, a) in decisions.assignments().iter().enumerate() {
+                    if let Some(v) = a.variant() {
+                        ring.push(1, e, v, user);
+                    }
+                }
+            }
             decided += 1;
         }
         let req = Req(&[("x-user-id", b"qa-user")]);
@@ -173,6 +182,7 @@ fn deciding_allocates_nothing() {
     }
     let allocated = allocations() - start;
     assert!(sink.0 > 0);
+    assert!(ring.len() == 1000 && ring.dropped() > 0, "the ring wrapped");
     assert_eq!(
         allocated, 0,
         "{allocated} allocations over {decided} decisions"

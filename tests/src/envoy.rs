@@ -150,14 +150,8 @@ impl Envoy {
             if let Ok(Some(status)) = envoy.child.try_wait() {
                 panic!("envoy exited ({status}) during start:\n{}", envoy.log());
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
-                .await
-                .is_ok()
-            {
-                let r = Client::new(admin_port).get("/ready", &[]).await;
-                if r.status == 200 {
-                    return envoy;
-                }
+            if Client::new(admin_port).try_get("/ready").await == Some(http::StatusCode::OK) {
+                return envoy;
             }
             assert!(
                 Instant::now() < deadline,

@@ -77,6 +77,22 @@ impl Client {
         }
     }
 
+    /// A GET that reports connection errors instead of panicking (for
+    /// readiness probes).
+    pub async fn try_get(&mut self, path: &str) -> Option<StatusCode> {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri(path)
+            .header("host", "abmesh.test")
+            .body(Empty::<Bytes>::new())
+            .ok()?;
+        Some(sender.send_request(req).await.ok()?.status())
+    }
+
     pub async fn get(&mut self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
         self.send("GET", path, headers).await
     }

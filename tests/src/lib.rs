@@ -9,6 +9,7 @@
 
 pub mod envoy;
 pub mod http;
+pub mod sidecar;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

@@ -10,12 +10,13 @@
 
 use std::ptr::null_mut;
 
-/// Header maps of the ABI.
+/// Header maps of the ABI (all are header maps; trailers are not used).
 #[repr(u32)]
 #[derive(Clone, Copy)]
 pub enum MapType {
-    RequestHeaders = 0,
-    ResponseHeaders = 2,
+    Request = 0,
+    Response = 2,
+    HttpCallResponse = 6,
 }
 
 /// Buffers of the ABI.
@@ -64,6 +65,20 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_http_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        trailers_data: *const u8,
+        trailers_size: usize,
+        timeout_milliseconds: u32,
+        return_token: *mut u32,
+    ) -> u32;
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
         function_name_size: usize,
@@ -192,5 +207,70 @@ pub fn send_local_response(status: u32, details: &str, body: &[u8]) {
             no_headers.len(),
             -1,
         );
+    }
+}
+
+pub fn set_tick_period_ms(period: u32) {
+    // SAFETY: no pointers.
+    unsafe {
+        proxy_set_tick_period_milliseconds(period);
+    }
+}
+
+/// Wall-clock time in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    let mut ns = 0u64;
+    // SAFETY: valid out-pointer.
+    unsafe {
+        proxy_get_current_time_nanoseconds(&mut ns);
+    }
+    ns / 1_000_000
+}
+
+/// Serializes header pairs in the ABI's map format.
+pub fn serialize_map(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Starts an HTTP call to `cluster`; the answer arrives in
+/// `proxy_on_http_call_response` with the returned token.
+pub fn dispatch_http_call(
+    cluster: &str,
+    headers: &[u8],
+    body: &[u8],
+    timeout_ms: u32,
+) -> Result<u32, u32> {
+    let no_trailers = 0u32.to_le_bytes();
+    let mut token = 0u32;
+    // SAFETY: pointers and lengths describe live slices; valid out-pointer.
+    let status = unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            body.as_ptr(),
+            body.len(),
+            no_trailers.as_ptr(),
+            no_trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    };
+    if status == STATUS_OK {
+        Ok(token)
+    } else {
+        Err(status)
     }
 }

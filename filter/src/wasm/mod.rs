@@ -9,6 +9,7 @@
 //! decision sets, a removal only for routing headers the client sent.
 
 mod abi;
+mod shipping;
 mod streams;
 
 use crate::{HeaderSink, MissingIdentity, Plan, RequestHeaders, Slot, Verdict};
@@ -29,6 +30,8 @@ struct Root {
     /// Assignments of in-flight streams, for the echo header.
     echo: Option<StreamTable>,
     route_cache_fn: bool,
+    /// Exposure shipping to the sidecar, when configured.
+    shipper: Option<shipping::Shipper>,
 }
 
 struct Scratch {
@@ -78,6 +81,7 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u3
                 scratch: None,
                 echo: None,
                 route_cache_fn: true,
+                shipper: None,
             });
         } else if vm.roots.len() > 1 {
             if let Some(i) = vm.roots.iter().position(|r| r.id == parent_context_id) {
@@ -130,6 +134,10 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
         root.echo = plan
             .echo_header()
             .map(|_| StreamTable::new(1024, plan.experiments().len()));
+        root.shipper = plan.sidecar().map(|cfg| {
+            abi::set_tick_period_ms(cfg.flush_interval_ms);
+            shipping::Shipper::new(cfg, root_context_id)
+        });
         root.plan = Some(plan);
         1
     })
@@ -150,7 +158,7 @@ struct HeaderCache {
 impl HeaderCache {
     fn map(&self) -> Option<&[u8]> {
         self.all
-            .get_or_init(|| abi::get_header_pairs(MapType::RequestHeaders))
+            .get_or_init(|| abi::get_header_pairs(MapType::Request))
             .as_deref()
     }
 }
@@ -169,10 +177,10 @@ struct HostSink;
 
 impl HeaderSink for HostSink {
     fn set(&mut self, name: &str, value: &[u8]) {
-        abi::set_header(MapType::RequestHeaders, name, value);
+        abi::set_header(MapType::Request, name, value);
     }
     fn remove(&mut self, name: &str) {
-        abi::remove_header(MapType::RequestHeaders, name);
+        abi::remove_header(MapType::Request, name);
     }
 }
 
@@ -223,6 +231,11 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
         if let Some(echo) = &mut root.echo {
             echo.insert_assignments(context_id, s.decisions.assignments());
         }
+        if let Some(shipper) = &mut root.shipper {
+            if let Some(user) = plan.identity(&s.headers) {
+                shipper.record(user, s.decisions.assignments());
+            }
+        }
         abi::ACTION_CONTINUE
     })
 }
@@ -241,9 +254,43 @@ pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, _e
             plan.write_echo(&s.decisions, &mut s.echo_buf);
             if !s.echo_buf.is_empty() {
                 let name = plan.echo_header().unwrap_or_default();
-                abi::set_header(MapType::ResponseHeaders, name, &s.echo_buf);
+                abi::set_header(MapType::Response, name, &s.echo_buf);
             }
         }
         abi::ACTION_CONTINUE
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root_context_id: u32) {
+    VM.with_borrow_mut(|vm| {
+        let Some(root) = vm.roots.iter_mut().find(|r| r.id == root_context_id) else {
+            return;
+        };
+        if let (Some(plan), Some(shipper)) = (&root.plan, &mut root.shipper) {
+            shipper.on_tick(plan);
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    context_id: u32,
+    token: u32,
+    _headers: usize,
+    _body_size: usize,
+    _trailers: usize,
+) {
+    VM.with_borrow_mut(|vm| {
+        let Some(root) = vm.roots.iter_mut().find(|r| r.id == context_id) else {
+            return;
+        };
+        if let Some(shipper) = &mut root.shipper {
+            let map = abi::get_header_pairs(MapType::HttpCallResponse);
+            let status = map
+                .as_deref()
+                .and_then(|m| crate::header_map::find(m, b":status"));
+            shipper.on_response(token, status);
+        }
     })
 }
