@@ -309,6 +309,7 @@ CONFIGS = [
     "wasm_null", "wasm_null_noresp", "wasm_get", "wasm_abi", "lua_null",
     "wasm_null_min", "wasm_alt",
     "wasm_get2", "wasm_get_set", "wasm_get_rm", "wasm_get_crc", "wasm_pairs",
+    "wasm_ship",
 ]
 NULLWASM = {  # config -> (build dir under target/, plugin configuration)
     "wasm_null": ("bench-nullwasm", ""),
@@ -344,6 +345,9 @@ def wasm_config(name):
             e["match"] = {"path_prefix": "/never/"}
     elif name == "wasm_alt":
         cfg.update(json.loads(os.environ.get("WASM_ALT_SET") or "{}"))
+    elif name == "wasm_ship":
+        # Exposures shipped to a running `abmesh serve` (run.sh starts one).
+        cfg["sidecar"] = {"cluster": "abmesh_sidecar"}
     elif name == "wasm_1exp":
         e = copy.deepcopy(cfg["experiments"][0])
         e["name"] = "ranker"
@@ -432,6 +436,7 @@ def render_bootstraps(out_dir):
             template.replace("@NAME@", name)
             .replace("@PORT@", str(port))
             .replace("@ADMIN_PORT@", str(admin))
+            .replace("@SIDECAR_PORT@", os.environ.get("SIDECAR_PORT", "18000"))
             .replace("@VERIFY_HEADERS@\n", indent(verify, 16))
             .replace("@CLUSTER_ROUTES@\n", indent(routes, 14))
             .replace("@HTTP_FILTERS@\n", indent(filters_for(name, out_dir), 10))

@@ -5,6 +5,7 @@
 #   benches/envoy/run.sh                      # 3 rounds x (none, wasm, lua), 10 s each
 #   ROUNDS=5 DURATION=15 benches/envoy/run.sh
 #   CONFIGS="none wasm wasm_crc wasm_nomatch" benches/envoy/run.sh
+#   CONFIGS="none wasm wasm_ship" benches/envoy/run.sh   # exposures shipped to a real sidecar
 #
 # Environment (defaults in brackets):
 #   ROUNDS [3]        interleaved rounds; each round measures every config once
@@ -88,7 +89,18 @@ admin_of() { python3 benches/envoy/render.py ports | awk -v c="$1" '$1 == c { pr
 
 # --- start every Envoy (idle ones cost nothing; one is measured at a time) ---
 declare -A pid port
+sidecar_pid=
+if [[ " $CONFIGS " == *" wasm_ship "* ]]; then
+  # The sidecar that wasm_ship's filter sends exposure batches to; it runs
+  # during every round, so it loads the machine the same for all configs.
+  cargo build --quiet --release -p abmesh-sidecar --bin abmesh
+  rm -rf "$WORK/sidecar-data"
+  target/release/abmesh serve --listen "127.0.0.1:${SIDECAR_PORT:-18000}" \
+    --data-dir "$WORK/sidecar-data" 2>"$WORK/sidecar.log" &
+  sidecar_pid=$!
+fi
 cleanup() {
+  [[ -n $sidecar_pid ]] && kill "$sidecar_pid" 2>/dev/null
   for c in "${!pid[@]}"; do
     kill "${pid[$c]}" 2>/dev/null || true
   done
