@@ -32,6 +32,22 @@ const EMPTY: Slot = Slot {
     user: [0; MAX_USER_BYTES],
 };
 
+/// The batch's `experiments` table for `plan`: names and variant names in
+/// index order, which the rows' indexes refer to.
+pub fn experiments_json(plan: &Plan) -> String {
+    let table: Vec<serde_json::Value> = plan
+        .experiments()
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "name": e.name(),
+                "variants": e.variants().iter().map(|v| v.name()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::Value::from(table).to_string()
+}
+
 /// A fixed-capacity ring of exposures.
 pub struct ExposureRing {
     slots: Box<[Slot]>,
@@ -103,9 +119,12 @@ impl ExposureRing {
     ///
     /// User ids that are not UTF-8 are sent with U+FFFD in place of the bad
     /// bytes (JSON strings are Unicode), as `abmesh assign` prints them.
+    ///
+    /// `experiments` is the plan's table as [`experiments_json`] writes it,
+    /// made once when the plugin is configured.
     pub fn write_batch(
         &mut self,
-        plan: &Plan,
+        experiments: &str,
         instance: &str,
         seq: u64,
         max: usize,
@@ -113,16 +132,6 @@ impl ExposureRing {
     ) -> usize {
         out.clear();
         let n = self.len.min(max);
-        let experiments: Vec<serde_json::Value> = plan
-            .experiments()
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "name": e.name(),
-                    "variants": e.variants().iter().map(|v| v.name()).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
         // Writing to a Vec cannot fail.
         let _ = write!(out, "{{\"instance\":");
         let _ = serde_json::to_writer(&mut *out, instance);
@@ -131,7 +140,7 @@ impl ExposureRing {
             ",\"seq\":{seq},\"dropped\":{},\"experiments\":",
             self.dropped
         );
-        let _ = serde_json::to_writer(&mut *out, &experiments);
+        out.extend_from_slice(experiments.as_bytes());
         out.extend_from_slice(b",\"exposures\":[");
         let cap = self.slots.len();
         for i in 0..n {
@@ -173,7 +182,10 @@ mod tests {
         r.push(7, 0, 0, &[b'x'; MAX_USER_BYTES + 1]);
         assert_eq!(r.dropped(), 2);
         let mut out = Vec::new();
-        assert_eq!(r.write_batch(&plan(), "i-1", 5, 2, &mut out), 2);
+        assert_eq!(
+            r.write_batch(&experiments_json(&plan()), "i-1", 5, 2, &mut out),
+            2
+        );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["instance"], "i-1");
         assert_eq!(v["seq"], 5);
@@ -183,7 +195,10 @@ mod tests {
             v["exposures"],
             serde_json::json!([[101, 0, 1, "b"], [102, 0, 0, "c"]])
         );
-        assert_eq!(r.write_batch(&plan(), "i-1", 6, 10, &mut out), 1);
+        assert_eq!(
+            r.write_batch(&experiments_json(&plan()), "i-1", 6, 10, &mut out),
+            1
+        );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["dropped"], 0);
         assert_eq!(v["exposures"], serde_json::json!([[103, 0, 1, "d"]]));
@@ -196,7 +211,7 @@ mod tests {
         r.push(1, 0, 0, b"q\"uote\\\n");
         r.push(1, 0, 0, b"\xffbad");
         let mut out = Vec::new();
-        r.write_batch(&plan(), "i", 1, 10, &mut out);
+        r.write_batch(&experiments_json(&plan()), "i", 1, 10, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["exposures"][0][3], "q\"uote\\\n");
         assert_eq!(v["exposures"][1][3], "\u{fffd}bad");

@@ -136,7 +136,7 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
             .map(|_| StreamTable::new(1024, plan.experiments().len()));
         root.shipper = plan.sidecar().map(|cfg| {
             abi::set_tick_period_ms(cfg.flush_interval_ms);
-            shipping::Shipper::new(cfg, root_context_id)
+            shipping::Shipper::new(cfg, &plan, root_context_id)
         });
         root.plan = Some(plan);
         1
@@ -232,9 +232,7 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
             echo.insert_assignments(context_id, s.decisions.assignments());
         }
         if let Some(shipper) = &mut root.shipper {
-            if let Some(user) = plan.identity(&s.headers) {
-                shipper.record(user, s.decisions.assignments());
-            }
+            shipper.record(s.decisions.assignments(), || plan.identity(&s.headers));
         }
         abi::ACTION_CONTINUE
     })
@@ -267,8 +265,8 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
         let Some(root) = vm.roots.iter_mut().find(|r| r.id == root_context_id) else {
             return;
         };
-        if let (Some(plan), Some(shipper)) = (&root.plan, &mut root.shipper) {
-            shipper.on_tick(plan);
+        if let Some(shipper) = &mut root.shipper {
+            shipper.on_tick();
         }
     })
 }

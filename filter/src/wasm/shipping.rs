@@ -9,7 +9,7 @@
 
 use super::abi::{self, LogLevel};
 use crate::config::SidecarConfig;
-use crate::exposures::ExposureRing;
+use crate::exposures::{experiments_json, ExposureRing};
 use crate::{Assignment, Plan, Source};
 
 pub struct Shipper {
@@ -19,9 +19,13 @@ pub struct Shipper {
     timeout_ms: u32,
     max_batch: usize,
     instance: String,
+    /// The batch's experiments table, written once at configure time.
+    experiments: String,
     seq: u64,
-    /// The body of the batch being sent, kept until the sidecar took it.
-    pending: Option<Vec<u8>>,
+    /// The body of the batch being sent, kept until the sidecar took it
+    /// (`pending`); the buffer is reused for the next batch.
+    body: Vec<u8>,
+    pending: bool,
     in_flight: Option<u32>,
     /// Time of the last tick: the exposure time of requests until the next.
     clock_ms: u64,
@@ -29,7 +33,7 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    pub fn new(cfg: &SidecarConfig, root_context_id: u32) -> Self {
+    pub fn new(cfg: &SidecarConfig, plan: &Plan, root_context_id: u32) -> Self {
         let now = abi::now_ms();
         let authority = cfg.authority.as_deref().unwrap_or(&cfg.cluster);
         Shipper {
@@ -45,8 +49,10 @@ impl Shipper {
             max_batch: cfg.max_batch,
             // Unique per VM lifetime: seq restarts at 0 in a new VM.
             instance: format!("abmesh/{root_context_id}/{now}"),
+            experiments: experiments_json(plan),
             seq: 0,
-            pending: None,
+            body: Vec::with_capacity(64 * 1024),
+            pending: false,
             in_flight: None,
             clock_ms: now,
             failing: false,
@@ -54,8 +60,28 @@ impl Shipper {
     }
 
     /// Records the request's randomized exposures (allowlisted, forced and
-    /// default routing are not exposures). No allocation, no hostcall.
-    pub fn record(&mut self, user: &[u8], assignments: &[Assignment]) {
+    /// default routing are not exposures). No allocation, no hostcall;
+    /// `user` is only looked up when there is an exposure to record.
+    pub fn record<'u>(
+        &mut self,
+        assignments: &[Assignment],
+        user: impl FnOnce() -> Option<&'u [u8]>,
+    ) {
+        let is_exposure = |a: &Assignment| {
+            matches!(
+                a,
+                Assignment::Variant {
+                    source: Source::Hash,
+                    ..
+                }
+            )
+        };
+        if !assignments.iter().any(is_exposure) {
+            return;
+        }
+        let Some(user) = user() else {
+            return;
+        };
         for (e, a) in assignments.iter().enumerate() {
             if let Assignment::Variant {
                 index,
@@ -67,21 +93,25 @@ impl Shipper {
         }
     }
 
-    pub fn on_tick(&mut self, plan: &Plan) {
+    pub fn on_tick(&mut self) {
         self.clock_ms = abi::now_ms();
         if self.in_flight.is_some() {
             return;
         }
-        if self.pending.is_none() && (!self.ring.is_empty() || self.ring.dropped() > 0) {
-            let mut body = Vec::with_capacity(64 * 1024);
-            self.ring
-                .write_batch(plan, &self.instance, self.seq, self.max_batch, &mut body);
-            self.pending = Some(body);
+        if !self.pending && (!self.ring.is_empty() || self.ring.dropped() > 0) {
+            self.ring.write_batch(
+                &self.experiments,
+                &self.instance,
+                self.seq,
+                self.max_batch,
+                &mut self.body,
+            );
+            self.pending = true;
         }
-        let Some(body) = &self.pending else {
+        if !self.pending {
             return;
-        };
-        match abi::dispatch_http_call(&self.cluster, &self.headers, body, self.timeout_ms) {
+        }
+        match abi::dispatch_http_call(&self.cluster, &self.headers, &self.body, self.timeout_ms) {
             Ok(token) => self.in_flight = Some(token),
             Err(status) => self.failed(&format!(
                 "cannot call cluster {:?} (status {status}); is it defined?",
@@ -97,7 +127,7 @@ impl Shipper {
         }
         self.in_flight = None;
         if status.is_some_and(|s| s.starts_with(b"2")) {
-            self.pending = None;
+            self.pending = false;
             self.seq += 1;
             if self.failing {
                 self.failing = false;
