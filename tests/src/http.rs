@@ -38,15 +38,23 @@ impl Client {
         Client { port, sender: None }
     }
 
+    /// A new keep-alive connection.
+    async fn connect(&self) -> std::io::Result<SendRequest<Empty<Bytes>>> {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
     async fn sender(&mut self) -> &mut SendRequest<Empty<Bytes>> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = TcpStream::connect(("127.0.0.1", self.port))
+            let port = self.port;
+            let sender = self
+                .connect()
                 .await
-                .expect("connect to proxy");
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .expect("http1 handshake");
-            tokio::spawn(conn);
+                .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
             self.sender = Some(sender);
         }
         self.sender.as_mut().unwrap()
@@ -80,11 +88,7 @@ impl Client {
     /// A GET that reports connection errors instead of panicking (for
     /// readiness probes).
     pub async fn try_get(&mut self, path: &str) -> Option<StatusCode> {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .ok()?;
-        tokio::spawn(conn);
+        let mut sender = self.connect().await.ok()?;
         let req = Request::builder()
             .uri(path)
             .header("host", "abmesh.test")
