@@ -16,7 +16,14 @@
 # also split by object (Envoy's own code, JIT code of V8 / LuaJIT, libc ...).
 #
 # Environment: CONFIGS ["none wasm lua"], LOAD_S [10], WARMUP_S [3],
-# CONNECTIONS [4], OUT [bench-results/envoy-icount.json], BUILD [1], ENVOY.
+# CONNECTIONS [4], OUT [bench-results/envoy-icount.json], BUILD [1], ENVOY,
+# ABMESH_WASM (the filter module, see render.py), SIDECAR [real] and
+# SIDECAR_PORT [18000]: the wasm_ship* configs ship batches to a sidecar
+# started here (not under valgrind): `real` runs `abmesh serve` (built like
+# run.sh does), `stub` runs stub_sidecar.py, which answers like the sidecar
+# (Envoy's side of a batch costs the same) and has no state.
+#
+#   CONFIGS="none wasm wasm_ship1 wasm_ship wasm_ship64" SIDECAR=stub benches/envoy/icount.sh
 set -euo pipefail
 # The whole script is one block, so bash parses it before running it: editing
 # the file while a run is in progress cannot derail that run.
@@ -53,8 +60,27 @@ for c in ${CONFIGS}; do
 done
 
 vg_pid=
-cleanup() { [[ -n $vg_pid ]] && kill "$vg_pid" 2>/dev/null && wait "$vg_pid" 2>/dev/null; true; }
+sidecar_pid=
+cleanup() {
+  [[ -n $vg_pid ]] && kill "$vg_pid" 2>/dev/null && wait "$vg_pid" 2>/dev/null
+  [[ -n $sidecar_pid ]] && kill "$sidecar_pid" 2>/dev/null && wait "$sidecar_pid" 2>/dev/null
+  true
+}
 trap cleanup EXIT
+
+if [[ " $CONFIGS " =~ \ wasm_ship[0-9]*\  ]]; then
+  case ${SIDECAR:-real} in
+    real)
+      [[ $BUILD == 1 ]] && cargo build --quiet --release -p abmesh-sidecar --bin abmesh
+      rm -rf "$WORK/sidecar-data"
+      target/release/abmesh serve --listen "127.0.0.1:${SIDECAR_PORT:-18000}" \
+        --data-dir "$WORK/sidecar-data" 2>"$WORK/sidecar.log" &
+      ;;
+    stub) python3 benches/envoy/stub_sidecar.py "${SIDECAR_PORT:-18000}" 2>"$WORK/sidecar.log" & ;;
+    *) echo "icount.sh: SIDECAR must be real or stub" >&2; exit 1 ;;
+  esac
+  sidecar_pid=$!
+fi
 
 requests() {  # downstream requests completed so far
   curl -s "http://127.0.0.1:$1/stats?filter=^http\.bench\.downstream_rq_completed$" | awk '{ print $2 }'

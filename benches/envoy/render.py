@@ -26,9 +26,17 @@ the configurations differ only in their HTTP filter chain (and ports):
     wasm_abi      nullwasm doing the filter's host calls for a typical enrolled
                   user (1 read, 3 writes, 1 remove, clear_route_cache), no hashing
     lua_null      a Lua filter whose envoy_on_request returns at once
+    wasm_ship     exposures and health shipped to a sidecar on 127.0.0.1:$SIDECAR_PORT
+                  (run.sh starts `abmesh serve`, icount.sh that or a stub);
+                  health sampled at the default rate (1 request in 8)
+    wasm_ship1    the same, health recorded for every request
+    wasm_ship64   the same, health for 1 request in 64
     wasm_alt      another build of the filter, $WASM_ALT (e.g. a candidate
                   change built elsewhere), with experiments.json updated by
                   the JSON object in $WASM_ALT_SET (e.g. '{"clear_route_cache": false}')
+
+The filter module is target/wasm32-wasip1/release/abmesh_filter.wasm, or
+$ABMESH_WASM (e.g. a build in another CARGO_TARGET_DIR).
 
 The Lua peer (abmesh_peer.lua) is hand-written except for the region between
 `-- BEGIN GENERATED PLAN` and `-- END GENERATED PLAN`, which this script
@@ -309,7 +317,7 @@ CONFIGS = [
     "wasm_null", "wasm_null_noresp", "wasm_get", "wasm_abi", "lua_null",
     "wasm_null_min", "wasm_alt",
     "wasm_get2", "wasm_get_set", "wasm_get_rm", "wasm_get_crc", "wasm_pairs",
-    "wasm_ship",
+    "wasm_ship", "wasm_ship1", "wasm_ship64",
 ]
 NULLWASM = {  # config -> (build dir under target/, plugin configuration)
     "wasm_null": ("bench-nullwasm", ""),
@@ -345,9 +353,11 @@ def wasm_config(name):
             e["match"] = {"path_prefix": "/never/"}
     elif name == "wasm_alt":
         cfg.update(json.loads(os.environ.get("WASM_ALT_SET") or "{}"))
-    elif name == "wasm_ship":
+    elif name in ("wasm_ship", "wasm_ship1", "wasm_ship64"):
         # Exposures shipped to a running `abmesh serve` (run.sh starts one).
         cfg["sidecar"] = {"cluster": "abmesh_sidecar"}
+        if name != "wasm_ship":
+            cfg["sidecar"]["health_sample_every"] = int(name[len("wasm_ship"):])
     elif name == "wasm_1exp":
         e = copy.deepcopy(cfg["experiments"][0])
         e["name"] = "ranker"
@@ -381,7 +391,7 @@ def lua_filter(path):
 
 
 def filters_for(name, out_dir):
-    wasm = os.path.join(REPO, "target/wasm32-wasip1/release/abmesh_filter.wasm")
+    wasm = os.path.abspath(os.environ.get("ABMESH_WASM") or os.path.join(REPO, "target/wasm32-wasip1/release/abmesh_filter.wasm"))
     if name == "none":
         return ""
     if name == "lua":

@@ -90,7 +90,7 @@ admin_of() { python3 benches/envoy/render.py ports | awk -v c="$1" '$1 == c { pr
 # --- start every Envoy (idle ones cost nothing; one is measured at a time) ---
 declare -A pid port
 sidecar_pid=
-if [[ " $CONFIGS " == *" wasm_ship "* ]]; then
+if [[ " $CONFIGS " =~ \ wasm_ship[0-9]*\  ]]; then
   # The sidecar that wasm_ship's filter sends exposure batches to; it runs
   # during every round, so it loads the machine the same for all configs.
   cargo build --quiet --release -p abmesh-sidecar --bin abmesh

@@ -13,6 +13,14 @@ Writes, in the layout `abmesh serve --models` reads ({name}/{version}/model.onnx
       N (the batch dimension) is dynamic, so abmesh batches it. Versions 1
       and 2 have the same graph and different weights, so their scores differ.
 
+  scorer/3/model.onnx
+      A faulty release of the scorer, for the closed-loop demo's guardrail:
+      the same interface and version 2's weights, but rows whose first
+      feature is above 0.4 make ONNX Runtime fail at run time (a Gather
+      index out of range), so the host answers 500, as a model with a bad
+      preprocessing step would. With features uniform in [-1, 1] that is
+      30 % of rows.
+
   dtypes/1/model.onnx
       One input and one output per common datatype, to test the wire
       formats: i64 INT64 [N,2] -> i64_plus_1; f64 FP64 [N,2] -> f64_times_2;
@@ -71,8 +79,8 @@ def finish(graph, doc):
     return model
 
 
-def scorer(version):
-    seed = 1000 * version
+def scorer(version, faulty=False):
+    seed = 1000 * (2 if faulty else version)
     w1 = weights(seed + 1, (FEATURES, HIDDEN), 0.5)
     b1 = weights(seed + 2, (HIDDEN,), 0.1)
     w2 = weights(seed + 3, (HIDDEN, 1), 0.5)
@@ -88,9 +96,26 @@ def scorer(version):
         helper.make_node("Gemm", ["features", "w1", "b1"], ["h"]),
         helper.make_node("Relu", ["h"], ["h_relu"]),
         helper.make_node("Gemm", ["h_relu", "w2", "b2"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["score"]),
-        helper.make_node("Greater", ["score", "half"], ["label"]),
+        helper.make_node("Sigmoid", ["logit"], ["score" if not faulty else "raw_score"]),
     ]
+    if faulty:
+        # gate = [1.0][first feature > 0.4]: index 1 is out of range, so ORT
+        # fails the run; for other rows score = raw_score * 1.0.
+        inits += [
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "col0"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "col1"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+            numpy_helper.from_array(np.array(0.4, dtype=np.float32), "limit"),
+            numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
+        ]
+        nodes += [
+            helper.make_node("Slice", ["features", "col0", "col1", "axis1"], ["first"]),
+            helper.make_node("Greater", ["first", "limit"], ["over"]),
+            helper.make_node("Cast", ["over"], ["index"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["one", "index"], ["gate"], axis=0),
+            helper.make_node("Mul", ["raw_score", "gate"], ["score"]),
+        ]
+    nodes.append(helper.make_node("Greater", ["score", "half"], ["label"]))
     graph = helper.make_graph(
         nodes,
         "scorer",
@@ -101,7 +126,10 @@ def scorer(version):
         ],
         inits,
     )
-    return finish(graph, f"abmesh example scorer, version {version}")
+    doc = f"abmesh example scorer, version {version}"
+    if faulty:
+        doc += " (faulty on purpose: fails when features[:, 0] > 0.4)"
+    return finish(graph, doc)
 
 
 def dtypes():
@@ -177,6 +205,7 @@ BENCH_MODELS = {("ranker", 1): ranker}
 MODELS = {
     ("scorer", 1): lambda: scorer(1),
     ("scorer", 2): lambda: scorer(2),
+    ("scorer", 3): lambda: scorer(3, faulty=True),
     ("dtypes", 1): dtypes,
 }
 

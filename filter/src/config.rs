@@ -293,9 +293,10 @@ fn default_max_pending() -> usize {
 fn default_max_batch() -> usize {
     5_000
 }
-/// Reading a response's status and two clock readings cost three hostcalls
-/// (~15k instructions on Envoy 1.40/V8, a request without the filter costs
-/// ~77k), so health is sampled by default; see benches/envoy.
+/// A sampled request costs three more hostcalls (two clock readings and the
+/// response's `:status`): +13.6k instructions on Envoy 1.40/V8, where a
+/// request without the filter costs ~77k and with it ~114k. One in 8 keeps
+/// health at ~1.7k per request on average; see benches/envoy/README.md.
 fn default_health_sample_every() -> u32 {
     8
 }

@@ -48,11 +48,15 @@ pub enum Source {
     Forced,
     /// No identity, and `missing_identity` is `control`.
     Default,
+    /// The hash chose a variant the sidecar halted; the request is routed
+    /// like the experiment's control (the assignment's index is the
+    /// control's). Not an exposure, not counted in health.
+    Halted,
 }
 
 impl Source {
     /// Whether this assignment is a randomized exposure that analysis
-    /// should count. Pinned, forced and default routing are not.
+    /// should count. Pinned, forced, default and halted routing are not.
     pub fn is_exposure(self) -> bool {
         matches!(self, Source::Hash)
     }
@@ -93,7 +97,7 @@ pub enum Verdict {
 /// Per-request results, one slot per experiment; reused across requests.
 #[derive(Clone, Debug)]
 pub struct Decisions {
-    slots: Box<[Assignment]>,
+    pub(crate) slots: Box<[Assignment]>,
     /// Cached layer buckets for this user (`u32::MAX`: not computed yet).
     layer_buckets: Box<[u32]>,
 }
@@ -110,6 +114,33 @@ impl Decisions {
         for (o, a) in out.iter_mut().zip(assignments) {
             *o = a.variant().map_or(0, |v| v as u16 + 1);
         }
+    }
+
+    /// Like [`Decisions::pack_variants`], but only exposures
+    /// ([`Source::Hash`]) are kept; everything else packs as 0.
+    pub fn pack_exposures(assignments: &[Assignment], out: &mut [u16]) {
+        for (o, a) in out.iter_mut().zip(assignments) {
+            *o = match *a {
+                Assignment::Variant {
+                    index,
+                    source: Source::Hash,
+                } => index + 1,
+                _ => 0,
+            };
+        }
+    }
+
+    /// Whether any assignment is an exposure ([`Source::Hash`]).
+    pub fn has_exposure(&self) -> bool {
+        self.slots.iter().any(|a| {
+            matches!(
+                a,
+                Assignment::Variant {
+                    source: Source::Hash,
+                    ..
+                }
+            )
+        })
     }
 
     /// Restores variants packed by [`Decisions::pack_variants`]. The source
@@ -246,7 +277,9 @@ impl Plan {
     }
 
     /// Writes `experiment=variant` pairs, comma separated, for the echo
-    /// header; empty when the request is in no variant.
+    /// header; empty when the request is in no variant. A request routed
+    /// like control because its variant is halted echoes the control (what
+    /// it was served).
     pub fn write_echo(&self, decisions: &Decisions, buf: &mut Vec<u8>) {
         buf.clear();
         for (e, a) in self.experiments.iter().zip(decisions.slots.iter()) {

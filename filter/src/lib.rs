@@ -17,14 +17,36 @@
 pub mod config;
 mod decide;
 pub mod exposures;
+mod halts;
 pub mod hash;
 pub mod header_map;
+pub mod health;
 pub mod identity;
 mod plan;
 
-pub use config::{Config, MissingIdentity};
+pub use config::{Config, GuardrailsConfig, MissingIdentity};
 pub use decide::{Assignment, Decisions, HeaderSink, RequestHeaders, Source, Verdict};
+pub use halts::Halts;
 pub use plan::{ConfigError, Experiment, Plan, Slot, Variant};
+
+/// Identifies one version of the plugin configuration: 16 lowercase hex
+/// digits of SipHash-1-3 (64-bit, all-zero key) over the raw configuration
+/// bytes exactly as the proxy handed them to the filter.
+///
+/// The filter sends it with every exposure batch (`config_id`), and the
+/// configuration itself only when the sidecar asks for it, so the sidecar
+/// learns which experiment definitions (names, variants, control,
+/// guardrails) the batch's indexes refer to without receiving the whole
+/// configuration every second. Filter and sidecar compute it with this one
+/// function, so they agree on the id. It is not a security measure: the
+/// key is public, and it only tells versions apart. Any byte change,
+/// whitespace included, is a new version.
+pub fn config_id(bytes: &[u8]) -> String {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0, 0);
+    h.write(bytes);
+    format!("{:016x}", h.finish())
+}
 
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod wasm;

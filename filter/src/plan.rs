@@ -6,7 +6,7 @@
 //! lower-cased, header names given slots. What remains per request is a few
 //! SipHash calls and comparisons over borrowed bytes.
 
-use crate::config::{Config, IdentitySource, MissingIdentity};
+use crate::config::{Config, GuardrailsConfig, IdentitySource, MissingIdentity};
 use crate::hash::{BucketKey, Purpose, BUCKETS};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -111,6 +111,8 @@ pub struct Experiment {
     pub(crate) variant_header: Box<str>,
     /// Sorted by user id for binary search.
     pub(crate) allowlist: Box<[(Box<[u8]>, u16)]>,
+    /// Validated; the filter only forwards them (the sidecar evaluates).
+    pub(crate) guardrails: Option<GuardrailsConfig>,
 }
 
 impl Experiment {
@@ -125,6 +127,15 @@ impl Experiment {
     /// Index of the control variant.
     pub fn control(&self) -> usize {
         usize::from(self.control)
+    }
+    /// The experiment's guardrails (validated), if it has any. The sidecar
+    /// evaluates them; the filter only carries them in the configuration.
+    pub fn guardrails(&self) -> Option<&GuardrailsConfig> {
+        self.guardrails.as_ref()
+    }
+    /// Index of the variant called `name`.
+    pub fn variant_index(&self, name: &str) -> Option<usize> {
+        self.variants.iter().position(|v| &*v.name == name)
     }
 }
 
@@ -154,12 +165,18 @@ impl Plan {
     /// Parses and validates a JSON configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Plan, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let config: Config = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let field = e.path().to_string();
             ConfigError::Parse {
                 field: if field.is_empty() { ".".into() } else { field },
                 reason: e.into_inner().to_string(),
             }
+        })?;
+        // Nothing but whitespace may follow the object: the filter embeds
+        // these bytes verbatim in its batches to the sidecar.
+        de.end().map_err(|e| ConfigError::Parse {
+            field: ".".into(),
+            reason: e.to_string(),
         })?;
         Plan::compile(&config)
     }
@@ -466,6 +483,14 @@ impl Compiler {
                 ));
             }
 
+            let guardrails = match &exp.guardrails {
+                None => None,
+                Some(g) => {
+                    check_guardrails(&at("guardrails"), g)?;
+                    Some(g.clone())
+                }
+            };
+
             experiments.push(Experiment {
                 name: exp.name.as_str().into(),
                 enroll_key: BucketKey::derive(Purpose::Enroll, salt),
@@ -477,6 +502,7 @@ impl Compiler {
                 control,
                 variant_header: variant_header.into_boxed_str(),
                 allowlist: allowlist.into_boxed_slice(),
+                guardrails,
             });
         }
 
@@ -591,7 +617,91 @@ fn check_sidecar(
             format!("must be between 1 and 100000, got {}", s.max_batch),
         ));
     }
+    if s.health_sample_every == 0 {
+        return Err(ConfigError::invalid(
+            "sidecar.health_sample_every",
+            "must be at least 1 (1 records every request)",
+        ));
+    }
     Ok(s.clone())
+}
+
+/// Validates an experiment's guardrails; `at` is their path
+/// (`experiments[0].guardrails`).
+fn check_guardrails(at: &str, g: &GuardrailsConfig) -> Result<(), ConfigError> {
+    if !(g.alpha > 0.0 && g.alpha <= 0.5) {
+        return Err(ConfigError::invalid(
+            format!("{at}.alpha"),
+            format!("must be in (0, 0.5], got {}", g.alpha),
+        ));
+    }
+    if let Some(r) = &g.error_rate {
+        if !(0.0..1.0).contains(&r.max_increase) {
+            return Err(ConfigError::invalid(
+                format!("{at}.error_rate.max_increase"),
+                format!(
+                    "must be an absolute share in [0, 1) (0.01 = one percentage point), got {}",
+                    r.max_increase
+                ),
+            ));
+        }
+    }
+    if let Some(r) = &g.p95_latency {
+        check_percent_limit(
+            &format!("{at}.p95_latency.max_increase_percent"),
+            r.max_increase_percent,
+        )?;
+    }
+    for (i, m) in g.metrics.iter().enumerate() {
+        let mat = format!("{at}.metrics[{i}]");
+        let name_ok = (1..=64).contains(&m.metric.len())
+            && m.metric
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if !name_ok {
+            return Err(ConfigError::invalid(
+                format!("{mat}.metric"),
+                format!(
+                    "must be 1 to 64 characters of [A-Za-z0-9_.:-], got {:?}",
+                    m.metric
+                ),
+            ));
+        }
+        if let Some(j) = g.metrics[..i].iter().position(|o| o.metric == m.metric) {
+            return Err(ConfigError::invalid(
+                format!("{mat}.metric"),
+                format!(
+                    "duplicates the rule for metric {:?} at {at}.metrics[{j}]",
+                    m.metric
+                ),
+            ));
+        }
+        match (m.max_decrease_percent, m.max_increase_percent) {
+            (Some(p), None) => check_percent_limit(&format!("{mat}.max_decrease_percent"), p)?,
+            (None, Some(p)) => check_percent_limit(&format!("{mat}.max_increase_percent"), p)?,
+            (both, _) => {
+                return Err(ConfigError::invalid(
+                    mat,
+                    format!(
+                        "needs exactly one of max_decrease_percent (higher is better) and \
+                         max_increase_percent (lower is better), got {}",
+                        if both.is_some() { "both" } else { "neither" }
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_percent_limit(field: &str, p: f64) -> Result<(), ConfigError> {
+    if !(p.is_finite() && p >= 0.0) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("must be a percentage >= 0, got {p}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates a header name and lower-cases it (HTTP/2 and Envoy use

@@ -274,3 +274,199 @@ fn sidecar_section() {
         "unknown field",
     );
 }
+
+#[test]
+fn trailing_bytes_after_the_object() {
+    // The raw bytes are embedded verbatim in batches to the sidecar, so
+    // they must be exactly one JSON object.
+    let e = err(&format!("{} x", exp("")));
+    assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+    assert!(e.to_string().contains("trailing"), "{e}");
+    assert!(Plan::from_json(format!("{}\n  \n", exp("")).as_bytes()).is_ok());
+}
+
+fn guarded(guardrails: &str) -> String {
+    exp(&format!(r#""guardrails": {guardrails},"#))
+}
+
+#[test]
+fn guardrails_are_validated_and_exposed() {
+    let p = Plan::from_json(
+        guarded(
+            r#"{"alpha": 0.05, "min_responses": 50, "error_rate": {"max_increase": 0.01},
+                "p95_latency": {"max_increase_percent": 20},
+                "metrics": [{"metric": "purchase", "max_decrease_percent": 5},
+                            {"metric": "latency_ms:p.9-x", "max_increase_percent": 0}]}"#,
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let g = p.experiments()[0].guardrails().unwrap();
+    assert_eq!((g.alpha, g.min_responses), (0.05, 50));
+    assert_eq!(g.error_rate.as_ref().unwrap().max_increase, 0.01);
+    assert_eq!(g.p95_latency.as_ref().unwrap().max_increase_percent, 20.0);
+    assert_eq!(g.metrics.len(), 2);
+    assert_eq!(g.metrics[0].max_decrease_percent, Some(5.0));
+    assert_eq!(g.metrics[1].max_increase_percent, Some(0.0));
+
+    // Defaults, and no guardrails at all.
+    let p = Plan::from_json(guarded("{}").as_bytes()).unwrap();
+    let g = p.experiments()[0].guardrails().unwrap();
+    assert_eq!((g.alpha, g.min_responses), (0.01, 100));
+    assert!(g.error_rate.is_none() && g.p95_latency.is_none() && g.metrics.is_empty());
+    let p = Plan::from_json(exp("").as_bytes()).unwrap();
+    assert!(p.experiments()[0].guardrails().is_none());
+}
+
+#[test]
+fn guardrail_errors_name_the_field() {
+    let at = "experiments[0].guardrails";
+    for alpha in ["0", "-0.1", "0.51", "1"] {
+        assert_refused(
+            &guarded(&format!(r#"{{"alpha": {alpha}}}"#)),
+            &format!("{at}.alpha"),
+            "(0, 0.5]",
+        );
+    }
+    assert!(Plan::from_json(guarded(r#"{"alpha": 0.5}"#).as_bytes()).is_ok());
+    for inc in ["-0.01", "1", "1.5"] {
+        assert_refused(
+            &guarded(&format!(r#"{{"error_rate": {{"max_increase": {inc}}}}}"#)),
+            &format!("{at}.error_rate.max_increase"),
+            "[0, 1)",
+        );
+    }
+    assert!(Plan::from_json(guarded(r#"{"error_rate": {"max_increase": 0}}"#).as_bytes()).is_ok());
+    assert_refused(
+        &guarded(r#"{"p95_latency": {"max_increase_percent": -1}}"#),
+        &format!("{at}.p95_latency.max_increase_percent"),
+        ">= 0",
+    );
+    assert_refused(
+        &guarded(r#"{"p95_latency": {}}"#),
+        &format!("{at}.p95_latency"),
+        "missing field `max_increase_percent`",
+    );
+    assert_refused(
+        &guarded(r#"{"alpah": 0.1}"#),
+        &format!("{at}.alpah"),
+        "unknown field",
+    );
+    for bad in [
+        r#""""#,
+        r#""has space""#,
+        r#""a/b""#,
+        &format!("{:?}", "m".repeat(65)),
+    ] {
+        assert_refused(
+            &guarded(&format!(
+                r#"{{"metrics": [{{"metric": "ok", "max_decrease_percent": 1}}, {{"metric": {bad}, "max_decrease_percent": 1}}]}}"#
+            )),
+            &format!("{at}.metrics[1].metric"),
+            "A-Za-z0-9_.:-",
+        );
+    }
+    assert_refused(
+        &guarded(r#"{"metrics": [{"metric": "m"}]}"#),
+        &format!("{at}.metrics[0]"),
+        "exactly one of max_decrease_percent",
+    );
+    assert_refused(
+        &guarded(
+            r#"{"metrics": [{"metric": "m", "max_decrease_percent": 1, "max_increase_percent": 1}]}"#,
+        ),
+        &format!("{at}.metrics[0]"),
+        "got both",
+    );
+    assert_refused(
+        &guarded(r#"{"metrics": [{"metric": "m", "max_decrease_percent": -5}]}"#),
+        &format!("{at}.metrics[0].max_decrease_percent"),
+        ">= 0",
+    );
+    assert_refused(
+        &guarded(r#"{"metrics": [{"metric": "m", "max_increase_percent": -0.5}]}"#),
+        &format!("{at}.metrics[0].max_increase_percent"),
+        ">= 0",
+    );
+    assert_refused(
+        &guarded(
+            r#"{"metrics": [{"metric": "m", "max_increase_percent": 1}, {"metric": "n", "max_increase_percent": 1}, {"metric": "m", "max_decrease_percent": 1}]}"#,
+        ),
+        &format!("{at}.metrics[2].metric"),
+        "duplicates the rule for metric \"m\"",
+    );
+    // Errors in a later experiment name that experiment.
+    let json = format!(
+        r#"{{"experiments": [{{"name": "a", "variants": {TWO}}},
+            {{"name": "b", "guardrails": {{"alpha": 0.9}}, "variants": {TWO}}}]}}"#
+    );
+    assert_refused(&json, "experiments[1].guardrails.alpha", "(0, 0.5]");
+}
+
+#[test]
+fn non_finite_guardrail_limits_are_refused() {
+    // JSON cannot spell NaN or infinity; a Config built in code can.
+    use abmesh_filter::config::{LatencyRule, MetricRule};
+    let mut config: abmesh_filter::Config = serde_json::from_str(&guarded(
+        r#"{"metrics": [{"metric": "m", "max_decrease_percent": 1}]}"#,
+    ))
+    .unwrap();
+    let g = config.experiments[0].guardrails.as_mut().unwrap();
+    g.metrics[0] = MetricRule {
+        metric: "m".into(),
+        max_decrease_percent: Some(f64::INFINITY),
+        max_increase_percent: None,
+    };
+    let e = Plan::compile(&config).unwrap_err();
+    assert_eq!(
+        e.field(),
+        "experiments[0].guardrails.metrics[0].max_decrease_percent"
+    );
+    let g = config.experiments[0].guardrails.as_mut().unwrap();
+    g.metrics.clear();
+    g.p95_latency = Some(LatencyRule {
+        max_increase_percent: f64::NAN,
+    });
+    let e = Plan::compile(&config).unwrap_err();
+    assert_eq!(
+        e.field(),
+        "experiments[0].guardrails.p95_latency.max_increase_percent"
+    );
+    let g = config.experiments[0].guardrails.as_mut().unwrap();
+    g.p95_latency = None;
+    g.alpha = f64::NAN;
+    let e = Plan::compile(&config).unwrap_err();
+    assert_eq!(e.field(), "experiments[0].guardrails.alpha");
+    let g = config.experiments[0].guardrails.as_mut().unwrap();
+    g.alpha = 0.01;
+    g.error_rate = Some(abmesh_filter::config::ErrorRateRule {
+        max_increase: f64::NAN,
+    });
+    let e = Plan::compile(&config).unwrap_err();
+    assert_eq!(
+        e.field(),
+        "experiments[0].guardrails.error_rate.max_increase"
+    );
+}
+
+#[test]
+fn health_sample_every() {
+    let with = |s: &str| {
+        format!(r#"{{"sidecar": {s}, "experiments": [{{"name": "e", "variants": {TWO}}}]}}"#)
+    };
+    let p = Plan::from_json(with(r#"{"cluster": "c"}"#).as_bytes()).unwrap();
+    assert_eq!(p.sidecar().unwrap().health_sample_every, 8);
+    let p =
+        Plan::from_json(with(r#"{"cluster": "c", "health_sample_every": 1}"#).as_bytes()).unwrap();
+    assert_eq!(p.sidecar().unwrap().health_sample_every, 1);
+    assert_refused(
+        &with(r#"{"cluster": "c", "health_sample_every": 0}"#),
+        "sidecar.health_sample_every",
+        "at least 1",
+    );
+    assert_refused(
+        &with(r#"{"cluster": "c", "health_sample_every": -1}"#),
+        "sidecar.health_sample_every",
+        "invalid value",
+    );
+}

@@ -1,10 +1,12 @@
 //! The per-request path allocates nothing: a counting global allocator sees
 //! zero allocations across thousands of decisions (decide + apply) for a
 //! config with 3 experiments in 2 layers, match conditions, cookie identity
-//! fallback, the force header and an allowlist.
+//! fallback, the force header and an allowlist, with variants halted by the
+//! sidecar (halted users routed like control) and health counting.
 #![cfg(not(target_arch = "wasm32"))]
 
-use abmesh_filter::{HeaderSink, Plan, RequestHeaders, Slot};
+use abmesh_filter::health::HealthTable;
+use abmesh_filter::{Assignment, Decisions, Halts, HeaderSink, Plan, RequestHeaders, Slot, Source};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -134,6 +136,12 @@ fn deciding_allocates_nothing() {
         .collect();
 
     let mut ring = abmesh_filter::exposures::ExposureRing::new(1000);
+    let mut halts = Halts::new(&plan);
+    assert!(halts.halt(0, 1)); // ranker's treatment
+    assert!(halts.halt(2, 2)); // banner's z
+    let mut health = HealthTable::new(&plan);
+    let mut packed = [0u16; 3];
+    let mut halted = 0u64;
     let start = allocations();
     let mut decided = 0u64;
     for (i, (id, cookie)) in ids.iter().zip(&cookies).enumerate() {
@@ -157,9 +165,36 @@ fn deciding_allocates_nothing() {
         let anonymous: [(&str, &[u8]); 2] = [(":path", path), (":method", b"POST")];
         for headers in [&with_header[..], &with_cookie[..], &anonymous[..]] {
             let req = Req(headers);
-            plan.decide(&req, &mut decisions);
+            plan.decide_with_halts(&req, &halts, &mut decisions);
             plan.apply(&decisions, &req, &mut path_buf, &mut sink);
             plan.write_echo(&decisions, &mut echo_buf);
+            // Health, as the glue records it.
+            for (e, a) in decisions.assignments().iter().enumerate() {
+                match *a {
+                    Assignment::Variant {
+                        index,
+                        source: Source::Hash,
+                    } => health.record_request(e, usize::from(index)),
+                    Assignment::Variant {
+                        source: Source::Halted,
+                        ..
+                    } => halted += 1,
+                    _ => {}
+                }
+            }
+            if decisions.has_exposure() {
+                Decisions::pack_exposures(decisions.assignments(), &mut packed);
+                for (e, &p) in packed.iter().enumerate() {
+                    if p > 0 {
+                        health.record_response(
+                            e,
+                            usize::from(p - 1),
+                            200 + (i as u32 % 4) * 100,
+                            i as u64 * 97,
+                        );
+                    }
+                }
+            }
             // What the glue does when exposures are shipped to the sidecar.
             if let Some(user) = plan.identity(&req) {
                 for (e, a) in decisions.assignments().iter().enumerate() {
@@ -176,12 +211,14 @@ fn deciding_allocates_nothing() {
         decided += 1;
     }
     for req in &serialized {
-        plan.decide(req, &mut decisions);
+        plan.decide_with_halts(req, &halts, &mut decisions);
         plan.apply(&decisions, req, &mut path_buf, &mut sink);
         decided += 1;
     }
     let allocated = allocations() - start;
     assert!(sink.0 > 0);
+    assert!(halted > 100, "the halted path ran ({halted})");
+    assert!(!health.is_empty());
     assert!(ring.len() == 1000 && ring.dropped() > 0, "the ring wrapped");
     assert_eq!(
         allocated, 0,

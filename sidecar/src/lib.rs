@@ -5,9 +5,11 @@
 pub mod aggregate;
 pub mod cli;
 pub mod events;
+pub mod guardrail;
 pub mod kserve;
 pub mod model;
 pub mod report;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod webhook;

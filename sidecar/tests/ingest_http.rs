@@ -161,9 +161,15 @@ fn events_and_batches_are_deduplicated() {
 
     let batch = exposures(7, json!([[1000, 0, 0, "a"], [1000, 0, 1, "b"]]));
     let (_, v) = post(&mut c, "/v1/exposures", &batch);
-    assert_eq!(v, json!({"accepted": 2, "duplicate_batch": false}));
+    assert_eq!(
+        v,
+        json!({"accepted": 2, "duplicate_batch": false, "halted": [], "config_needed": false})
+    );
     let (_, v) = post(&mut c, "/v1/exposures", &batch);
-    assert_eq!(v, json!({"accepted": 0, "duplicate_batch": true}));
+    assert_eq!(
+        v,
+        json!({"accepted": 0, "duplicate_batch": true, "halted": [], "config_needed": false})
+    );
     let l = listing(&mut c);
     assert_eq!(l["ingest"]["duplicate_batches"], 1);
     assert_eq!(l["ingest"]["exposure_rows"], 2);

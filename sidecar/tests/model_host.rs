@@ -287,7 +287,7 @@ fn health_metadata_and_the_latest_version() {
         .contains(&json!("binary_tensor_data")));
 
     let m = server.get("/v2/models/scorer").json();
-    assert_eq!(m["versions"], json!(["1", "2"]));
+    assert_eq!(m["versions"], json!(["1", "2", "3"]));
     assert_eq!(m["platform"], "onnxruntime_onnx");
     assert_eq!(
         m["inputs"],
@@ -305,14 +305,25 @@ fn health_metadata_and_the_latest_version() {
     );
     assert_eq!(server.get("/v2/models/scorer/ready").status, 200);
     assert_eq!(server.get("/v2/models/nope/ready").status, 404);
-    assert_eq!(server.get("/v2/models/scorer/versions/3/ready").status, 404);
+    assert_eq!(server.get("/v2/models/scorer/versions/9/ready").status, 404);
 
-    // No version: the highest loaded one.
+    // No version: the highest loaded one (3, the faulty release, which has
+    // version 2's weights and fails only on rows whose first feature > 0.4).
     let r = server
         .post_json("/v2/models/scorer/infer", &scorer_request(&[4]))
         .json();
-    assert_eq!(r["model_version"], "2");
+    assert_eq!(r["model_version"], "3");
     assert_scores(2, &[4], &scores(&r));
+
+    // A run-time failure inside ONNX Runtime is a 500 that says so, and the
+    // version keeps serving rows it can run.
+    let mut bad = scorer_request(&[4]);
+    bad["inputs"][0]["data"][0] = json!(0.9);
+    let r = server.post_json("/v2/models/scorer/versions/3/infer", &bad);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.error().contains("Gather"), "{}", r.error());
+    let r = server.post_json("/v2/models/scorer/versions/3/infer", &scorer_request(&[4]));
+    assert_eq!(r.status, 200);
 
     let r = server.get("/v2/models/scorer/infer");
     assert_eq!(r.status, 405);
@@ -621,15 +632,15 @@ fn reload_under_traffic(extra: &[&str]) {
     std::thread::sleep(Duration::from_millis(300));
 
     // A new version dropped into the repository, then loaded.
-    copy_dir(&repo.path().join("scorer/1"), &repo.path().join("scorer/3"));
-    let r = admin("load", 3);
+    copy_dir(&repo.path().join("scorer/1"), &repo.path().join("scorer/4"));
+    let r = admin("load", 4);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["action"], "loaded");
-    assert_eq!(admin("load", 3).json()["action"], "already_loaded");
+    assert_eq!(admin("load", 4).json()["action"], "already_loaded");
     let r = server
         .post_json("/v2/models/scorer/infer", &scorer_request(&[5]))
         .json();
-    assert_eq!(r["model_version"], "3", "the new version is the latest");
+    assert_eq!(r["model_version"], "4", "the new version is the latest");
     assert_scores(1, &[5], &scores(&r)); // a copy of version 1's file
 
     // Version 1 reloaded repeatedly while its clients keep going.
@@ -660,10 +671,10 @@ fn reload_under_traffic(extra: &[&str]) {
     };
     assert_eq!(state_of(1), "READY");
     assert_eq!(state_of(2), "UNAVAILABLE");
-    assert_eq!(state_of(3), "READY");
+    assert_eq!(state_of(4), "READY");
     assert_eq!(admin("load", 2).status, 200);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(admin("unload", 3).status, 200);
+    assert_eq!(admin("unload", 4).status, 200);
     assert_eq!(admin("reload", 1).status, 200);
     std::thread::sleep(Duration::from_millis(300));
 

@@ -74,6 +74,9 @@ fn run(
             variants: vec![t("control"), t("treatment")],
         }],
         exposures: rows,
+        config_id: None,
+        config: None,
+        health: Vec::new(),
     });
     let mut events = Vec::new();
     for (i, n) in names.iter().enumerate() {

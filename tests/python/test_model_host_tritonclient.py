@@ -138,7 +138,7 @@ def test_server_and_model_metadata(client):
     assert client.is_model_ready("scorer")
     assert not client.is_model_ready("scorer", "7")
     meta = client.get_model_metadata("scorer")
-    assert meta["versions"] == ["1", "2"]
+    assert meta["versions"] == ["1", "2", "3"]
     assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 16]}]
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
 

@@ -101,7 +101,8 @@ pub fn with_plugin_json(yaml: &str, json: &str) -> String {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn scratch_dir() -> PathBuf {
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "abmesh-e2e-{}-{}",
         std::process::id(),

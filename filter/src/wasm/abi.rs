@@ -23,6 +23,7 @@ pub enum MapType {
 #[repr(u32)]
 #[derive(Clone, Copy)]
 pub enum BufferType {
+    HttpCallResponseBody = 4,
     PluginConfiguration = 7,
 }
 
@@ -51,6 +52,13 @@ extern "C" {
         max_size: usize,
         return_buffer_data: *mut *mut u8,
         return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
     ) -> u32;
     fn proxy_get_header_map_pairs(
         map_type: u32,
@@ -120,23 +128,37 @@ pub fn log(level: LogLevel, message: &str) {
     }
 }
 
-/// The plugin configuration bytes (empty if none).
-pub fn plugin_configuration(size: usize) -> Vec<u8> {
+/// Up to `max_size` bytes of a buffer from its start; `None` if the host
+/// has no such buffer now.
+pub fn get_buffer(buffer: BufferType, max_size: usize) -> Option<Vec<u8>> {
     let (mut data, mut len) = (null_mut(), 0);
     // SAFETY: out-pointers are valid; the host allocates through our
     // allocator export.
     unsafe {
-        let status = proxy_get_buffer_bytes(
-            BufferType::PluginConfiguration as u32,
-            0,
-            size,
-            &mut data,
-            &mut len,
-        );
+        let status = proxy_get_buffer_bytes(buffer as u32, 0, max_size, &mut data, &mut len);
         if status != STATUS_OK {
-            return Vec::new();
+            return None;
         }
-        take_host_buffer(data, len).unwrap_or_default()
+        // A host that found nothing to copy may leave the pointer null.
+        Some(take_host_buffer(data, len).unwrap_or_default())
+    }
+}
+
+/// The plugin configuration bytes (empty if none).
+pub fn plugin_configuration(size: usize) -> Vec<u8> {
+    get_buffer(BufferType::PluginConfiguration, size).unwrap_or_default()
+}
+
+/// The value of one header (the first if repeated).
+pub fn get_header(map: MapType, name: &str) -> Option<Vec<u8>> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: as above; pointer and length describe a live &str.
+    unsafe {
+        match proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut len)
+        {
+            STATUS_OK => take_host_buffer(data, len),
+            _ => None,
+        }
     }
 }
 
@@ -217,14 +239,20 @@ pub fn set_tick_period_ms(period: u32) {
     }
 }
 
-/// Wall-clock time in ms since the Unix epoch.
-pub fn now_ms() -> u64 {
+/// Wall-clock time in ns since the Unix epoch (the ABI has no monotonic
+/// clock; callers measuring intervals must tolerate a step back).
+pub fn now_ns() -> u64 {
     let mut ns = 0u64;
     // SAFETY: valid out-pointer.
     unsafe {
         proxy_get_current_time_nanoseconds(&mut ns);
     }
-    ns / 1_000_000
+    ns
+}
+
+/// Wall-clock time in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    now_ns() / 1_000_000
 }
 
 /// Serializes header pairs in the ABI's map format.

@@ -6,7 +6,9 @@
 //! allocate the copy of the request headers (`proxy_on_memory_allocate`).
 //! Nothing else is exported, so nothing else is called. Hostcalls per
 //! request: one read of the whole header map, one write per header the
-//! decision sets, a removal only for routing headers the client sent.
+//! decision sets, a removal only for routing headers the client sent. With
+//! a `sidecar`, one request in `health_sample_every` also reads the clock
+//! twice and the response's `:status` (see `shipping`).
 
 mod abi;
 mod shipping;
@@ -106,13 +108,14 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
     abi::log(
         LogLevel::Info,
         &format!(
-            "abmesh: configured {} experiment(s): {}",
+            "abmesh: configured {} experiment(s): {} (config {})",
             plan.experiments().len(),
             plan.experiments()
                 .iter()
                 .map(|e| e.name())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            crate::config_id(&bytes)
         ),
     );
     VM.with_borrow_mut(|vm| {
@@ -136,7 +139,7 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
             .map(|_| StreamTable::new(1024, plan.experiments().len()));
         root.shipper = plan.sidecar().map(|cfg| {
             abi::set_tick_period_ms(cfg.flush_interval_ms);
-            shipping::Shipper::new(cfg, &plan, root_context_id)
+            shipping::Shipper::new(cfg, &plan, root_context_id, bytes)
         });
         root.plan = Some(plan);
         1
@@ -205,7 +208,13 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
             return abi::ACTION_CONTINUE;
         };
         s.headers.all.take();
-        if plan.decide(&s.headers, &mut s.decisions) == Verdict::RejectMissingIdentity {
+        let verdict = match &root.shipper {
+            // Halted variants' users are routed like control: one branch
+            // when nothing is halted, a bit test per assignment otherwise.
+            Some(shipper) => plan.decide_with_halts(&s.headers, &shipper.halts, &mut s.decisions),
+            None => plan.decide(&s.headers, &mut s.decisions),
+        };
+        if verdict == Verdict::RejectMissingIdentity {
             debug_assert_eq!(plan.missing_identity(), MissingIdentity::Reject);
             abi::send_local_response(
                 400,
@@ -232,7 +241,9 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
             echo.insert_assignments(context_id, s.decisions.assignments());
         }
         if let Some(shipper) = &mut root.shipper {
-            shipper.record(s.decisions.assignments(), || plan.identity(&s.headers));
+            shipper.record(context_id, s.decisions.assignments(), || {
+                plan.identity(&s.headers)
+            });
         }
         abi::ACTION_CONTINUE
     })
@@ -244,6 +255,9 @@ pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, _e
         let Some(root) = root_of(vm, context_id) else {
             return abi::ACTION_CONTINUE;
         };
+        if let Some(shipper) = &mut root.shipper {
+            shipper.on_response_headers(context_id);
+        }
         let (Some(plan), Some(s), Some(echo)) = (&root.plan, &mut root.scratch, &mut root.echo)
         else {
             return abi::ACTION_CONTINUE;
@@ -276,19 +290,19 @@ pub extern "C" fn proxy_on_http_call_response(
     context_id: u32,
     token: u32,
     _headers: usize,
-    _body_size: usize,
+    body_size: usize,
     _trailers: usize,
 ) {
     VM.with_borrow_mut(|vm| {
         let Some(root) = vm.roots.iter_mut().find(|r| r.id == context_id) else {
             return;
         };
-        if let Some(shipper) = &mut root.shipper {
+        if let (Some(shipper), Some(plan)) = (&mut root.shipper, &root.plan) {
             let map = abi::get_header_pairs(MapType::HttpCallResponse);
             let status = map
                 .as_deref()
                 .and_then(|m| crate::header_map::find(m, b":status"));
-            shipper.on_response(token, status);
+            shipper.on_response(plan, token, status, body_size);
         }
     })
 }

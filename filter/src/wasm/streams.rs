@@ -13,6 +13,9 @@ pub struct StreamTable {
     ids: Box<[u32]>,
     width: usize,
     data: Box<[u16]>,
+    /// One u64 per slot (e.g. a start time), only in tables made by
+    /// [`StreamTable::with_stamps`].
+    stamps: Box<[u64]>,
 }
 
 impl StreamTable {
@@ -21,6 +24,15 @@ impl StreamTable {
             ids: vec![0; capacity].into_boxed_slice(),
             width,
             data: vec![0; capacity * width].into_boxed_slice(),
+            stamps: Box::new([]),
+        }
+    }
+
+    /// A table that also keeps a u64 per stream.
+    pub fn with_stamps(capacity: usize, width: usize) -> Self {
+        StreamTable {
+            stamps: vec![0; capacity].into_boxed_slice(),
+            ..StreamTable::new(capacity, width)
         }
     }
 
@@ -49,6 +61,27 @@ impl StreamTable {
         self.ids[i] = context_id;
         let row = &mut self.data[i * self.width..(i + 1) * self.width];
         Decisions::pack_variants(a, row);
+    }
+
+    /// Keeps the stream's exposures ([`Decisions::pack_exposures`]) and
+    /// `stamp`. Only for tables made by [`StreamTable::with_stamps`].
+    pub fn insert_exposures(&mut self, context_id: u32, a: &[crate::Assignment], stamp: u64) {
+        let i = self.slot(context_id);
+        self.ids[i] = context_id;
+        self.stamps[i] = stamp;
+        Decisions::pack_exposures(a, &mut self.data[i * self.width..(i + 1) * self.width]);
+    }
+
+    /// Copies the stream's packed values into `out` and forgets the stream;
+    /// returns its stamp, or `None` if the stream is not in the table.
+    pub fn take_stamped(&mut self, context_id: u32, out: &mut [u16]) -> Option<u64> {
+        let i = self.slot(context_id);
+        if self.ids[i] != context_id || context_id == 0 {
+            return None;
+        }
+        self.ids[i] = 0;
+        out.copy_from_slice(&self.data[i * self.width..(i + 1) * self.width]);
+        Some(self.stamps[i])
     }
 
     /// Restores the variants of a stream into `d` and forgets the stream.

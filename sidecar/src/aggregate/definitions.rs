@@ -1,10 +1,24 @@
 //! Experiment definitions: the filter's plugin configuration, read with the
 //! filter's own code so the sidecar and every Envoy agree on names,
-//! variants, control and split.
+//! variants, control, split and guardrails.
+//!
+//! They come from `abmesh serve --experiments FILE` at first, and are
+//! replaced by the configuration a filter sends in an exposure batch
+//! (`config`, logged as a [`crate::store::Kind::Config`] record): the
+//! sidecar then follows what the proxies really run, without a restart.
 
 use std::sync::Arc;
 
+use abmesh_filter::config::GuardrailsConfig;
 use abmesh_filter::{Config, ConfigError, Decisions, Plan};
+
+/// The id of a plugin configuration: SipHash-1-3 of its raw bytes, as
+/// `abmesh_filter::config_id` computes it (the filter sends it as 16 hex
+/// digits).
+pub fn config_id(bytes: &[u8]) -> u64 {
+    let hex = abmesh_filter::config_id(bytes);
+    u64::from_str_radix(&hex, 16).expect("config_id is 16 hex digits")
+}
 
 /// One experiment as the configuration defines it.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +32,8 @@ pub struct Defined {
     pub control: usize,
     /// Share of eligible users enrolled, percent.
     pub traffic_percent: f64,
+    /// The experiment's guardrails, if it has any.
+    pub guardrails: Option<GuardrailsConfig>,
 }
 
 /// A compiled plugin configuration plus what reports need from it.
@@ -25,11 +41,22 @@ pub struct Defined {
 pub struct Definitions {
     plan: Arc<Plan>,
     experiments: Vec<Defined>,
+    /// The configuration as read, and its id.
+    raw: Arc<[u8]>,
+    id: u64,
 }
 
 impl Definitions {
-    /// Reads the plugin JSON (the same document the filter takes).
+    /// Reads the plugin JSON (the same document the filter takes); its id
+    /// is the hash of `bytes`.
     pub fn from_json(bytes: &[u8]) -> Result<Definitions, ConfigError> {
+        Definitions::from_json_with_id(bytes, config_id(bytes))
+    }
+
+    /// [`Definitions::from_json`] with the id a filter gave (it hashed the
+    /// bytes it was configured with, which may differ from the embedded
+    /// copy in surrounding whitespace).
+    pub fn from_json_with_id(bytes: &[u8], id: u64) -> Result<Definitions, ConfigError> {
         let plan = Plan::from_json(bytes)?;
         // The plan validated the document; the raw config adds the weights,
         // which the plan keeps only as bucket ranges.
@@ -47,12 +74,25 @@ impl Definitions {
                 weights: c.variants.iter().map(|v| v.weight).collect(),
                 control: e.control(),
                 traffic_percent: c.traffic_percent,
+                guardrails: e.guardrails().cloned(),
             })
             .collect();
         Ok(Definitions {
             plan: Arc::new(plan),
             experiments,
+            raw: bytes.into(),
+            id,
         })
+    }
+
+    /// The configuration's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The configuration, as read.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
     }
 
     pub fn experiments(&self) -> &[Defined] {
@@ -104,5 +144,17 @@ mod tests {
         assert!(
             Definitions::from_json(br#"{"experiments":[{"name":"r","variants":[]}]}"#).is_err()
         );
+        assert_eq!(e.guardrails, None);
+    }
+
+    #[test]
+    fn keeps_guardrails_and_the_id() {
+        let json = br#"{"experiments":[{"name":"r","variants":[{"name":"a","weight":1},{"name":"b","weight":1}],
+            "guardrails":{"error_rate":{"max_increase":0.01}}}]}"#;
+        let d = Definitions::from_json(json).unwrap();
+        let g = d.experiments()[0].guardrails.as_ref().unwrap();
+        assert_eq!(g.error_rate.as_ref().unwrap().max_increase, 0.01);
+        assert_eq!(format!("{:016x}", d.id()), abmesh_filter::config_id(json));
+        assert_eq!(d.raw(), &json[..]);
     }
 }

@@ -19,22 +19,54 @@
 //! Every operation commutes, so the state is a function of the set of
 //! records, whatever their order, which is what makes replay, merge and
 //! out-of-order delivery agree.
+//!
+//! # Definitions, health and halts
+//!
+//! The engine also follows the filters' configuration (a
+//! [`Kind::Config`] record replaces the definitions), adds up the health
+//! rows of exposure batches per (experiment, variant), and after every
+//! fresh exposure batch runs the guardrails of each defined experiment
+//! ([`super::guard::checks`]): a breach halts the variant. Halts (and
+//! [`Kind::Admin`] halts and lifts) are state like the rest, decided in log
+//! order, so replay reproduces them. These steps depend on the order of
+//! records (a halt is decided at a point of the log); they are what the
+//! sidecar *did*, not a statistic of the data, so a merge unites them
+//! rather than recomputing them.
+//!
+//! New halts, lifts and sample-ratio alarms are also sent to the notice
+//! sink ([`Engine::notice_slot`]), which is empty while a restart replays
+//! the log, so a replay notifies nobody twice.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use siphasher::sip128::{Hasher128, SipHasher13};
 use smallvec::SmallVec;
 
+use super::guard::{self, GuardState, Halt, HaltSource, HaltedRef};
 use super::{Aggregates, Counters, Definitions, MetricInfo, UserValue, BUCKET_MS};
+use crate::events::exposure::format_config_id;
 use crate::events::{parse_exposures, parse_outcomes, ExposureBatch, Outcome};
+use crate::guardrail::Health;
+use crate::stats::{srm, SRM_ALERT_P};
 use crate::store::{Kind, RecordRef, StateMachine};
 
 /// Scope of an event without an experiment.
 const ANY: u32 = u32::MAX;
-/// Snapshot format version.
-const SNAPSHOT_VERSION: u32 = 1;
+/// Snapshot format version: 2 adds the definitions learned from filters,
+/// health, halts and overrides after the version 1 fields (version 1 is
+/// still read).
+const SNAPSHOT_VERSION: u32 = 2;
+/// The sample-ratio alarm needs this many expected users in every variant
+/// (the chi-square approximation's usual condition).
+const SRM_MIN_EXPECTED: f64 = 5.0;
+
+/// Where the engine sends notices (new halts, lifts, SRM alarms) as JSON:
+/// the webhook and the Prometheus counters. Installed after a restart's
+/// replay, so replayed records notify nobody.
+pub type NoticeSink = Box<dyn Fn(serde_json::Value) + Send>;
 
 /// Tuning of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -66,9 +98,27 @@ pub enum Applied {
     Exposures {
         accepted: u64,
         duplicate_batch: bool,
+        /// Every currently halted variant (after this batch).
+        halted: Vec<HaltedRef>,
+        /// The batch has a `config_id` this sidecar has not stored, and no
+        /// `config`: the filter should send it.
+        config_needed: bool,
     },
     Merge {
         users: u64,
+    },
+    Config {
+        config_id: String,
+        /// False when the configuration was already the current one.
+        changed: bool,
+    },
+    Admin {
+        action: String,
+        experiment: String,
+        variant: String,
+        /// False when there was nothing to do (already halted, not halted).
+        changed: bool,
+        halted: Vec<HaltedRef>,
     },
     /// Cannot happen for records written by this version (they were
     /// validated before being logged); counted and skipped.
@@ -206,6 +256,7 @@ pub struct Engine {
     definitions: Option<Arc<Definitions>>,
     decisions: Option<abmesh_filter::Decisions>,
     options: EngineOptions,
+    notices: Arc<Mutex<Option<NoticeSink>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -220,6 +271,13 @@ impl std::fmt::Debug for Engine {
 #[derive(Serialize)]
 struct SnapshotOut<'a> {
     version: u32,
+    base: BaseOut<'a>,
+    extra: Extra,
+}
+
+/// ... (the version 1 fields) ...
+#[derive(Serialize)]
+struct BaseOut<'a> {
     bucket_ms: i64,
     experiments: Vec<ExperimentRecord>,
     metrics: &'a [MetricInfo],
@@ -231,10 +289,11 @@ struct SnapshotOut<'a> {
     batches: &'a HashMap<Box<str>, SeqWindow>,
 }
 
-/// ... and as read.
+/// ... and as read (after the version).
 #[derive(Deserialize)]
 struct SnapshotIn {
-    version: u32,
+    #[serde(skip)]
+    extra: Extra,
     bucket_ms: i64,
     experiments: Vec<ExperimentRecord>,
     metrics: Vec<MetricInfo>,
@@ -244,6 +303,44 @@ struct SnapshotIn {
     ids_previous: HashSet<u128>,
     ids_current: HashSet<u128>,
     batches: HashMap<Box<str>, SeqWindow>,
+}
+
+/// What version 2 adds after the version 1 fields.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Extra {
+    /// The current definitions, if a filter's configuration gave them.
+    learned: Option<LearnedConfig>,
+    known_configs: Vec<u64>,
+    /// Per experiment record, per variant (same order).
+    health: Vec<Vec<Health>>,
+    guard: GuardState,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct LearnedConfig {
+    id: u64,
+    bytes: Vec<u8>,
+}
+
+/// A [`Kind::Config`] record.
+#[derive(Deserialize)]
+struct ConfigRecord<'a> {
+    #[serde(borrow)]
+    config_id: &'a str,
+    #[serde(borrow)]
+    config: &'a serde_json::value::RawValue,
+}
+
+/// A [`Kind::Admin`] record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminAction {
+    /// `halt` or `lift`.
+    pub action: String,
+    pub experiment: String,
+    pub variant: String,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -266,6 +363,7 @@ impl Engine {
             decisions: definitions.as_ref().map(|d| d.decisions()),
             definitions,
             options,
+            notices: Arc::default(),
         }
     }
 
@@ -276,9 +374,30 @@ impl Engine {
         definitions: Option<Arc<Definitions>>,
         options: EngineOptions,
     ) -> Result<Engine, String> {
-        let mut engine = Engine::new(definitions, options);
-        if let Some(bytes) = snapshot {
-            let s = decode_snapshot(bytes)?;
+        let snapshot = snapshot.map(decode_snapshot).transpose()?;
+        // Definitions learned from a filter replace --experiments.
+        let learned = snapshot
+            .as_ref()
+            .and_then(|s| s.extra.learned.as_ref())
+            .and_then(|c| match Definitions::from_json_with_id(&c.bytes, c.id) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    tracing::error!(config_id = %format_config_id(c.id), error = %e, "the snapshot's learned configuration no longer parses; using --experiments until a filter sends it again");
+                    None
+                }
+            });
+        let mut engine = match learned {
+            Some(d) => {
+                if definitions.is_some() {
+                    tracing::info!(config_id = %format_config_id(d.id()), "experiment definitions learned from a filter's configuration replace --experiments");
+                }
+                let e = Engine::new(Some(d.clone()), options);
+                e.shared.lock().expect("aggregates lock").learned = true;
+                e
+            }
+            None => Engine::new(definitions, options),
+        };
+        if let Some(s) = snapshot {
             engine.ids.previous = s.ids_previous;
             engine.ids.current = s.ids_current;
             engine.batches = s.batches;
@@ -295,6 +414,8 @@ impl Engine {
                 e.exposure_rows = rec.exposure_rows;
                 e.mismatches = rec.mismatches;
             }
+            add_extra(&mut agg, &s.extra, &exp_map);
+            agg.guard = s.extra.guard.clone();
             drop(agg);
             if exp_map.iter().enumerate().all(|(i, &(e, ref vs))| {
                 e == i as u32 && vs.iter().enumerate().all(|(j, &v)| v == j as u16)
@@ -379,10 +500,28 @@ impl Engine {
         }
     }
 
-    /// Applies a validated `POST /v1/exposures` batch.
+    /// Applies a validated `POST /v1/exposures` batch (outside the log: the
+    /// time of halts it causes is its latest exposure time).
     pub fn apply_exposures(&mut self, batch: &ExposureBatch<'_>) -> Applied {
+        let t = batch.exposures.iter().map(|r| r.t_ms()).max().unwrap_or(0);
+        self.apply_batch(batch, t, 0)
+    }
+
+    /// Applies a validated exposure batch received at `received_ms` as log
+    /// record `lsn`: exposures, health rows, then the guardrails and the
+    /// sample-ratio alarms of the defined experiments.
+    pub fn apply_batch(
+        &mut self,
+        batch: &ExposureBatch<'_>,
+        received_ms: i64,
+        lsn: u64,
+    ) -> Applied {
         let shared = self.shared.clone();
         let mut agg = shared.lock().expect("aggregates lock");
+        let config_needed = batch.config.is_none()
+            && batch
+                .config_id()
+                .is_some_and(|id| !agg.known_configs.contains(&id));
         let window = self.options.batch_window;
         let fresh = match self.batches.get_mut(batch.instance.as_str()) {
             Some(w) => w.insert(batch.seq, window),
@@ -398,6 +537,8 @@ impl Engine {
             return Applied::Exposures {
                 accepted: 0,
                 duplicate_batch: true,
+                halted: agg.halted(),
+                config_needed,
             };
         }
         agg.counters.exposure_batches += 1;
@@ -432,9 +573,141 @@ impl Engine {
             let user = user_mut(&mut self.users, row.user());
             add_exposure(user, &mut agg, exp, variant, row.t_ms(), false);
         }
-        Applied::Exposures {
+        for row in &batch.health {
+            let (exp, ref variants, _) = map[row.experiment()];
+            let variant = variants[row.variant()];
+            agg.experiments[exp as usize].cells[variant as usize]
+                .health
+                .merge(&row.health());
+        }
+        let notices = evaluate_guardrails(&mut agg, received_ms, lsn);
+        let out = Applied::Exposures {
             accepted: batch.exposures.len() as u64,
             duplicate_batch: false,
+            halted: agg.halted(),
+            config_needed,
+        };
+        drop(agg);
+        self.notify(notices);
+        out
+    }
+
+    /// Applies a [`Kind::Config`] record: the configuration replaces the
+    /// definitions, unless it is already the current one.
+    pub fn apply_config(&mut self, payload: &[u8]) -> Result<Applied, String> {
+        let rec: ConfigRecord =
+            serde_json::from_slice(payload).map_err(|e| format!("config record: {e}"))?;
+        let id = crate::events::exposure::parse_config_id(rec.config_id)
+            .ok_or_else(|| format!("config record: bad config_id {:?}", rec.config_id))?;
+        let mut agg = self.shared.lock().expect("aggregates lock");
+        agg.known_configs.insert(id);
+        if self.definitions.as_ref().is_some_and(|d| d.id() == id) {
+            return Ok(Applied::Config {
+                config_id: format_config_id(id),
+                changed: false,
+            });
+        }
+        let defs = Definitions::from_json_with_id(rec.config.get().as_bytes(), id)
+            .map_err(|e| format!("config record: invalid configuration: {e}"))?;
+        let defs = Arc::new(defs);
+        let before = if agg.learned {
+            "the previous filter configuration"
+        } else if self.definitions.is_some() {
+            "--experiments"
+        } else {
+            "no definitions"
+        };
+        if self.live() {
+            tracing::info!(
+                config_id = %format_config_id(id),
+                experiments = defs.experiments().len(),
+                "experiment definitions learned from a filter's configuration; they replace {before}"
+            );
+        }
+        agg.set_definitions(defs.clone(), true);
+        self.decisions = Some(defs.decisions());
+        self.definitions = Some(defs);
+        Ok(Applied::Config {
+            config_id: format_config_id(id),
+            changed: true,
+        })
+    }
+
+    /// Applies a [`Kind::Admin`] record: an operator halts or lifts a
+    /// variant.
+    pub fn apply_admin(
+        &mut self,
+        payload: &[u8],
+        received_ms: i64,
+        lsn: u64,
+    ) -> Result<Applied, String> {
+        let a: AdminAction =
+            serde_json::from_slice(payload).map_err(|e| format!("admin record: {e}"))?;
+        let mut agg = self.shared.lock().expect("aggregates lock");
+        let mut notices = Vec::new();
+        let changed = match a.action.as_str() {
+            "halt" => {
+                if agg.guard.active(&a.experiment, &a.variant).is_some() {
+                    false
+                } else {
+                    let halt = Halt {
+                        experiment: a.experiment.clone(),
+                        variant: a.variant.clone(),
+                        time_ms: received_ms,
+                        lsn,
+                        source: HaltSource::Manual,
+                        rule: None,
+                        message: a
+                            .reason
+                            .clone()
+                            .unwrap_or_else(|| "no reason given".to_owned()),
+                        estimate: None,
+                        ci_low: None,
+                        ci_high: None,
+                        limit: None,
+                        p_value: None,
+                        lifted_ms: None,
+                        lift_reason: None,
+                    };
+                    notices.push(halt.notice());
+                    agg.guard.halts.push(halt);
+                    true
+                }
+            }
+            "lift" => lift(&mut agg, &a, received_ms, &mut notices),
+            other => return Err(format!("admin record: unknown action {other:?}")),
+        };
+        let out = Applied::Admin {
+            action: a.action,
+            experiment: a.experiment,
+            variant: a.variant,
+            changed,
+            halted: agg.halted(),
+        };
+        drop(agg);
+        self.notify(notices);
+        Ok(out)
+    }
+
+    /// The slot of the notice sink: empty while replaying; whoever opens
+    /// the log fills it once recovery is done.
+    pub fn notice_slot(&self) -> Arc<Mutex<Option<NoticeSink>>> {
+        self.notices.clone()
+    }
+
+    /// Whether notices go anywhere (false during a restart's replay).
+    fn live(&self) -> bool {
+        self.notices.lock().expect("notices lock").is_some()
+    }
+
+    fn notify(&self, notices: Vec<serde_json::Value>) {
+        if notices.is_empty() {
+            return;
+        }
+        if let Some(sink) = self.notices.lock().expect("notices lock").as_ref() {
+            for n in notices {
+                sink(n);
+            }
         }
     }
 
@@ -442,21 +715,48 @@ impl Engine {
     /// `GET /admin/state` exports and [`Engine::merge_state`] reads).
     pub fn encode_state(&self, out: &mut Vec<u8>) -> Result<(), String> {
         let agg = self.shared.lock().expect("aggregates lock");
-        let experiments = agg
-            .experiments
-            .iter()
-            .map(|e| ExperimentRecord {
-                name: e.name.clone(),
-                variants: e.variants.clone(),
-                exposure_rows: e.exposure_rows,
-                mismatches: e.mismatches,
-                conflicts: e.conflicts,
-            })
-            .collect();
+        let extra = Extra {
+            learned: self
+                .definitions
+                .as_ref()
+                .filter(|_| agg.learned)
+                .map(|d| LearnedConfig {
+                    id: d.id(),
+                    bytes: d.raw().to_vec(),
+                }),
+            known_configs: agg.known_configs.iter().copied().collect(),
+            health: agg
+                .experiments
+                .iter()
+                .map(|e| e.cells.iter().map(|c| c.health.clone()).collect())
+                .collect(),
+            guard: agg.guard.clone(),
+        };
         let s = SnapshotOut {
             version: SNAPSHOT_VERSION,
+            base: self.base(&agg),
+            extra,
+        };
+        let bytes = postcard::to_stdvec(&s).map_err(|e| format!("encoding the state: {e}"))?;
+        out.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// The version 1 fields of the snapshot.
+    fn base<'a>(&'a self, agg: &'a Aggregates) -> BaseOut<'a> {
+        BaseOut {
             bucket_ms: BUCKET_MS,
-            experiments,
+            experiments: agg
+                .experiments
+                .iter()
+                .map(|e| ExperimentRecord {
+                    name: e.name.clone(),
+                    variants: e.variants.clone(),
+                    exposure_rows: e.exposure_rows,
+                    mismatches: e.mismatches,
+                    conflicts: e.conflicts,
+                })
+                .collect(),
             metrics: &agg.metrics,
             counters: &agg.counters,
             applied_lsn: agg.applied_lsn,
@@ -464,10 +764,7 @@ impl Engine {
             ids_previous: &self.ids.previous,
             ids_current: &self.ids.current,
             batches: &self.batches,
-        };
-        let bytes = postcard::to_stdvec(&s).map_err(|e| format!("encoding the state: {e}"))?;
-        out.extend_from_slice(&bytes);
-        Ok(())
+        }
     }
 
     /// Checks that `bytes` is an exported state this version can merge.
@@ -479,10 +776,20 @@ impl Engine {
     /// earliest exposure wins, event ids and batch numbers are united, and
     /// counters add. Exact for any split of the events between the two,
     /// users seen by both included (see the module docs of
-    /// [`crate::aggregate`]).
+    /// [`crate::aggregate`]). Health counters add; a variant halted on
+    /// either side is halted; the other side's learned definitions are
+    /// adopted when this one has none learned.
     pub fn merge_state(&mut self, bytes: &[u8]) -> Result<Applied, String> {
         let s = decode_snapshot(bytes)?;
         let mut agg = self.shared.lock().expect("aggregates lock");
+        if let (false, Some(c)) = (agg.learned, &s.extra.learned) {
+            if let Ok(d) = Definitions::from_json_with_id(&c.bytes, c.id) {
+                let d = Arc::new(d);
+                agg.set_definitions(d.clone(), true);
+                self.decisions = Some(d.decisions());
+                self.definitions = Some(d);
+            }
+        }
         let exp_map = register_experiments(&mut agg, &s.experiments);
         let metric_map = register_metrics(&mut agg, &s.metrics, false);
         agg.counters.merge(&s.counters);
@@ -492,6 +799,8 @@ impl Engine {
             e.mismatches += rec.mismatches;
             // Conflicts are users: recounted as the users are folded in.
         }
+        add_extra(&mut agg, &s.extra, &exp_map);
+        agg.guard.merge(&s.extra.guard);
         drop(agg);
         for h in s.ids_previous.into_iter().chain(s.ids_current) {
             self.ids.insert(h);
@@ -555,13 +864,29 @@ impl Engine {
 }
 
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, String> {
-    let s: SnapshotIn =
-        postcard::from_bytes(bytes).map_err(|e| format!("not an abmesh state: {e}"))?;
-    if s.version != SNAPSHOT_VERSION {
+    let bad = |e: postcard::Error| format!("not an abmesh state: {e}");
+    let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(bad)?;
+    if !(1..=SNAPSHOT_VERSION).contains(&version) {
         return Err(format!(
-            "state version {} (this abmesh reads {SNAPSHOT_VERSION})",
-            s.version
+            "state version {version} (this abmesh reads 1 to {SNAPSHOT_VERSION})"
         ));
+    }
+    let (mut s, rest) = postcard::take_from_bytes::<SnapshotIn>(rest).map_err(bad)?;
+    if version >= 2 {
+        s.extra = postcard::from_bytes::<Extra>(rest).map_err(bad)?;
+    }
+    if !s.extra.health.is_empty() {
+        let fits = s.extra.health.len() == s.experiments.len()
+            && s.extra
+                .health
+                .iter()
+                .zip(&s.experiments)
+                .all(|(h, e)| h.len() <= e.variants.len());
+        if !fits {
+            return Err(
+                "health counters name experiments or variants the state does not list".into(),
+            );
+        }
     }
     if s.bucket_ms != BUCKET_MS {
         return Err(format!(
@@ -627,6 +952,173 @@ fn register_metrics(agg: &mut Aggregates, metrics: &[MetricInfo], restore: bool)
             id
         })
         .collect()
+}
+
+/// Adds a state's health counters (through its id maps) and known
+/// configuration ids.
+fn add_extra(agg: &mut Aggregates, extra: &Extra, exp_map: &[(u32, Vec<u16>)]) {
+    for (health, (id, vmap)) in extra.health.iter().zip(exp_map) {
+        for (h, &v) in health.iter().zip(vmap) {
+            agg.experiments[*id as usize].cells[v as usize]
+                .health
+                .merge(h);
+        }
+    }
+    agg.known_configs
+        .extend(extra.known_configs.iter().copied());
+}
+
+/// After a fresh exposure batch: every defined experiment's guardrails (a
+/// breach halts the variant, unless it is the control, already halted, or
+/// the rule was overridden for it) and sample-ratio check (notified once
+/// until it clears). Returns the notices.
+fn evaluate_guardrails(agg: &mut Aggregates, time_ms: i64, lsn: u64) -> Vec<serde_json::Value> {
+    let mut notices = Vec::new();
+    let Some(defs) = agg.definitions.clone() else {
+        return notices;
+    };
+    for def in defs.experiments() {
+        if def.guardrails.is_some() {
+            if let Some(c) = guard::checks(agg, &def.name) {
+                for check in c.checks.iter().filter(|c| guard::breaches(c)) {
+                    let variant = &c.variants[check.variant];
+                    if check.variant == c.control
+                        || agg.guard.active(&def.name, variant).is_some()
+                        || agg.guard.overridden(&def.name, variant, &check.rule)
+                    {
+                        continue;
+                    }
+                    let halt = Halt {
+                        experiment: def.name.clone(),
+                        variant: variant.clone(),
+                        time_ms,
+                        lsn,
+                        source: HaltSource::Guardrail,
+                        rule: Some(check.rule.clone()),
+                        message: check.message.clone(),
+                        estimate: check.estimate,
+                        ci_low: check.ci_low,
+                        ci_high: check.ci_high,
+                        limit: Some(check.limit),
+                        p_value: check.p_value,
+                        lifted_ms: None,
+                        lift_reason: None,
+                    };
+                    notices.push(halt.notice());
+                    agg.guard.halts.push(halt);
+                }
+            }
+        }
+        if let Some(n) = srm_alarm(agg, def, time_ms) {
+            notices.push(n);
+        }
+    }
+    notices
+}
+
+/// The sample-ratio check of a defined experiment on its users per
+/// variant against the configured weights, halted variants left out (their
+/// users go to the control, so their count stops growing). Notifies when
+/// it starts failing; forgets once it passes again.
+fn srm_alarm(
+    agg: &mut Aggregates,
+    def: &super::Defined,
+    time_ms: i64,
+) -> Option<serde_json::Value> {
+    let e = agg.experiment(&def.name)?;
+    let mut names = Vec::new();
+    let mut counts = Vec::new();
+    let mut weights = Vec::new();
+    for (v, w) in def.variants.iter().zip(&def.weights) {
+        if agg.guard.active(&def.name, v).is_some() {
+            continue;
+        }
+        let users = e
+            .variant_index(v)
+            .map_or(0, |i| e.cells[i].total.users.max(0) as u64);
+        names.push(v.clone());
+        counts.push(users);
+        weights.push(*w);
+    }
+    let total: u64 = counts.iter().sum();
+    let weight_sum: f64 = weights.iter().sum();
+    let enough = counts.len() >= 2
+        && weights
+            .iter()
+            .all(|w| total as f64 * w / weight_sum >= SRM_MIN_EXPECTED);
+    let p = if enough {
+        srm(&counts, &weights).ok().map(|r| r.p_value)
+    } else {
+        None
+    };
+    let alarmed = agg.guard.srm_alarms.contains(&def.name);
+    match p {
+        Some(p) if p < SRM_ALERT_P && !alarmed => {
+            agg.guard.srm_alarms.insert(def.name.clone());
+            Some(json!({
+                "event": "srm",
+                "experiment": def.name,
+                "p_value": p,
+                "variants": names,
+                "counts": counts,
+                "expected_shares": weights.iter().map(|w| w / weight_sum).collect::<Vec<_>>(),
+                "time_ms": time_ms,
+            }))
+        }
+        Some(p) if p >= SRM_ALERT_P && alarmed => {
+            agg.guard.srm_alarms.remove(&def.name);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Lifts a halted variant: the experiment's health window starts again,
+/// and the metric guardrails that breach for the variant now (the health
+/// rules cannot, on an empty window) are overridden for it, as is the rule
+/// that halted it if it was a metric rule. False if it was not halted.
+fn lift(
+    agg: &mut Aggregates,
+    a: &AdminAction,
+    time_ms: i64,
+    notices: &mut Vec<serde_json::Value>,
+) -> bool {
+    let Some(h) = agg.guard.active_mut(&a.experiment, &a.variant) else {
+        return false;
+    };
+    h.lifted_ms = Some(time_ms);
+    h.lift_reason = a.reason.clone();
+    let halted_by = h.rule.clone();
+    if let Some(id) = agg.exp_index.get(&a.experiment).copied() {
+        for c in &mut agg.experiments[id as usize].cells {
+            c.health = Health::default();
+        }
+    }
+    let mut overrides: Vec<String> = halted_by
+        .into_iter()
+        .filter(|r| r.starts_with("metric:"))
+        .collect();
+    if let Some(c) = guard::checks(agg, &a.experiment) {
+        overrides.extend(
+            c.checks
+                .iter()
+                .filter(|k| guard::breaches(k) && c.variants[k.variant] == a.variant)
+                .map(|k| k.rule.clone()),
+        );
+    }
+    for rule in overrides {
+        agg.guard
+            .overrides
+            .insert((a.experiment.clone(), a.variant.clone(), rule));
+    }
+    notices.push(json!({
+        "event": "lift",
+        "experiment": a.experiment,
+        "variant": a.variant,
+        "reason": a.reason,
+        "time_ms": time_ms,
+    }));
+    true
 }
 
 fn user_mut<'a>(users: &'a mut HashMap<Box<str>, UserState>, name: &str) -> &'a mut UserState {
@@ -718,12 +1210,20 @@ impl StateMachine for Engine {
                 },
             },
             Kind::Exposures => match parse_exposures(record.payload) {
-                Ok(batch) => self.apply_exposures(&batch),
+                Ok(batch) => self.apply_batch(&batch, record.received_ms, record.lsn),
                 Err(e) => Applied::Unreadable {
                     error: e.to_string(),
                 },
             },
             Kind::Merge => match self.merge_state(record.payload) {
+                Ok(a) => a,
+                Err(error) => Applied::Unreadable { error },
+            },
+            Kind::Config => match self.apply_config(record.payload) {
+                Ok(a) => a,
+                Err(error) => Applied::Unreadable { error },
+            },
+            Kind::Admin => match self.apply_admin(record.payload, record.received_ms, record.lsn) {
                 Ok(a) => a,
                 Err(error) => Applied::Unreadable { error },
             },
@@ -745,6 +1245,114 @@ impl StateMachine for Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CONFIG: &[u8] = br#"{"experiments":[{"name":"r","variants":[{"name":"a","weight":1},{"name":"b","weight":1}],
+        "guardrails":{"min_responses":50,"error_rate":{"max_increase":0.01}}}]}"#;
+
+    fn batch(seq: u64, health_b: (u64, u64)) -> String {
+        let lat = |n: u64| {
+            let mut v = vec![0u64; 25];
+            v[2] = n;
+            serde_json::to_string(&v).unwrap()
+        };
+        format!(
+            r#"{{"instance":"i","seq":{seq},"experiments":[{{"name":"r","variants":["a","b"]}}],
+            "exposures":[[1000,0,0,"u{seq}"],[1000,0,1,"w{seq}"]],
+            "health":[[0,0,100,[0,100,0,0,0],{}],[0,1,100,[0,{},0,0,{}],{}]]}}"#,
+            lat(100),
+            health_b.0 - health_b.1,
+            health_b.1,
+            lat(health_b.0)
+        )
+    }
+
+    fn apply(e: &mut Engine, body: &str, lsn: u64) -> Applied {
+        let b = parse_exposures(body.as_bytes()).unwrap();
+        e.apply_batch(&b, 1_777_000_000_000 + lsn as i64, lsn)
+    }
+
+    fn state(e: &Engine) -> (Vec<(String, i64, Health)>, Vec<HaltedRef>, Counters) {
+        let agg = e.shared.lock().unwrap();
+        let x = &agg.experiments[0];
+        (
+            x.variants
+                .iter()
+                .zip(&x.cells)
+                .map(|(v, c)| (v.clone(), c.total.users, c.health.clone()))
+                .collect(),
+            agg.halted(),
+            agg.counters.clone(),
+        )
+    }
+
+    #[test]
+    fn a_breach_halts_and_snapshots_keep_health_and_halts() {
+        let defs = Arc::new(Definitions::from_json(CONFIG).unwrap());
+        let mut e = Engine::new(Some(defs.clone()), EngineOptions::default());
+        let out = apply(&mut e, &batch(1, (100, 0)), 1);
+        assert!(
+            matches!(&out, Applied::Exposures { halted, .. } if halted.is_empty()),
+            "{out:?}"
+        );
+        let out = apply(&mut e, &batch(2, (100, 40)), 2);
+        let Applied::Exposures { halted, .. } = out else {
+            panic!()
+        };
+        assert_eq!(
+            halted,
+            [HaltedRef {
+                experiment: "r".into(),
+                variant: "b".into()
+            }]
+        );
+        let halt = e.shared.lock().unwrap().guard.halts[0].clone();
+        assert_eq!((halt.lsn, halt.time_ms), (2, 1_777_000_000_002));
+        let mut bytes = Vec::new();
+        e.encode_state(&mut bytes).unwrap();
+        let r =
+            Engine::restore(Some(&bytes), Some(defs.clone()), EngineOptions::default()).unwrap();
+        assert_eq!(state(&r), state(&e));
+        assert_eq!(state(&e).0[1].2.requests, 200);
+        assert_eq!(
+            r.shared.lock().unwrap().guard,
+            e.shared.lock().unwrap().guard
+        );
+        // A merge adds the health and keeps the halt.
+        let mut m = Engine::new(Some(defs), EngineOptions::default());
+        m.merge_state(&bytes).unwrap();
+        m.merge_state(&bytes).unwrap();
+        assert_eq!(state(&m).0[1].2.requests, 400);
+        assert_eq!(state(&m).1, state(&e).1);
+        assert_eq!(m.shared.lock().unwrap().guard.halts.len(), 1);
+    }
+
+    #[test]
+    fn version_1_snapshots_are_still_read() {
+        let mut e = Engine::new(None, EngineOptions::default());
+        apply(&mut e, &batch(1, (100, 0)), 1);
+        let v1 = {
+            let agg = e.shared.lock().unwrap();
+            postcard::to_stdvec(&(1u32, e.base(&agg))).unwrap()
+        };
+        let r = Engine::restore(Some(&v1), None, EngineOptions::default()).unwrap();
+        let (users, halted, counters) = state(&r);
+        assert_eq!(counters, state(&e).2);
+        assert_eq!(
+            users
+                .iter()
+                .map(|u| (u.0.as_str(), u.1))
+                .collect::<Vec<_>>(),
+            [("a", 1), ("b", 1)]
+        );
+        assert!(
+            users.iter().all(|u| u.2 == Health::default()),
+            "v1 has no health"
+        );
+        assert!(halted.is_empty());
+        let v3 = postcard::to_stdvec(&(3u32, 0u8)).unwrap();
+        let err = Engine::restore(Some(&v3), None, EngineOptions::default()).unwrap_err();
+        assert!(err.contains("state version 3"), "{err}");
+    }
 
     #[test]
     fn seq_window_dedups_retries_and_forgets_old_gaps() {

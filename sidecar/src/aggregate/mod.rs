@@ -42,14 +42,18 @@
 
 pub mod definitions;
 pub mod engine;
+pub mod guard;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use definitions::{Defined, Definitions};
-pub use engine::{Applied, Engine, EngineOptions};
+pub use definitions::{config_id, Defined, Definitions};
+pub use engine::{Applied, Engine, EngineOptions, NoticeSink};
+pub use guard::{GuardState, Halt, HaltSource, HaltedRef};
+
+use crate::guardrail::Health;
 
 /// Width of the finest time bucket.
 pub const BUCKET_MS: i64 = 60_000;
@@ -195,6 +199,9 @@ pub struct VariantAgg {
     /// Per level of [`LEVEL_MS`], keyed by bucket index (first exposure
     /// time / the level's width).
     pub levels: [BTreeMap<i64, Cell>; 3],
+    /// Requests, status classes and latency histogram the filters reported
+    /// (exposure batches' `health`), since the experiment's last lift.
+    pub health: Health,
 }
 
 /// Everything known about one experiment.
@@ -304,23 +311,42 @@ pub struct Aggregates {
     /// The last log record applied.
     pub applied_lsn: u64,
     pub definitions: Option<Arc<Definitions>>,
+    /// Whether `definitions` were learned from a filter's configuration
+    /// (else they are `--experiments`).
+    pub learned: bool,
+    /// Ids of every configuration this sidecar has stored (a batch with one
+    /// of these ids needs not send its configuration).
+    pub known_configs: BTreeSet<u64>,
+    /// Halts, overrides and notified alarms.
+    pub guard: GuardState,
 }
 
 impl Aggregates {
     pub fn new(definitions: Option<Arc<Definitions>>) -> Aggregates {
-        let mut a = Aggregates {
-            definitions: definitions.clone(),
-            ..Aggregates::default()
-        };
+        let mut a = Aggregates::default();
         if let Some(d) = definitions {
-            for e in d.experiments() {
-                let id = a.experiment_id(&e.name);
-                for v in &e.variants {
-                    a.experiments[id as usize].variant(v);
-                }
-            }
+            a.set_definitions(d, false);
         }
         a
+    }
+
+    /// Installs definitions: registers their experiments and variants
+    /// (first, so they keep configuration order) and remembers their id.
+    pub(crate) fn set_definitions(&mut self, d: Arc<Definitions>, learned: bool) {
+        for e in d.experiments() {
+            let id = self.experiment_id(&e.name);
+            for v in &e.variants {
+                self.experiments[id as usize].variant(v);
+            }
+        }
+        self.known_configs.insert(d.id());
+        self.definitions = Some(d);
+        self.learned = learned;
+    }
+
+    /// Every currently halted variant.
+    pub fn halted(&self) -> Vec<HaltedRef> {
+        self.guard.halted()
     }
 
     pub fn experiment(&self, name: &str) -> Option<&ExperimentAgg> {

@@ -12,6 +12,7 @@ use crate::events::http::{Ingest, DEFAULT_INGEST_BODY_LIMIT};
 use crate::report::{ReportSettings, Settings};
 use crate::server::AppStateBuilder;
 use crate::store::StoreOptions;
+use crate::webhook::Webhook;
 
 /// Outcome log and evaluation (flattened into `abmesh serve`).
 #[derive(clap::Args, Debug, Clone)]
@@ -41,6 +42,20 @@ pub struct EvaluationArgs {
     /// this much).
     #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     pub snapshot_every: usize,
+
+    /// POST a JSON notice here on every new halt (guardrail or manual),
+    /// lift and sample-ratio alarm (http:// only; retried with backoff,
+    /// never blocks ingestion, silent during the startup replay). Needs
+    /// --data-dir.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<http::Uri>,
+}
+
+/// What [`install`] started.
+#[derive(Debug)]
+pub struct Installed {
+    pub ingest: Ingest,
+    pub webhook: Option<Arc<Webhook>>,
 }
 
 /// Reads `--experiments`.
@@ -60,11 +75,26 @@ pub fn load_settings(path: Option<&Path>) -> Result<Settings> {
 }
 
 /// Opens the log (recovering it) and installs [`Ingest`] and the report
-/// settings; None without `--data-dir`.
-pub fn install(args: &EvaluationArgs, state: &mut AppStateBuilder) -> Result<Option<Ingest>> {
+/// settings; None without `--data-dir`. Must run inside the tokio runtime
+/// (the webhook's task starts on it).
+pub fn install(args: &EvaluationArgs, state: &mut AppStateBuilder) -> Result<Option<Installed>> {
     let Some(dir) = &args.data_dir else {
+        if args.webhook.is_some() {
+            anyhow::bail!("--webhook needs --data-dir: halts and alarms come from the outcome log");
+        }
         tracing::info!("no --data-dir: this server keeps no outcome log");
         return Ok(None);
+    };
+    let webhook = match &args.webhook {
+        Some(url) => {
+            let w = Webhook::spawn(url.clone()).context("--webhook")?;
+            tracing::info!(
+                receiver = %format!("{}://{}", url.scheme_str().unwrap_or("http"), url.authority().map_or("", |a| a.as_str())),
+                "halts and sample-ratio alarms are posted to the webhook"
+            );
+            Some(Arc::new(w))
+        }
+        None => None,
     };
     let definitions = load_definitions(args.experiments.as_deref())?;
     let settings = load_settings(args.evaluation.as_deref())?;
@@ -79,6 +109,7 @@ pub fn install(args: &EvaluationArgs, state: &mut AppStateBuilder) -> Result<Opt
         EngineOptions::default(),
         args.ingest_body_limit,
         Some(state.registry_mut()),
+        webhook.clone(),
     )
     .with_context(|| format!("opening the outcome log in {}", dir.display()))?;
     tracing::info!(
@@ -93,12 +124,17 @@ pub fn install(args: &EvaluationArgs, state: &mut AppStateBuilder) -> Result<Opt
     );
     state.insert(ingest.clone());
     state.insert(ReportSettings(Arc::new(settings)));
-    Ok(Some(ingest))
+    Ok(Some(Installed { ingest, webhook }))
 }
 
-/// Stops the log cleanly (final snapshot) after the server stopped.
-pub async fn shutdown(ingest: Option<Ingest>) {
-    if let Some(i) = ingest {
-        let _ = tokio::task::spawn_blocking(move || i.store.shutdown()).await;
+/// Stops the log cleanly (final snapshot) after the server stopped, then
+/// gives the webhook a few seconds to deliver what is queued.
+pub async fn shutdown(installed: Option<Installed>) {
+    let Some(Installed { ingest, webhook }) = installed else {
+        return;
+    };
+    let _ = tokio::task::spawn_blocking(move || ingest.store.shutdown()).await;
+    if let Some(w) = webhook.and_then(|w| Arc::try_unwrap(w).ok()) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), w.close()).await;
     }
 }

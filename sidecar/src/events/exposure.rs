@@ -21,22 +21,36 @@
 //!   user was assigned by hash (allowlisted, forced and default routing are
 //!   not exposures and are not sent). Sending the same user again is
 //!   harmless: the first exposure counts.
+//! * `config_id` (optional): 16 lowercase hex digits, the SipHash-1-3 of
+//!   the filter's raw plugin configuration; `config` (optional): that
+//!   configuration, verbatim, sent until the sidecar says it has it
+//!   (`config_needed: false` in the response).
+//! * `health` (optional): `[[e, v, requests, [s1xx..s5xx], [h0..h24]], ...]`,
+//!   per (experiment index, variant index) deltas since the filter's last
+//!   successful flush: requests assigned by hash (exact), and the sampled
+//!   responses by status class and latency bucket
+//!   ([`crate::guardrail::LATENCY_BUCKETS`]); both arrays count the same
+//!   responses.
 //! * Other top-level fields are ignored, so an older sidecar accepts a newer
-//!   filter's batches; `health` is reserved for per-variant health counters.
+//!   filter's batches.
 //!
 //! The format is plain enough to be written with string formatting in the
 //! filter: numbers, and user ids as JSON strings (escape `"`, `\` and
 //! control characters).
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::fields::{self, bare_message, Text, MAX_TIMESTAMP_MS};
 use super::ValidationError;
+use crate::guardrail::{Health, LATENCY_BUCKETS, STATUS_CLASSES};
 
 /// Most rows in one batch.
 pub const MAX_EXPOSURES_PER_BATCH: usize = 1_000_000;
 /// Most experiments (and variants per experiment) in one batch.
 pub const MAX_EXPERIMENTS_PER_BATCH: usize = 1024;
+/// Most health rows in one batch.
+pub const MAX_HEALTH_ROWS_PER_BATCH: usize = 65_536;
 
 /// One batch from one filter instance.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +64,75 @@ pub struct ExposureBatch<'a> {
     pub experiments: Vec<BatchExperiment<'a>>,
     #[serde(borrow)]
     pub exposures: Vec<ExposureRow<'a>>,
+    /// The filter's configuration id (16 lowercase hex digits).
+    #[serde(default, borrow)]
+    pub config_id: Option<Text<'a>>,
+    /// The filter's plugin configuration, verbatim.
+    #[serde(default, borrow)]
+    pub config: Option<&'a RawValue>,
+    /// Per-variant health deltas.
+    #[serde(default)]
+    pub health: Vec<HealthRow>,
+}
+
+impl ExposureBatch<'_> {
+    /// `config_id` as a number (None: absent; the batch was validated).
+    pub fn config_id(&self) -> Option<u64> {
+        self.config_id
+            .as_ref()
+            .and_then(|t| parse_config_id(t.as_str()))
+    }
+
+    /// The raw bytes of `config`, as the filter embedded them.
+    pub fn config_bytes(&self) -> Option<&[u8]> {
+        self.config.map(|r| r.get().as_bytes())
+    }
+}
+
+/// `[experiment_index, variant_index, requests, [5 status classes],
+/// [25 latency buckets]]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HealthRow(pub u32, pub u32, pub u64, pub Vec<u64>, pub Vec<u64>);
+
+impl HealthRow {
+    pub fn experiment(&self) -> usize {
+        self.0 as usize
+    }
+    pub fn variant(&self) -> usize {
+        self.1 as usize
+    }
+    /// The row as counters (the batch was validated: the arrays have their
+    /// lengths).
+    pub fn health(&self) -> Health {
+        let mut h = Health {
+            requests: self.2,
+            ..Health::default()
+        };
+        for (d, s) in h.status.iter_mut().zip(&self.3) {
+            *d = *s;
+        }
+        for (d, s) in h.latency.iter_mut().zip(&self.4) {
+            *d = *s;
+        }
+        h
+    }
+}
+
+/// Parses a configuration id: exactly 16 lowercase hex digits.
+pub fn parse_config_id(s: &str) -> Option<u64> {
+    if s.len() != 16
+        || !s
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// A configuration id as the filter writes it.
+pub fn format_config_id(id: u64) -> String {
+    format!("{id:016x}")
 }
 
 /// An experiment as the batch's rows refer to it.
@@ -193,7 +276,105 @@ fn validate(b: &ExposureBatch) -> Result<(), ValidationError> {
         fields::check_id(row.user())
             .map_err(|m| ValidationError::new(format!("exposures[{i}][3]"), m))?;
     }
+    if let Some(id) = &b.config_id {
+        if parse_config_id(id.as_str()).is_none() {
+            return Err(ValidationError::new(
+                "config_id",
+                format!(
+                    "must be 16 lowercase hex digits (got {:?})",
+                    truncate(id.as_str(), 40)
+                ),
+            ));
+        }
+    }
+    if let Some(raw) = b.config {
+        abmesh_filter::Plan::from_json(raw.get().as_bytes()).map_err(|e| {
+            let m = e.to_string();
+            let m = if m.starts_with("invalid configuration") {
+                m
+            } else {
+                format!("invalid configuration: {m}")
+            };
+            ValidationError::new("config", m)
+        })?;
+    }
+    validate_health(b)
+}
+
+fn validate_health(b: &ExposureBatch) -> Result<(), ValidationError> {
+    if b.health.len() > MAX_HEALTH_ROWS_PER_BATCH {
+        return Err(ValidationError::new(
+            "health",
+            format!(
+                "{} rows; at most {MAX_HEALTH_ROWS_PER_BATCH}",
+                b.health.len()
+            ),
+        ));
+    }
+    for (i, row) in b.health.iter().enumerate() {
+        let Some(exp) = b.experiments.get(row.experiment()) else {
+            return Err(ValidationError::new(
+                format!("health[{i}][0]"),
+                format!(
+                    "experiment index {} is out of range (the batch lists {})",
+                    row.experiment(),
+                    b.experiments.len()
+                ),
+            ));
+        };
+        if row.variant() >= exp.variants.len() {
+            return Err(ValidationError::new(
+                format!("health[{i}][1]"),
+                format!(
+                    "variant index {} is out of range (experiment {:?} lists {})",
+                    row.variant(),
+                    exp.name.as_str(),
+                    exp.variants.len()
+                ),
+            ));
+        }
+        if row.3.len() != STATUS_CLASSES {
+            return Err(ValidationError::new(
+                format!("health[{i}][3]"),
+                format!(
+                    "expected {STATUS_CLASSES} status classes, got {}",
+                    row.3.len()
+                ),
+            ));
+        }
+        if row.4.len() != LATENCY_BUCKETS {
+            return Err(ValidationError::new(
+                format!("health[{i}][4]"),
+                format!(
+                    "expected {LATENCY_BUCKETS} latency buckets, got {}",
+                    row.4.len()
+                ),
+            ));
+        }
+        let sum = |v: &[u64]| v.iter().try_fold(0u64, |a, &x| a.checked_add(x));
+        let (Some(classes), Some(buckets)) = (sum(&row.3), sum(&row.4)) else {
+            return Err(ValidationError::new(
+                format!("health[{i}]"),
+                "counts overflow 64 bits",
+            ));
+        };
+        if classes != buckets {
+            return Err(ValidationError::new(
+                format!("health[{i}]"),
+                format!(
+                    "the status classes count {classes} responses but the latency buckets {buckets}; they must count the same sampled responses"
+                ),
+            ));
+        }
+    }
     Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
 }
 
 #[cfg(test)]
@@ -202,7 +383,7 @@ mod tests {
 
     const OK: &[u8] = br#"{"instance":"envoy-1/0/1","seq":7,"dropped":3,
         "experiments":[{"name":"ranker","variants":["control","treatment"]}],
-        "exposures":[[1000,0,1,"u1"],[1001,0,0,"u\"2"]],"health":[{"future":true}],"config":"v3"}"#;
+        "exposures":[[1000,0,1,"u1"],[1001,0,0,"u\"2"]],"future":[{"x":true}],"config_v9":"v3"}"#;
 
     #[test]
     fn parses_a_batch_and_ignores_unknown_top_level_fields() {
@@ -210,6 +391,27 @@ mod tests {
         assert_eq!((b.seq, b.dropped, b.exposures.len()), (7, 3, 2));
         assert_eq!(b.exposures[1].user(), "u\"2");
         assert_eq!(b.exposures[0].variant(), 1);
+    }
+
+    #[test]
+    fn reads_config_and_health() {
+        let body = br#"{"instance":"i","seq":1,"config_id":"00000000000000ff","config": {"experiments":[{"name":"r","variants":[{"name":"a","weight":1},{"name":"b","weight":1}]}]} ,
+            "experiments":[{"name":"r","variants":["a","b"]}],"exposures":[],
+            "health":[[0,1,7,[0,2,0,0,1],[1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,2]]]}"#;
+        let b = parse_exposures(body).unwrap();
+        assert_eq!(b.config_id(), Some(255));
+        assert_eq!(
+            b.config_bytes(),
+            Some(&br#"{"experiments":[{"name":"r","variants":[{"name":"a","weight":1},{"name":"b","weight":1}]}]}"#[..])
+        );
+        let h = b.health[0].health();
+        assert_eq!(
+            (h.requests, h.status, h.latency[24]),
+            (7, [0, 2, 0, 0, 1], 2)
+        );
+        assert_eq!(b.health[0].variant(), 1);
+        assert_eq!(format_config_id(255), "00000000000000ff");
+        assert_eq!(parse_config_id("00000000000000FF"), None);
     }
 
     #[test]

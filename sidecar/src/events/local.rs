@@ -15,6 +15,7 @@ use crate::aggregate::{Definitions, EngineOptions};
 use crate::report::{ReportSettings, Settings};
 use crate::server::{self, AppState, ConnectionOptions, ServerLimits};
 use crate::store::{Recovery, StoreOptions};
+use crate::webhook::Webhook;
 
 /// Options of a [`LocalServer`].
 #[derive(Debug, Clone, Default)]
@@ -25,6 +26,8 @@ pub struct LocalOptions {
     pub engine: EngineOptions,
     /// Ingest body limit (default [`DEFAULT_INGEST_BODY_LIMIT`]).
     pub body_limit: Option<usize>,
+    /// Where to POST notices of new halts and SRM alarms.
+    pub webhook: Option<http::Uri>,
 }
 
 /// A running in-process server; stopped (with a final snapshot) on
@@ -41,12 +44,24 @@ pub struct LocalServer {
 
 impl LocalServer {
     /// Opens `dir` and serves it on 127.0.0.1 (a free port), with the
-    /// outcome-log, report and `/metrics`-less admin routes.
+    /// outcome-log, report and admin routes and `/metrics`.
     pub fn start(dir: &Path, options: LocalOptions) -> Result<LocalServer> {
         let limit = options.body_limit.unwrap_or(DEFAULT_INGEST_BODY_LIMIT);
         let mut builder = AppState::builder(ServerLimits {
             body_limit: limit.max(ServerLimits::default().body_limit),
         });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        let webhook = match options.webhook {
+            Some(url) => {
+                let _guard = rt.enter();
+                Some(Arc::new(Webhook::spawn(url)?))
+            }
+            None => None,
+        };
         let (ingest, recovery) = Ingest::open(
             dir,
             options.definitions,
@@ -54,6 +69,7 @@ impl LocalServer {
             options.engine,
             limit,
             Some(builder.registry_mut()),
+            webhook,
         )
         .with_context(|| format!("opening {}", dir.display()))?;
         builder.insert(ingest.clone());
@@ -66,11 +82,6 @@ impl LocalServer {
         let thread = std::thread::Builder::new()
             .name("abmesh-local-server".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime");
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                     let shutdown = async {
@@ -80,8 +91,12 @@ impl LocalServer {
                         shutdown_grace: std::time::Duration::from_secs(5),
                         ..ConnectionOptions::default()
                     };
-                    let _ =
-                        server::serve(listener, Arc::new(routes()), state, opts, shutdown).await;
+                    let router = routes().route(
+                        http::Method::GET,
+                        "/metrics",
+                        server::metrics_endpoint::metrics,
+                    );
+                    let _ = server::serve(listener, Arc::new(router), state, opts, shutdown).await;
                 });
             })?;
         Ok(LocalServer {

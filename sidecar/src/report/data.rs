@@ -5,7 +5,11 @@
 //! depends on the number of events or users, which is what keeps a report
 //! within milliseconds at any volume.
 
-use crate::aggregate::{Aggregates, Cell, Counters, Defined, MetricInfo, MetricSums, LEVEL_MS};
+use crate::aggregate::guard::{self, Checks};
+use crate::aggregate::{
+    Aggregates, Cell, Counters, Defined, Halt, MetricInfo, MetricSums, LEVEL_MS,
+};
+use crate::guardrail::Health;
 
 /// Most points on a cumulative chart.
 pub const MAX_POINTS: usize = 48;
@@ -32,6 +36,16 @@ pub struct ExperimentData {
     pub conflicts: u64,
     pub counters: Counters,
     pub applied_lsn: u64,
+    /// Whether the definitions were learned from a filter's configuration.
+    pub learned: bool,
+    /// Per variant (same order as `variants`), since the last lift.
+    pub health: Vec<Health>,
+    /// The experiment's halts, current and lifted, oldest first.
+    pub halts: Vec<Halt>,
+    /// The guardrail checks now (None: no guardrails defined).
+    pub checks: Option<Checks>,
+    /// (variant, rule) pairs an operator overrode.
+    pub overrides: Vec<(String, String)>,
 }
 
 /// One metric: totals per variant.
@@ -94,6 +108,23 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
         conflicts: e.conflicts,
         counters: agg.counters.clone(),
         applied_lsn: agg.applied_lsn,
+        learned: agg.learned,
+        health: e.cells.iter().map(|c| c.health.clone()).collect(),
+        halts: agg
+            .guard
+            .halts
+            .iter()
+            .filter(|h| h.experiment == name)
+            .cloned()
+            .collect(),
+        checks: guard::checks(agg, name),
+        overrides: agg
+            .guard
+            .overrides
+            .iter()
+            .filter(|(x, _, _)| x == name)
+            .map(|(_, v, r)| (v.clone(), r.clone()))
+            .collect(),
     })
 }
 

@@ -8,6 +8,7 @@ use plotters::prelude::*;
 
 use super::model::{pct, Comparison, LiftPoint, MetricReport, Report, Stat};
 use super::ListEntry;
+use crate::aggregate::HaltSource;
 use crate::server::response::escape_html;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1150px}\
@@ -126,6 +127,7 @@ pub fn report_page(r: &Report) -> String {
     for w in &r.data_quality.warnings {
         let _ = write!(h, "<p class=warn>⚠ {}</p>", escape_html(w));
     }
+    guardrail_sections(&mut h, r);
     // Metrics, primary first.
     let mut metrics: Vec<&MetricReport> = r.metrics.iter().collect();
     metrics.sort_by_key(|m| !m.primary);
@@ -138,7 +140,7 @@ pub fn report_page(r: &Report) -> String {
     }
     let _ = write!(
         h,
-        "<p class=muted>α = {}, power {}, target ±{:.1}%, n* = {}, min users {} · log record {} · generated at {} ms · \
+        "<p class=muted>α = {}, power {}, target ±{:.1}%, n* = {}, min users {} · log record {} · generated at {} · \
          <a href=\"?format=json\">JSON</a></p></body></html>",
         r.settings.alpha,
         r.settings.power,
@@ -146,9 +148,87 @@ pub fn report_page(r: &Report) -> String {
         r.settings.n_star,
         r.settings.min_users,
         r.applied_lsn,
-        r.generated_at_ms
+        super::utc(r.generated_at_ms)
     );
     h
+}
+
+/// Halts, health per variant and the guardrail checks.
+fn guardrail_sections(h: &mut String, r: &Report) {
+    if !r.halts.is_empty() {
+        h.push_str("<h2 id=halts>Halts</h2><table><tr><th>variant</th><th>state</th><th>since</th><th>by</th><th>reason</th></tr>");
+        for x in &r.halts {
+            let halt = &x.halt;
+            let by = match (halt.source, &halt.rule) {
+                (HaltSource::Guardrail, Some(rule)) => {
+                    format!("guardrail <code>{}</code>", escape_html(rule))
+                }
+                _ => "operator".to_owned(),
+            };
+            let state = match halt.lifted_ms {
+                None => "<strong class=warn>halted</strong>".to_owned(),
+                Some(t) => format!("lifted at {}", super::utc(t)),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{state}</td><td>{}</td><td>{by}</td><td style=\"text-align:left\">{}</td></tr>",
+                escape_html(&halt.variant),
+                super::utc(halt.time_ms),
+                escape_html(&halt.message)
+            );
+        }
+        h.push_str("</table>");
+    }
+    if r.health.iter().any(|x| x.requests > 0 || x.responses > 0) {
+        h.push_str("<h2 id=health>Health</h2><p class=muted>Since the experiment's last lift; responses are the filters' sample.</p>\
+            <table><tr><th>variant</th><th>requests</th><th>responses</th><th>5xx share</th><th>p50 ms</th><th>p95 ms</th></tr>");
+        for x in &r.health {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape_html(&x.variant),
+                x.requests,
+                x.responses,
+                x.error_rate
+                    .map_or("–".into(), |e| format!("{:.2}%", e * 100.0)),
+                num(x.p50_ms, 1),
+                num(x.p95_ms, 1)
+            );
+        }
+        h.push_str("</table>");
+    }
+    if let Some(g) = &r.guardrails {
+        let _ = write!(
+            h,
+            "<h2 id=guardrails>Guardrails</h2><p class=muted>Always-valid checks against the control; family-wise α = {}, at least {} responses per arm for the health rules.</p>\
+             <table><tr><th>variant</th><th>rule</th><th>status</th><th>estimate</th><th>interval</th><th>limit</th><th>p</th><th>detail</th></tr>",
+            g.alpha, g.min_responses
+        );
+        for c in &g.checks {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}{}</td><td>{}</td><td>[{}, {}]</td><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
+                escape_html(&c.variant),
+                escape_html(&c.rule),
+                if c.status == "breach" {
+                    "<strong class=warn>breach</strong>".to_owned()
+                } else {
+                    c.status.replace('_', " ")
+                },
+                if c.overridden { " <span class=muted>(overridden)</span>" } else { "" },
+                num(c.estimate, 4),
+                num(c.ci_low, 4),
+                num(c.ci_high, 4),
+                num(Some(c.limit), 4),
+                p(c.p_value),
+                escape_html(&c.message)
+            );
+        }
+        if g.checks.is_empty() {
+            h.push_str("<tr><td colspan=8 class=muted>No checks yet.</td></tr>");
+        }
+        h.push_str("</table>");
+    }
 }
 
 fn metric_section(h: &mut String, m: &MetricReport, level: &str, target: f64) {
@@ -393,7 +473,17 @@ pub fn list_page(entries: &[ListEntry]) -> String {
         let users: Vec<String> = e
             .variants
             .iter()
-            .map(|v| format!("{} {}", escape_html(&v.name), v.users))
+            .map(|v| {
+                if e.halted.contains(&v.name) {
+                    format!(
+                        "{} {} <strong class=warn>(halted)</strong>",
+                        escape_html(&v.name),
+                        v.users
+                    )
+                } else {
+                    format!("{} {}", escape_html(&v.name), v.users)
+                }
+            })
             .collect();
         let _ = write!(
             h,

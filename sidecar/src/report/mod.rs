@@ -29,6 +29,30 @@ use crate::aggregate::{Aggregates, Counters};
 #[derive(Debug, Clone, Default)]
 pub struct ReportSettings(pub Arc<Settings>);
 
+/// `2026-11-21 07:38:12.345 UTC` for Unix milliseconds, for people reading
+/// reports (JSON keeps the number). Civil-from-days after Howard Hinnant's
+/// `chrono`-compatible algorithm, to avoid a date crate for one format.
+pub(crate) fn utc(ms: i64) -> String {
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let s = ms_of_day / 1000;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ms_of_day % 1000
+    )
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -52,6 +76,8 @@ pub struct ListEntry {
     pub variants: Vec<ListVariant>,
     pub metrics: Vec<String>,
     pub primary_metric: Option<String>,
+    /// Variants halted now.
+    pub halted: Vec<String>,
     pub decision: DecisionKind,
     pub reason: String,
 }
@@ -98,6 +124,12 @@ pub fn list(aggregates: &Mutex<Aggregates>, settings: &Settings) -> Listing {
                     .collect(),
                 metrics: r.metrics.iter().map(|m| m.name.clone()).collect(),
                 primary_metric: r.primary_metric,
+                halted: r
+                    .halts
+                    .iter()
+                    .filter(|h| h.active)
+                    .map(|h| h.halt.variant.clone())
+                    .collect(),
                 decision: r.decision.decision,
                 reason: r.decision.reason,
             }
@@ -107,5 +139,15 @@ pub fn list(aggregates: &Mutex<Aggregates>, settings: &Settings) -> Listing {
         experiments,
         ingest: counters,
         applied_lsn: lsn,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_unix_milliseconds() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(super::utc(1_795_247_907_329), "2026-11-21 07:58:27.329 UTC");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00.000 UTC");
     }
 }

@@ -15,6 +15,9 @@
 //! reports are looked at continuously and a fixed-horizon p-value checked
 //! every day would stop experiments on noise. In order:
 //!
+//! 0. halted variants (by a guardrail or an operator) are set aside and
+//!    named first in the reason; the rest decide as below, and with no
+//!    treatment left the decision is `stop-harm`;
 //! 1. `keep-running` while a variant has fewer than `min_users` users, or
 //!    there are no outcomes yet;
 //! 2. `inconclusive` on a sample ratio mismatch (p < 0.001): assignment or
@@ -31,7 +34,8 @@ use serde::Serialize;
 
 use super::data::{ExperimentData, MetricData};
 use super::settings::Settings;
-use crate::aggregate::MetricSums;
+use crate::aggregate::guard::status_str;
+use crate::aggregate::{Halt, MetricSums};
 use crate::stats::{
     self, chance_to_beat, cuped, holm, mde_at, mde_proportions, power_at, relative_lift,
     sample_size_means, sample_size_proportions, sequential, srm, two_proportion, welch_t,
@@ -109,16 +113,77 @@ pub struct Report {
     /// The last log record included.
     pub applied_lsn: u64,
     pub control: String,
-    /// `experiments file` (from `--experiments`) or `exposures` (variant
-    /// names as the filter sent them; control = the first seen).
+    /// `experiments file` (from `--experiments`), `filter config` (learned
+    /// from a filter's exposure batch) or `exposures` (variant names as the
+    /// filter sent them; control = the first seen).
     pub definitions: &'static str,
     pub settings: Settings,
     pub variants: Vec<VariantSummary>,
     pub srm: Stat<SrmOut>,
     pub data_quality: DataQuality,
+    /// The experiment's halts, current and lifted, oldest first.
+    pub halts: Vec<HaltOut>,
+    /// Per variant: the filters' health counters since the last lift.
+    pub health: Vec<HealthOut>,
+    /// The guardrail checks now (None: the experiment has no guardrails).
+    pub guardrails: Option<GuardrailsOut>,
     pub primary_metric: Option<String>,
     pub metrics: Vec<MetricReport>,
     pub decision: Decision,
+}
+
+/// A halt in a report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HaltOut {
+    /// Still halted (not lifted).
+    pub active: bool,
+    #[serde(flatten)]
+    pub halt: Halt,
+}
+
+/// One variant's health.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthOut {
+    pub variant: String,
+    /// Requests assigned by hash (exact).
+    pub requests: u64,
+    /// Sampled responses (status seen).
+    pub responses: u64,
+    /// Sampled responses per status class, 1xx..5xx.
+    pub status: [u64; 5],
+    /// 5xx share of the sampled responses.
+    pub error_rate: Option<f64>,
+    /// Latency percentiles from the histogram, ms.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+}
+
+/// The guardrails of an experiment and their current results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuardrailsOut {
+    /// Family-wise α of all checks (Bonferroni over rules × treatments).
+    pub alpha: f64,
+    pub min_responses: u64,
+    pub checks: Vec<CheckOut>,
+}
+
+/// One guardrail check of one treatment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckOut {
+    pub variant: String,
+    /// `error_rate`, `p95_latency` or `metric:NAME`.
+    pub rule: String,
+    /// `ok`, `breach`, `not_enough_data` or `error`.
+    pub status: &'static str,
+    pub estimate: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    pub limit: f64,
+    pub p_value: Option<f64>,
+    pub message: String,
+    /// An operator lifted a halt of this variant: this rule no longer halts
+    /// it.
+    pub overridden: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -430,23 +495,78 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
             metrics[*i].comparisons[*j].p_value_holm = Some(a);
         }
     }
-    let decision = decide(
+    let halts: Vec<HaltOut> = data
+        .halts
+        .iter()
+        .map(|h| HaltOut {
+            active: h.active(),
+            halt: h.clone(),
+        })
+        .collect();
+    let active: Vec<&Halt> = data.halts.iter().filter(|h| h.active()).collect();
+    let decision = decide_with_halts(
         &control_name,
         &variants,
         &srm_out,
         &metrics,
         primary.as_deref(),
         settings,
+        &active,
     );
+    let health = data
+        .variants
+        .iter()
+        .zip(&data.health)
+        .map(|(name, h)| HealthOut {
+            variant: name.clone(),
+            requests: h.requests,
+            responses: h.responses(),
+            status: h.status,
+            error_rate: h.error_rate(),
+            p50_ms: h.quantile_us(0.5).map(|us| us / 1000.0),
+            p95_ms: h.quantile_us(0.95).map(|us| us / 1000.0),
+        })
+        .collect();
+    let guardrails = data.definition.as_ref().and_then(|d| {
+        let cfg = d.guardrails.as_ref()?;
+        let checks = data.checks.as_ref().map_or_else(Vec::new, |c| {
+            c.checks
+                .iter()
+                .map(|k| {
+                    let variant = c.variants[k.variant].clone();
+                    CheckOut {
+                        overridden: data
+                            .overrides
+                            .iter()
+                            .any(|(v, r)| *v == variant && *r == k.rule),
+                        variant,
+                        rule: k.rule.clone(),
+                        status: status_str(k.status),
+                        estimate: k.estimate,
+                        ci_low: k.ci_low,
+                        ci_high: k.ci_high,
+                        limit: k.limit,
+                        p_value: k.p_value,
+                        message: k.message.clone(),
+                    }
+                })
+                .collect()
+        });
+        Some(GuardrailsOut {
+            alpha: cfg.alpha,
+            min_responses: cfg.min_responses,
+            checks,
+        })
+    });
     Report {
         experiment: data.name.clone(),
         generated_at_ms: now_ms,
         applied_lsn: data.applied_lsn,
         control: control_name,
-        definitions: if data.definition.is_some() {
-            "experiments file"
-        } else {
-            "exposures"
+        definitions: match (&data.definition, data.learned) {
+            (Some(_), true) => "filter config",
+            (Some(_), false) => "experiments file",
+            (None, _) => "exposures",
         },
         settings: Settings {
             experiments: Default::default(),
@@ -461,17 +581,34 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
             dropped_exposures: data.counters.dropped_exposures,
             warnings,
         },
+        halts,
+        health,
+        guardrails,
         primary_metric: primary,
         metrics,
         decision,
     }
 }
 
+/// `text`, ending with a full stop.
+fn end_sentence(text: &str) -> String {
+    let t = text.trim_end();
+    if t.ends_with(['.', '!', '?']) {
+        t.to_owned()
+    } else {
+        format!("{t}.")
+    }
+}
+
+/// The sample-ratio check; halted variants are left out (their users are
+/// routed like the control, so their count stops growing).
 fn srm_check(data: &ExperimentData) -> Stat<SrmOut> {
+    let halted = |v: &str| data.halts.iter().any(|h| h.active() && h.variant == v);
     let (observed, weights, configured): (Vec<u64>, Vec<f64>, bool) = match &data.definition {
         Some(d) => (
             d.variants
                 .iter()
+                .filter(|v| !halted(v))
                 .map(|v| {
                     data.variants
                         .iter()
@@ -479,14 +616,25 @@ fn srm_check(data: &ExperimentData) -> Stat<SrmOut> {
                         .map_or(0, |i| data.users[i].max(0) as u64)
                 })
                 .collect(),
-            d.weights.clone(),
+            d.variants
+                .iter()
+                .zip(&d.weights)
+                .filter(|(v, _)| !halted(v))
+                .map(|(_, w)| *w)
+                .collect(),
             true,
         ),
-        None => (
-            data.users.iter().map(|&u| u.max(0) as u64).collect(),
-            vec![1.0; data.users.len()],
-            false,
-        ),
+        None => {
+            let observed: Vec<u64> = data
+                .variants
+                .iter()
+                .zip(&data.users)
+                .filter(|(v, _)| !halted(v))
+                .map(|(_, &u)| u.max(0) as u64)
+                .collect();
+            let n = observed.len();
+            (observed, vec![1.0; n], false)
+        }
     };
     Stat::from(srm(&observed, &weights).map(|r| SrmOut {
         chi2: r.chi2,
@@ -691,6 +839,57 @@ fn describe(m: &MetricReport) -> String {
     } else {
         format!("{} per user", m.name)
     }
+}
+
+/// The decision with halted variants set aside: they are out of the
+/// comparison (their new users go to the control and are not exposures), so
+/// the experiment goes on, and is decided, between the others; the halts
+/// lead the reason. With no treatment left it is `stop-harm`.
+fn decide_with_halts(
+    control: &str,
+    variants: &[VariantSummary],
+    srm_out: &Stat<SrmOut>,
+    metrics: &[MetricReport],
+    primary: Option<&str>,
+    s: &Settings,
+    active: &[&Halt],
+) -> Decision {
+    if active.is_empty() {
+        return decide(control, variants, srm_out, metrics, primary, s);
+    }
+    let halted = |v: &str| active.iter().any(|h| h.variant == v);
+    let halts = format!(
+        "{} Its users are routed like the control ({control}) until an operator lifts the halt.",
+        active
+            .iter()
+            .map(|h| end_sentence(&h.reason()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let remaining: Vec<VariantSummary> = variants
+        .iter()
+        .filter(|v| !halted(&v.name))
+        .cloned()
+        .collect();
+    if remaining.iter().all(|v| v.control) {
+        return Decision {
+            decision: DecisionKind::StopHarm,
+            reason: halts,
+            metric: None,
+            variant: Some(active[0].variant.clone()),
+        };
+    }
+    let metrics: Vec<MetricReport> = metrics
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.comparisons.retain(|c| !halted(&c.variant));
+            m
+        })
+        .collect();
+    let mut d = decide(control, &remaining, srm_out, &metrics, primary, s);
+    d.reason = format!("{halts} Among the others: {}", d.reason);
+    d
 }
 
 fn decide(

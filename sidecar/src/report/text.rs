@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::model::{pct, MetricReport, Report, Stat};
+use crate::aggregate::HaltSource;
 
 fn p(x: Option<f64>) -> String {
     match x {
@@ -73,6 +74,7 @@ pub fn render(r: &Report) -> String {
     for w in &r.data_quality.warnings {
         let _ = writeln!(o, "warning: {w}");
     }
+    guardrails(&mut o, r);
     let mut metrics: Vec<&MetricReport> = r.metrics.iter().collect();
     metrics.sort_by_key(|m| !m.primary);
     for m in metrics {
@@ -180,6 +182,70 @@ fn metric(o: &mut String, m: &MetricReport, alpha: f64) {
                 "    trend {}",
                 spark(&c.series.iter().map(|p| p.lift).collect::<Vec<_>>())
             );
+        }
+    }
+}
+
+/// Halts, health and guardrail checks.
+fn guardrails(o: &mut String, r: &Report) {
+    if !r.halts.is_empty() {
+        let _ = writeln!(o, "\nhalts");
+        for h in &r.halts {
+            let x = &h.halt;
+            let who = match (x.source, &x.rule) {
+                (HaltSource::Guardrail, Some(rule)) => format!("guardrail {rule}"),
+                _ => "operator".to_owned(),
+            };
+            let state = match x.lifted_ms {
+                None => "HALTED".to_owned(),
+                Some(t) => format!("lifted at {}", super::utc(t)),
+            };
+            let _ = writeln!(
+                o,
+                "  {:<22} {state}, by {who} at {}",
+                x.variant,
+                super::utc(x.time_ms)
+            );
+            for line in wrap(&x.message, 92) {
+                let _ = writeln!(o, "    {line}");
+            }
+        }
+    }
+    if r.health.iter().any(|h| h.requests > 0 || h.responses > 0) {
+        let _ = writeln!(o, "\nhealth (since the last lift)");
+        let _ = writeln!(
+            o,
+            "  {:<22} {:>10} {:>10} {:>9} {:>10} {:>10}",
+            "variant", "requests", "responses", "5xx", "p50 ms", "p95 ms"
+        );
+        for h in &r.health {
+            let _ = writeln!(
+                o,
+                "  {:<22} {:>10} {:>10} {:>9} {:>10} {:>10}",
+                h.variant,
+                h.requests,
+                h.responses,
+                h.error_rate
+                    .map_or("-".into(), |e| format!("{:.2}%", e * 100.0)),
+                opt(h.p50_ms, 1),
+                opt(h.p95_ms, 1)
+            );
+        }
+    }
+    if let Some(g) = &r.guardrails {
+        let _ = writeln!(o, "\nguardrails (family alpha {})", g.alpha);
+        for c in &g.checks {
+            let _ = writeln!(
+                o,
+                "  {:<22} {:<20} {}{}",
+                c.variant,
+                c.rule,
+                c.status.to_uppercase(),
+                if c.overridden { " (overridden)" } else { "" }
+            );
+            for line in wrap(&c.message, 92) {
+                let _ = writeln!(o, "    {line}");
+            }
         }
     }
 }

@@ -9,7 +9,7 @@
 
 mod admin_models;
 pub mod body;
-mod metrics_endpoint;
+pub mod metrics_endpoint;
 pub mod response;
 pub mod router;
 pub mod routes;

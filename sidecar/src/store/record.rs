@@ -38,6 +38,14 @@ pub enum Kind {
     Exposures = 2,
     /// Another sidecar's exported state, merged in (`POST /admin/state/merge`).
     Merge = 3,
+    /// A plugin configuration learned from a filter's exposure batch:
+    /// `{"config_id": "<16 hex>", "config": {...verbatim...}}`. Written
+    /// before the batch that brought it; the engine's definitions follow it.
+    Config = 4,
+    /// An operator's action on a variant (`POST /admin/experiments/{name}/
+    /// variants/{variant}/halt` or `.../lift`): `{"action": "halt"|"lift",
+    /// "experiment": ..., "variant": ..., "reason": ...}`.
+    Admin = 5,
 }
 
 impl Kind {
@@ -46,6 +54,8 @@ impl Kind {
             1 => Some(Kind::Outcomes),
             2 => Some(Kind::Exposures),
             3 => Some(Kind::Merge),
+            4 => Some(Kind::Config),
+            5 => Some(Kind::Admin),
             _ => None,
         }
     }
