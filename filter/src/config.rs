@@ -80,6 +80,13 @@ pub struct SidecarConfig {
     /// always exact. Default: see `default_health_sample_every`.
     #[serde(default = "default_health_sample_every")]
     pub health_sample_every: u32,
+    /// Slots of the table of recently shipped exposures: a request whose
+    /// (user, experiment, variant) was shipped recently is not shipped
+    /// again, since the sidecar keeps only a user's first exposure. A power
+    /// of two (8 bytes each per worker), or 0 to ship every request's
+    /// exposures. Default: 8192.
+    #[serde(default = "default_recent_exposures")]
+    pub recent_exposures: usize,
 }
 
 /// One place a user id may be found.
@@ -297,6 +304,9 @@ fn default_max_batch() -> usize {
 /// response's `:status`): +13.6k instructions on Envoy 1.40/V8, where a
 /// request without the filter costs ~77k and with it ~114k. One in 8 keeps
 /// health at ~1.7k per request on average; see benches/envoy/README.md.
+fn default_recent_exposures() -> usize {
+    8192
+}
 fn default_health_sample_every() -> u32 {
     8
 }

@@ -49,6 +49,73 @@ pub fn experiments_json(plan: &Plan) -> String {
     serde_json::Value::from(table).to_string()
 }
 
+/// Exposures shipped recently, so that a user's repeated requests are not
+/// shipped again: the sidecar keeps only a user's first exposure, and
+/// most traffic is users coming back. A direct-mapped table of 64-bit
+/// fingerprints of (experiment, variant, user), allocated once: a lookup is
+/// one cheap hash of the id and one compare, no allocation. Two keys that
+/// share a slot evict each other, which only costs a re-send (harmless);
+/// a wrongly skipped exposure needs two keys with the same 64-bit
+/// fingerprint.
+pub struct RecentExposures {
+    slots: Box<[u64]>,
+    shift: u32,
+}
+
+impl RecentExposures {
+    /// `slots` is a power of two (validated with the config); 0 keeps
+    /// nothing, so every exposure is new.
+    pub fn new(slots: usize) -> Self {
+        let slots = if slots == 0 {
+            0
+        } else {
+            slots.next_power_of_two()
+        };
+        RecentExposures {
+            slots: vec![0; slots].into_boxed_slice(),
+            shift: 64 - slots.max(1).trailing_zeros(),
+        }
+    }
+
+    /// True the first time (lately) this user was seen in this variant;
+    /// remembers it.
+    pub fn first_time(&mut self, experiment: usize, variant: usize, user: &[u8]) -> bool {
+        if self.slots.is_empty() {
+            return true;
+        }
+        let key = fingerprint(experiment, variant, user) | 1; // 0 = empty slot
+        let i = (key >> self.shift) as usize;
+        if self.slots[i] == key {
+            return false;
+        }
+        self.slots[i] = key;
+        true
+    }
+}
+
+/// A fast 64-bit hash (FxHash's multiply-rotate over 8-byte words, with a
+/// final avalanche), not keyed: it only dedups, it never decides who is in
+/// which variant.
+fn fingerprint(experiment: usize, variant: usize, user: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = ((experiment as u64) << 32 | variant as u64).wrapping_mul(K);
+    let mut words = user.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+    let mut tail = [0u8; 8];
+    let rest = words.remainder();
+    tail[..rest.len()].copy_from_slice(rest);
+    h = (h.rotate_left(5) ^ u64::from_le_bytes(tail) ^ (user.len() as u64) << 56).wrapping_mul(K);
+    // splitmix64's finalizer, so the top bits (the slot) depend on all.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 /// A fixed-capacity ring of exposures.
 pub struct ExposureRing {
     slots: Box<[Slot]>,
@@ -430,6 +497,33 @@ mod tests {
         assert!(r.halted.unwrap().is_empty());
         assert!(parse_reply(&p, b"ok").is_err());
         assert!(parse_reply(&p, b"[1]").is_err());
+    }
+
+    #[test]
+    fn recent_exposures_skip_repeats_and_forget_on_collision() {
+        let mut r = RecentExposures::new(1024);
+        assert!(r.first_time(0, 1, b"alice"));
+        assert!(!r.first_time(0, 1, b"alice"));
+        // Another variant or experiment is another exposure.
+        assert!(r.first_time(0, 0, b"alice"));
+        assert!(r.first_time(1, 1, b"alice"));
+        // Ids that differ only past the first word, or in length.
+        assert!(r.first_time(0, 1, b"user-0000000001"));
+        assert!(r.first_time(0, 1, b"user-0000000002"));
+        assert!(r.first_time(0, 1, b"alice\0"));
+        // 5 000 distinct users in 1 024 slots: every one is new the first
+        // time, and most are evicted by later ones (re-sent, harmless).
+        let mut r = RecentExposures::new(1024);
+        let users: Vec<String> = (0..5000).map(|i| format!("u-{i}")).collect();
+        assert!(users.iter().all(|u| r.first_time(0, 0, u.as_bytes())));
+        let kept = users
+            .iter()
+            .filter(|u| !r.first_time(0, 0, u.as_bytes()))
+            .count();
+        assert!(kept < 1024, "{kept}");
+        // Off: everything is new.
+        let mut off = RecentExposures::new(0);
+        assert!(off.first_time(0, 0, b"a") && off.first_time(0, 0, b"a"));
     }
 
     #[test]

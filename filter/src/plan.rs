@@ -617,6 +617,17 @@ fn check_sidecar(
             format!("must be between 1 and 100000, got {}", s.max_batch),
         ));
     }
+    if s.recent_exposures != 0
+        && !(s.recent_exposures.is_power_of_two() && s.recent_exposures <= 1 << 20)
+    {
+        return Err(ConfigError::invalid(
+            "sidecar.recent_exposures",
+            format!(
+                "must be 0 (off) or a power of two up to 1048576, got {}",
+                s.recent_exposures
+            ),
+        ));
+    }
     if s.health_sample_every == 0 {
         return Err(ConfigError::invalid(
             "sidecar.health_sample_every",

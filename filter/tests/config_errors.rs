@@ -470,3 +470,23 @@ fn health_sample_every() {
         "invalid value",
     );
 }
+
+#[test]
+fn recent_exposures() {
+    let with = |s: &str| {
+        format!(r#"{{"sidecar": {s}, "experiments": [{{"name": "e", "variants": {TWO}}}]}}"#)
+    };
+    let p = Plan::from_json(with(r#"{"cluster": "c"}"#).as_bytes()).unwrap();
+    assert_eq!(p.sidecar().unwrap().recent_exposures, 8192);
+    for ok in [0, 1, 65536] {
+        let cfg = with(&format!(r#"{{"cluster": "c", "recent_exposures": {ok}}}"#));
+        assert!(Plan::from_json(cfg.as_bytes()).is_ok(), "{ok}");
+    }
+    for bad in [3, 1000, 2 << 20] {
+        assert_refused(
+            &with(&format!(r#"{{"cluster": "c", "recent_exposures": {bad}}}"#)),
+            "sidecar.recent_exposures",
+            "power of two",
+        );
+    }
+}

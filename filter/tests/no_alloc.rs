@@ -136,6 +136,7 @@ fn deciding_allocates_nothing() {
         .collect();
 
     let mut ring = abmesh_filter::exposures::ExposureRing::new(1000);
+    let mut recent = abmesh_filter::exposures::RecentExposures::new(1024);
     let mut halts = Halts::new(&plan);
     assert!(halts.halt(0, 1)); // ranker's treatment
     assert!(halts.halt(2, 2)); // banner's z
@@ -199,7 +200,9 @@ fn deciding_allocates_nothing() {
             if let Some(user) = plan.identity(&req) {
                 for (e, a) in decisions.assignments().iter().enumerate() {
                     if let Some(v) = a.variant() {
-                        ring.push(1, e, v, user);
+                        if recent.first_time(e, v, user) {
+                            ring.push(1, e, v, user);
+                        }
                     }
                 }
             }

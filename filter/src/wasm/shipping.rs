@@ -21,7 +21,7 @@
 use super::abi::{self, BufferType, LogLevel, MapType};
 use super::streams::StreamTable;
 use crate::config::SidecarConfig;
-use crate::exposures::{experiments_json, parse_reply, BatchMeta, ExposureRing};
+use crate::exposures::{experiments_json, parse_reply, BatchMeta, ExposureRing, RecentExposures};
 use crate::health::HealthTable;
 use crate::{Assignment, Halts, Plan, Source};
 
@@ -34,6 +34,8 @@ const MAX_REPLY_BYTES: usize = 1 << 20;
 
 pub struct Shipper {
     ring: ExposureRing,
+    /// Skips exposures shipped lately (repeat requests of a user).
+    recent: RecentExposures,
     cluster: String,
     headers: Vec<u8>,
     timeout_ms: u32,
@@ -75,6 +77,7 @@ impl Shipper {
         let n = plan.experiments().len();
         Shipper {
             ring: ExposureRing::new(cfg.max_pending_exposures),
+            recent: RecentExposures::new(cfg.recent_exposures),
             cluster: cfg.cluster.clone(),
             headers: abi::serialize_map(&[
                 (":method", "POST"),
@@ -153,7 +156,9 @@ impl Shipper {
                 source: Source::Hash,
             } = *a
             {
-                self.ring.push(self.clock_ms, e, usize::from(index), user);
+                if self.recent.first_time(e, usize::from(index), user) {
+                    self.ring.push(self.clock_ms, e, usize::from(index), user);
+                }
             }
         }
     }
