@@ -252,27 +252,13 @@ fn validate(b: &ExposureBatch) -> Result<(), ValidationError> {
                 ),
             ));
         }
-        let Some(exp) = b.experiments.get(row.experiment()) else {
-            return Err(ValidationError::new(
-                format!("exposures[{i}][1]"),
-                format!(
-                    "experiment index {} is out of range (the batch lists {})",
-                    row.experiment(),
-                    b.experiments.len()
-                ),
-            ));
-        };
-        if row.variant() >= exp.variants.len() {
-            return Err(ValidationError::new(
-                format!("exposures[{i}][2]"),
-                format!(
-                    "variant index {} is out of range (experiment {:?} lists {})",
-                    row.variant(),
-                    exp.name.as_str(),
-                    exp.variants.len()
-                ),
-            ));
-        }
+        check_indexes(
+            b,
+            row.experiment(),
+            row.variant(),
+            &format!("exposures[{i}]"),
+            1,
+        )?;
         fields::check_id(row.user())
             .map_err(|m| ValidationError::new(format!("exposures[{i}][3]"), m))?;
     }
@@ -301,6 +287,38 @@ fn validate(b: &ExposureBatch) -> Result<(), ValidationError> {
     validate_health(b)
 }
 
+/// Checks that a row's experiment and variant indexes point into the
+/// batch's `experiments` table; `at` is the row's path and `first` the
+/// position of the experiment index in it.
+fn check_indexes(
+    b: &ExposureBatch,
+    experiment: usize,
+    variant: usize,
+    at: &str,
+    first: usize,
+) -> Result<(), ValidationError> {
+    let Some(exp) = b.experiments.get(experiment) else {
+        return Err(ValidationError::new(
+            format!("{at}[{first}]"),
+            format!(
+                "experiment index {experiment} is out of range (the batch lists {})",
+                b.experiments.len()
+            ),
+        ));
+    };
+    if variant >= exp.variants.len() {
+        return Err(ValidationError::new(
+            format!("{at}[{}]", first + 1),
+            format!(
+                "variant index {variant} is out of range (experiment {:?} lists {})",
+                exp.name.as_str(),
+                exp.variants.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_health(b: &ExposureBatch) -> Result<(), ValidationError> {
     if b.health.len() > MAX_HEALTH_ROWS_PER_BATCH {
         return Err(ValidationError::new(
@@ -312,27 +330,13 @@ fn validate_health(b: &ExposureBatch) -> Result<(), ValidationError> {
         ));
     }
     for (i, row) in b.health.iter().enumerate() {
-        let Some(exp) = b.experiments.get(row.experiment()) else {
-            return Err(ValidationError::new(
-                format!("health[{i}][0]"),
-                format!(
-                    "experiment index {} is out of range (the batch lists {})",
-                    row.experiment(),
-                    b.experiments.len()
-                ),
-            ));
-        };
-        if row.variant() >= exp.variants.len() {
-            return Err(ValidationError::new(
-                format!("health[{i}][1]"),
-                format!(
-                    "variant index {} is out of range (experiment {:?} lists {})",
-                    row.variant(),
-                    exp.name.as_str(),
-                    exp.variants.len()
-                ),
-            ));
-        }
+        check_indexes(
+            b,
+            row.experiment(),
+            row.variant(),
+            &format!("health[{i}]"),
+            0,
+        )?;
         if row.3.len() != STATUS_CLASSES {
             return Err(ValidationError::new(
                 format!("health[{i}][3]"),
