@@ -5,13 +5,14 @@
 //! are notified too.
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use abmesh_sidecar::cli::http::Client;
+
+mod serve_support;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
@@ -69,46 +70,13 @@ fn receiver() -> (String, Received) {
 
 /// Starts `abmesh serve` and waits for its "listening on" line.
 fn spawn(dir: &Path, webhook: &str, log: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_abmesh"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--webhook",
-            webhook,
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start abmesh serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = log.to_owned();
-    std::thread::spawn(move || {
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            use std::io::Write;
-            let _ = writeln!(out, "{line}");
-            if !sent {
-                if let Some(i) = line.find("listening on http://") {
-                    let _ = tx.send(line[i + "listening on ".len()..].trim().to_owned());
-                    sent = true;
-                }
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("abmesh serve did not start listening");
-    (child, url)
+    let args: [&std::ffi::OsStr; 4] = [
+        "--webhook".as_ref(),
+        webhook.as_ref(),
+        "--data-dir".as_ref(),
+        dir.as_os_str(),
+    ];
+    serve_support::spawn_serve(args, log)
 }
 
 fn post(c: &mut Client, path: &str, body: &str) -> (u16, Value) {

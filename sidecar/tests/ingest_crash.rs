@@ -6,14 +6,15 @@
 //! id). Three kill/restart rounds, with snapshots taken during the run, so
 //! recovery goes through snapshot + log tail and any torn tail.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use abmesh_sidecar::cli::http::Client;
+
+mod serve_support;
 use serde_json::{json, Value};
 
 const CONFIG: &str = r#"{"experiments":[{"name":"ranker","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
@@ -22,48 +23,14 @@ const CLIENTS: usize = 8;
 
 /// Starts `abmesh serve` and waits for its "listening on" line.
 fn spawn(dir: &Path, config: &Path, log: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_abmesh"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--snapshot-every",
-            "1MiB",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .arg("--experiments")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start abmesh serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = log.to_owned();
-    std::thread::spawn(move || {
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            use std::io::Write;
-            let _ = writeln!(out, "{line}");
-            if !sent {
-                if let Some(i) = line.find("listening on http://") {
-                    let _ = tx.send(line[i + "listening on ".len()..].trim().to_owned());
-                    sent = true;
-                }
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("abmesh serve did not start listening");
-    (child, url)
+    let args: [&std::ffi::OsStr; 5] = [
+        "--snapshot-every".as_ref(),
+        "1MiB".as_ref(),
+        "--data-dir".as_ref(),
+        dir.as_os_str(),
+        "--experiments".as_ref(),
+    ];
+    serve_support::spawn_serve(args.into_iter().chain([config.as_os_str()]), log)
 }
 
 fn batch(client: usize, n: u64, rng: &mut u64) -> (String, Vec<String>) {
