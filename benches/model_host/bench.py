@@ -35,6 +35,7 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.join(ROOT, "benches", "model_host")
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -90,6 +91,7 @@ def wrk(url, clients, seconds, body_file=None, server_pid=None):
         "clients": clients,
         "requests": r["requests"],
         "errors": r["errors"],
+        "non_2xx": r["non_2xx"],
         "seconds": round(secs, 3),
         "throughput": round(r["requests"] / secs, 1),
         "p50_us": r["p50_us"],
@@ -120,7 +122,7 @@ def bench_http(name, proc, url_base, path, clients, seconds, body_file):
         r["system"] = name
         results.append(r)
         print(f"  {name:8} {c:3} clients: {r['throughput']:10.0f} req/s  p50 {r['p50_us']:8.0f} us  "
-              f"p99 {r['p99_us']:8.0f} us  errors {r['errors']}  server {r['server_cores']} cores, "
+              f"p99 {r['p99_us']:8.0f} us  errors {r['errors']} (non-2xx {r['non_2xx']})  server {r['server_cores']} cores, "
               f"wrk {r['client_cores']} cores", flush=True)
     return results
 
@@ -147,7 +149,7 @@ def suite(args, clients, model, version, repo, tmp):
     notes = {}
     results = []
     print(f"\n=== {model} v{version} ===\nraw ONNX Runtime loop (batch 1):", flush=True)
-    raw = subprocess.run([os.path.join(ROOT, "target", "release", "examples", "raw_ort"), "--model", model_file,
+    raw = subprocess.run([os.path.join(TARGET, "release", "examples", "raw_ort"), "--model", model_file,
                           "--clients", args.clients, "--seconds", str(args.seconds)],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for line in raw.splitlines():
@@ -155,7 +157,7 @@ def suite(args, clients, model, version, repo, tmp):
         results.append(r)
         print(f"  raw_ort  {r['clients']:3} clients: {r['throughput']:10.0f} inf/s  p50 {r['p50_us']:8.1f} us  "
               f"p99 {r['p99_us']:8.1f} us", flush=True)
-    raw = subprocess.run([os.path.join(ROOT, "target", "release", "examples", "raw_ort"), "--model", model_file,
+    raw = subprocess.run([os.path.join(TARGET, "release", "examples", "raw_ort"), "--model", model_file,
                           "--clients", "2", "--batch", "64", "--seconds", str(max(2, args.seconds // 2))],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     r = json.loads(raw.splitlines()[0])
@@ -163,15 +165,24 @@ def suite(args, clients, model, version, repo, tmp):
     print(f"  raw_ort  batch 64, 2 threads: {notes['raw_ort_batch64_rows_per_s']:.0f} rows/s "
           f"(what perfect batching could reach)", flush=True)
 
-    # "abmesh": the defaults (every request through the queue, dynamic
-    # batching, no queue delay); "abmesh_inline": --inline-max-us, tiny
-    # models run on the HTTP thread when nothing is queued.
-    variants = [("abmesh", []), ("abmesh_inline", ["--inline-max-us", "100"])]
-    for name, extra in variants:
-        if name not in args.abmesh_variants.split(","):
+    # "abmesh": the defaults (dynamic batching, no queue delay; models that
+    # run in at most 100 us per request run on the HTTP threads, batched);
+    # "abmesh_queued": --inline-max-us 0, every request through the session
+    # worker threads.
+    binary = os.path.join(TARGET, "release", "abmesh")
+    variants = [("abmesh", binary, []), ("abmesh_queued", binary, ["--inline-max-us", "0"])]
+    selected = args.abmesh_variants.split(",")
+    for spec in args.variant:
+        # NAME=BINARY[:FLAGS], e.g. base=/tmp/abmesh-old:--inline-max-us 100
+        name, rest = spec.split("=", 1)
+        exe, _, flags = rest.partition(":")
+        variants.append((name, exe, flags.split()))
+        selected.append(name)
+    for name, exe, extra in variants:
+        if name not in selected:
             continue
         port = free_port()
-        cmd = [os.path.join(ROOT, "target", "release", "abmesh"), "serve", "--listen", f"127.0.0.1:{port}",
+        cmd = [exe, "serve", "--listen", f"127.0.0.1:{port}",
                "--models", repo, "--device", "cpu"] + extra + args.abmesh_args.split()
         print(f"{name}: abmesh", " ".join(cmd[1:]), flush=True)
         proc = start(cmd, env={**os.environ, "RUST_LOG": "warn"})
@@ -214,20 +225,29 @@ def suite(args, clients, model, version, repo, tmp):
         return next((r for r in results if r["system"] == system and r["clients"] == c), None)
 
     print(f"\n{model} v{version}, batch-1 requests, throughput (p50/p99 latency in us):\n")
-    print("| clients | raw ORT inf/s | abmesh req/s | abmesh --inline-max-us 100 "
-          "| FastAPI req/s | abmesh / raw | abmesh / FastAPI |")
-    print("|---|---|---|---|---|---|---|")
+    extra_names = [n for n, _, _ in variants[2:] if n in selected]
+    print("| clients | raw ORT inf/s | abmesh req/s | abmesh --inline-max-us 0 "
+          + "".join(f"| {n} req/s " for n in extra_names)
+          + "| FastAPI req/s | abmesh / raw | abmesh / FastAPI |"
+          + "".join(f" {n} / raw |" for n in extra_names))
+    print("|---|---|---|---|" + "---|" * len(extra_names) + "---|---|---|" + "---|" * len(extra_names))
     ratios = {}
     cell = lambda r: f"{r['throughput']:.0f} ({r['p50_us']:.0f}/{r['p99_us']:.0f})" if r else "-"
     fmt = lambda x: f"{x:.2f}x" if x is not None else "-"
     for c in clients:
-        raw_r, ab, ai, fa = get("raw_ort", c), get("abmesh", c), get("abmesh_inline", c), get("fastapi", c)
+        raw_r, ab, ai, fa = get("raw_ort", c), get("abmesh", c), get("abmesh_queued", c), get("fastapi", c)
         vs_raw = ab["throughput"] / raw_r["throughput"] if ab and raw_r else None
         vs_fa = ab["throughput"] / fa["throughput"] if ab and fa else None
         ratios[c] = {"abmesh_vs_raw": vs_raw, "abmesh_vs_fastapi": vs_fa,
-                     "inline_vs_raw": ai["throughput"] / raw_r["throughput"] if ai and raw_r else None,
-                     "inline_vs_fastapi": ai["throughput"] / fa["throughput"] if ai and fa else None}
-        print(f"| {c} | {cell(raw_r)} | {cell(ab)} | {cell(ai)} | {cell(fa)} | {fmt(vs_raw)} | {fmt(vs_fa)} |")
+                     "queued_vs_raw": ai["throughput"] / raw_r["throughput"] if ai and raw_r else None,
+                     "queued_vs_fastapi": ai["throughput"] / fa["throughput"] if ai and fa else None}
+        extra = [get(n, c) for n in extra_names]
+        for n, e in zip(extra_names, extra):
+            ratios[c][f"{n}_vs_raw"] = e["throughput"] / raw_r["throughput"] if e and raw_r else None
+        print(f"| {c} | {cell(raw_r)} | {cell(ab)} | {cell(ai)} | "
+              + "".join(f"{cell(e)} | " for e in extra)
+              + f"{cell(fa)} | {fmt(vs_raw)} | {fmt(vs_fa)} |"
+              + "".join(f" {fmt(ratios[c][f'{n}_vs_raw'])} |" for n in extra_names))
     top = max(clients)
     r = ratios[top]
     print(f"\ntargets at {top} clients (abmesh defaults, dynamic batching on): "
@@ -252,8 +272,12 @@ def main():
                     help="models to run, from examples/models/repo plus the benchmark-only ranker")
     ap.add_argument("--version", default="1")
     ap.add_argument("--abmesh-args", default="", help="extra flags for abmesh serve")
-    ap.add_argument("--abmesh-variants", default="abmesh,abmesh_inline",
-                    help="which abmesh configurations to run: abmesh (defaults), abmesh_inline")
+    ap.add_argument("--abmesh-variants", default="abmesh,abmesh_queued",
+                    help="which abmesh configurations to run: abmesh (defaults), abmesh_queued "
+                         "(--inline-max-us 0)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=BINARY[:FLAGS]",
+                    help="also run this abmesh binary with these serve flags (e.g. an older build), "
+                         "as a column NAME; repeatable")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-peer", action="store_true")
     args = ap.parse_args()

@@ -544,7 +544,8 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
 #[test]
 fn load_unload_and_reload_under_concurrent_traffic() {
     require_onnxruntime!();
-    reload_under_traffic(&[]);
+    // The worker-thread path (inline is the default for small models).
+    reload_under_traffic(&["--inline-max-us", "0"]);
 }
 
 /// The same with the inline fast path on: most requests run on the HTTP

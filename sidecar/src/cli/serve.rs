@@ -63,12 +63,11 @@ pub struct Args {
     max_queue_delay_us: u64,
 
     /// Requests of models whose runs take at most this many microseconds
-    /// run on the HTTP thread when a session is idle and nothing is queued,
-    /// skipping the queue's two thread hand-offs: lower latency at low
-    /// concurrency for tiny models, lower throughput under load (no
-    /// batching). 0 (the default) always queues. Ignored with
-    /// --max-queue-delay-us.
-    #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
+    /// per request run on the HTTP threads (batched with the other such
+    /// requests waiting) instead of the session worker threads, skipping
+    /// two thread hand-offs per request. 0 always uses the worker threads.
+    /// Ignored with --max-queue-delay-us.
+    #[arg(long, default_value_t = 100, value_name = "MICROSECONDS")]
     inline_max_us: u64,
 
     /// Requests that may wait per model version; more get a 503.

@@ -9,8 +9,6 @@
 //! the request when it names no outputs) follow the JSON header, and the
 //! response says where the header ends with the same HTTP header.
 
-use serde::Serialize;
-
 use super::json::{self, JsonData};
 use super::types::InferRequest;
 use crate::model::tensor::format_shape;
@@ -73,6 +71,11 @@ pub fn decode_request(
     body: &[u8],
     header_length: Option<&str>,
 ) -> Result<DecodedRequest, DecodeError> {
+    if header_length.is_none() {
+        if let Some(request) = super::fast::decode_json_request(body) {
+            return Ok(request);
+        }
+    }
     let (json, mut binary) = match header_length {
         None => (body, &[][..]),
         Some(h) => {
@@ -205,32 +208,12 @@ pub struct EncodedResponse {
     pub header_length: Option<usize>,
 }
 
-#[derive(Serialize)]
-struct ResponseHeader<'a> {
-    model_name: &'a str,
-    model_version: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    outputs: Vec<ResponseOutput<'a>>,
-}
-
-#[derive(Serialize)]
-struct ResponseOutput<'a> {
-    name: &'a str,
-    datatype: &'static str,
-    shape: &'a [usize],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinaryParameters>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<JsonData<'a>>,
-}
-
-#[derive(Serialize)]
-struct BinaryParameters {
-    binary_data_size: usize,
-}
-
 /// Encodes the outputs of an inference.
+///
+/// The JSON is written directly (this runs once per request): keys and
+/// datatypes are constants, names and the id are escaped by serde_json
+/// unless they need no escaping, and output data is written by
+/// [`JsonData`].
 pub fn encode_response(
     model: &str,
     version: u64,
@@ -238,52 +221,74 @@ pub fn encode_response(
     outputs: &[OutputTensor],
     binary: &BinaryOutputs,
 ) -> EncodedResponse {
-    let mut binary_len = 0;
-    let header = ResponseHeader {
-        model_name: model,
-        model_version: version.to_string(),
-        id,
-        outputs: outputs
-            .iter()
-            .map(|o| {
-                let t = &o.tensor;
-                if binary.contains(&o.name) {
-                    binary_len += t.data.len();
-                    ResponseOutput {
-                        name: &o.name,
-                        datatype: t.datatype.name(),
-                        shape: &t.shape,
-                        parameters: Some(BinaryParameters {
-                            binary_data_size: t.data.len(),
-                        }),
-                        data: None,
-                    }
-                } else {
-                    ResponseOutput {
-                        name: &o.name,
-                        datatype: t.datatype.name(),
-                        shape: &t.shape,
-                        parameters: None,
-                        data: Some(JsonData {
-                            datatype: t.datatype,
-                            bytes: &t.data,
-                        }),
-                    }
-                }
-            })
-            .collect(),
-    };
-    let mut body = Vec::with_capacity(256 + binary_len);
-    serde_json::to_writer(&mut body, &header).expect("serialising to memory cannot fail");
-    if header.outputs.iter().all(|o| o.parameters.is_none()) {
+    let is_binary: Vec<bool> = outputs.iter().map(|o| binary.contains(&o.name)).collect();
+    let binary_len: usize = outputs
+        .iter()
+        .zip(&is_binary)
+        .filter(|(_, &b)| b)
+        .map(|(o, _)| o.tensor.data.len())
+        .sum();
+    let json_len: usize = outputs
+        .iter()
+        .zip(&is_binary)
+        .filter(|(_, &b)| !b)
+        .map(|(o, _)| o.tensor.data.len() * 4)
+        .sum();
+    let mut body = Vec::with_capacity(256 + binary_len + json_len.min(1 << 24));
+    body.extend_from_slice(b"{\"model_name\":");
+    push_json_str(&mut body, model);
+    body.extend_from_slice(b",\"model_version\":\"");
+    push_u64(&mut body, version);
+    body.push(b'"');
+    if let Some(id) = id {
+        body.extend_from_slice(b",\"id\":");
+        push_json_str(&mut body, id);
+    }
+    body.extend_from_slice(b",\"outputs\":[");
+    for (i, (o, &bin)) in outputs.iter().zip(&is_binary).enumerate() {
+        let t = &o.tensor;
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"name\":");
+        push_json_str(&mut body, &o.name);
+        body.extend_from_slice(b",\"datatype\":\"");
+        body.extend_from_slice(t.datatype.name().as_bytes());
+        body.extend_from_slice(b"\",\"shape\":[");
+        for (d, &n) in t.shape.iter().enumerate() {
+            if d > 0 {
+                body.push(b',');
+            }
+            push_u64(&mut body, n as u64);
+        }
+        body.push(b']');
+        if bin {
+            body.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
+            push_u64(&mut body, t.data.len() as u64);
+            body.extend_from_slice(b"}}");
+        } else {
+            body.extend_from_slice(b",\"data\":");
+            serde_json::to_writer(
+                &mut body,
+                &JsonData {
+                    datatype: t.datatype,
+                    bytes: &t.data,
+                },
+            )
+            .expect("serialising to memory cannot fail");
+            body.push(b'}');
+        }
+    }
+    body.extend_from_slice(b"]}");
+    if !is_binary.contains(&true) {
         return EncodedResponse {
             body,
             header_length: None,
         };
     }
     let header_length = body.len();
-    for o in outputs {
-        if binary.contains(&o.name) {
+    for (o, &bin) in outputs.iter().zip(&is_binary) {
+        if bin {
             body.extend_from_slice(&o.tensor.data);
         }
     }
@@ -291,6 +296,31 @@ pub fn encode_response(
         body,
         header_length: Some(header_length),
     }
+}
+
+/// A JSON string: copied as is when nothing in it needs escaping.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("serialising to memory cannot fail");
+    }
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -423,9 +453,33 @@ mod tests {
             &BinaryOutputs::Named(vec!["b".into()]),
         );
         let n = r.header_length.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&r.body[..n]).unwrap(),
+            r#"{"model_name":"m","model_version":"2","outputs":[{"name":"a","datatype":"FP32","shape":[1],"data":[0.5]},{"name":"b","datatype":"FP32","shape":[2],"parameters":{"binary_data_size":8}}]}"#
+        );
         let header: serde_json::Value = serde_json::from_slice(&r.body[..n]).unwrap();
         assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 8);
         assert_eq!(header["outputs"][0]["data"][0], 0.5);
         assert_eq!(&r.body[n..], &outputs[1].tensor.data[..]);
+        // Names and ids that need escaping are escaped; numbers of any size.
+        let odd = [OutputTensor {
+            name: Arc::from("q\"\\\n\u{1}é"),
+            tensor: Tensor {
+                datatype: DataType::Int64,
+                shape: vec![0, 10, 18_446_744_073_709_551_615],
+                data: vec![],
+            },
+        }];
+        let r = encode_response("m\"", u64::MAX, Some("\t"), &odd, &BinaryOutputs::None);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["model_name"], "m\"");
+        assert_eq!(v["model_version"], u64::MAX.to_string());
+        assert_eq!(v["id"], "\t");
+        assert_eq!(v["outputs"][0]["name"], "q\"\\\n\u{1}é");
+        assert_eq!(
+            v["outputs"][0]["shape"],
+            serde_json::json!([0, 10, 18_446_744_073_709_551_615u64])
+        );
+        assert_eq!(v["outputs"][0]["data"], serde_json::json!([]));
     }
 }

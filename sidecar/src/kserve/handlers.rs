@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use http::StatusCode;
 
 use super::codec::{self, HEADER_LENGTH};
@@ -152,17 +152,23 @@ async fn infer(mut req: Request, state: AppState, versioned: bool) -> HandlerRes
     result
 }
 
+/// A header as text, by a constant name (no parsing and hashing of a
+/// `&str` name, as `Request::header` does).
+fn header<'a>(req: &'a Request, name: &HeaderName) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 async fn run_infer(req: &mut Request, state: &AppState, model: &LoadedVersion) -> HandlerResult {
-    if let Some(enc) = req
-        .header("content-encoding")
-        .filter(|e| !e.eq_ignore_ascii_case("identity"))
+    let header_length_name = HeaderName::from_static(HEADER_LENGTH);
+    if let Some(enc) =
+        header(req, &CONTENT_ENCODING).filter(|e| !e.eq_ignore_ascii_case("identity"))
     {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Encoding {enc} is not supported; send the body uncompressed"),
         ));
     }
-    let header_length = req.header(HEADER_LENGTH).map(str::to_owned);
+    let header_length = header(req, &header_length_name).map(str::to_owned);
     let body = req.body(state.body_limit()).await?;
     let request = codec::decode_request(&body, header_length.as_deref())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -195,7 +201,7 @@ async fn run_infer(req: &mut Request, state: &AppState, model: &LoadedVersion) -
     );
     if let Some(n) = encoded.header_length {
         resp.headers_mut()
-            .insert(HEADER_LENGTH, HeaderValue::from(n));
+            .insert(header_length_name, HeaderValue::from(n));
     }
     debug_assert!(resp.headers().contains_key(CONTENT_TYPE));
     Ok(resp)

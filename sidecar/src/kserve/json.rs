@@ -20,6 +20,15 @@ use crate::model::DataType;
 /// Decodes `data` into little-endian tensor bytes. `expected` is the element
 /// count of the declared shape; the data must have exactly that many.
 pub fn decode(raw: &RawValue, datatype: DataType, expected: usize) -> Result<Vec<u8>, String> {
+    if let Some(out) = decode_floats_fast(raw.get().as_bytes(), datatype, expected) {
+        return Ok(out);
+    }
+    decode_general(raw, datatype, expected)
+}
+
+/// The general decoder: every datatype, every shape of `data`, and the
+/// error messages. [`decode`] tries [`decode_floats_fast`] first.
+fn decode_general(raw: &RawValue, datatype: DataType, expected: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(expected.saturating_mul(datatype.size()).min(1 << 26));
     let mut count = 0usize;
     let mut de = serde_json::Deserializer::from_str(raw.get());
@@ -44,6 +53,200 @@ pub fn decode(raw: &RawValue, datatype: DataType, expected: usize) -> Result<Vec
         ));
     }
     Ok(out)
+}
+
+/// Powers of ten that are exact in an `f64`.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The common case, fast: FP32 or FP64 `data` (flat or nested arrays) of
+/// numbers with at most 18 significant digits and a small exponent, exactly
+/// `expected` of them. Anything else (another datatype, a malformed or
+/// unusual number, a wrong count, a value out of range) returns `None`, and
+/// the general decoder, which has the error messages, takes over.
+///
+/// The values are bit for bit what the general decoder produces: for a
+/// significand below 2^53 and a power of ten up to 10^22, `significand` and
+/// the power are exact `f64`s and one multiplication or division rounds
+/// correctly, which is also what serde_json computes for such numbers.
+pub(crate) fn decode_floats_fast(s: &[u8], datatype: DataType, expected: usize) -> Option<Vec<u8>> {
+    let (out, end) = decode_floats_at(s, skip_ws(s, 0), datatype, expected)?;
+    (skip_ws(s, end) == s.len()).then_some(out)
+}
+
+/// [`decode_floats_fast`] on the array that starts at `s[start]`; also
+/// returns where the array ends (past its `]`). What follows is not looked
+/// at.
+pub(crate) fn decode_floats_at(
+    s: &[u8],
+    start: usize,
+    datatype: DataType,
+    expected: usize,
+) -> Option<(Vec<u8>, usize)> {
+    let fp32 = match datatype {
+        DataType::Fp32 => true,
+        DataType::Fp64 => false,
+        _ => return None,
+    };
+    // Each element takes at least two bytes of text (a digit and a comma,
+    // or a bracket), so this also bounds the buffer by the body's size.
+    if expected > s.len().saturating_sub(start) / 2 {
+        return None;
+    }
+    let size = datatype.size();
+    let mut out = vec![0u8; expected * size];
+    let mut count = 0usize;
+    let mut depth = 0usize;
+    let mut i = start;
+    if s.get(i) != Some(&b'[') {
+        return None;
+    }
+    loop {
+        // A value is expected: an array or a number.
+        match *s.get(i)? {
+            b'[' => {
+                depth += 1;
+                i = skip_ws(s, i + 1);
+                if s.get(i) != Some(&b']') {
+                    continue;
+                }
+                // An empty array: a complete value.
+                depth -= 1;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let (v, next) = parse_number(s, i)?;
+                if count == expected {
+                    return None;
+                }
+                let at = count * size;
+                if fp32 {
+                    let v = v as f32;
+                    if !v.is_finite() {
+                        return None;
+                    }
+                    out[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                } else {
+                    out[at..at + 8].copy_from_slice(&v.to_le_bytes());
+                }
+                count += 1;
+                i = next;
+            }
+            _ => return None,
+        }
+        // After a value: `,` and another value, or `]` closing an array.
+        loop {
+            if depth == 0 {
+                return (count == expected).then_some((out, i));
+            }
+            i = skip_ws(s, i);
+            match *s.get(i)? {
+                b',' => {
+                    i = skip_ws(s, i + 1);
+                    break;
+                }
+                b']' => {
+                    depth -= 1;
+                    i += 1;
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+fn skip_ws(s: &[u8], mut i: usize) -> usize {
+    while matches!(s.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+        i += 1;
+    }
+    i
+}
+
+/// A JSON number starting at `i`, and where it ends; `None` if it is
+/// malformed or outside the fast path (see [`decode_floats_fast`]).
+fn parse_number(s: &[u8], mut i: usize) -> Option<(f64, usize)> {
+    let negative = s[i] == b'-';
+    if negative {
+        i += 1;
+    }
+    let mut significand: u64 = 0;
+    let mut digits = 0u32;
+    match *s.get(i)? {
+        b'0' => {
+            i += 1;
+            if s.get(i).is_some_and(u8::is_ascii_digit) {
+                return None; // a leading zero
+            }
+        }
+        b'1'..=b'9' => {
+            while let Some(&c @ b'0'..=b'9') = s.get(i) {
+                significand = significand * 10 + u64::from(c - b'0');
+                digits += 1;
+                i += 1;
+                if digits > 18 {
+                    return None;
+                }
+            }
+        }
+        _ => return None,
+    }
+    let mut exponent: i32 = 0;
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while let Some(&c @ b'0'..=b'9') = s.get(i) {
+            significand = significand * 10 + u64::from(c - b'0');
+            digits += 1;
+            exponent -= 1;
+            i += 1;
+            if digits > 18 {
+                return None;
+            }
+        }
+        if i == start {
+            return None;
+        }
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let negative_exp = match s.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let start = i;
+        let mut e: i32 = 0;
+        while let Some(&c @ b'0'..=b'9') = s.get(i) {
+            e = e * 10 + i32::from(c - b'0');
+            i += 1;
+            if i - start > 4 {
+                return None;
+            }
+        }
+        if i == start {
+            return None;
+        }
+        exponent += if negative_exp { -e } else { e };
+    }
+    if significand >= 1 << 53 {
+        return None;
+    }
+    let mut v = significand as f64;
+    match exponent {
+        0 => {}
+        1..=22 => v *= POW10[exponent as usize],
+        -22..=-1 => v /= POW10[(-exponent) as usize],
+        _ => return None,
+    }
+    Some((if negative { -v } else { v }, i))
 }
 
 struct Flatten<'o> {
@@ -307,6 +510,88 @@ mod tests {
         assert!(decode(&raw("\"abc\""), DataType::Fp32, 1)
             .unwrap_err()
             .starts_with("invalid type: string"));
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_general_decoder() {
+        let cases = [
+            "[1, 2.5, -3, 4]",
+            "[[1, 2.5], [-3, 4]]",
+            " [ [ ] , [0.1,-0.0,0,-0 ] , 1e3 , 2E-2, 3e+1 ] ",
+            "[0.30000000000000004, 123456789012345678, 9007199254740991, 9007199254740993]",
+            "[1.7976931348623157e308, 3.4028235e38, 3.5e38, 1e-320, 5e-324, 1e22, 1e23]",
+            "[0.1234567890123456789, 1e400, -1e-400]",
+            "[\"1\"]",
+            "[true]",
+            "[null]",
+            "7",
+            "[]",
+            "[1e99999]",
+        ];
+        // Not JSON (serde_json refuses these before `decode` sees them).
+        for bad in [
+            "[01]", "[1.]", "[.5]", "[1e]", "[1,]", "[1 2]", "[[1, 2]", "[1, 2]]", "[-]", "[1]x",
+        ] {
+            for expected in 0..3 {
+                assert_eq!(
+                    decode_floats_fast(bad.as_bytes(), DataType::Fp32, expected),
+                    None
+                );
+            }
+        }
+        for case in cases {
+            let raw = raw(case);
+            for datatype in [DataType::Fp32, DataType::Fp64] {
+                for expected in 0..12 {
+                    let general = decode_general(&raw, datatype, expected);
+                    if let Some(fast) = decode_floats_fast(raw.get().as_bytes(), datatype, expected)
+                    {
+                        assert_eq!(Ok(&fast), general.as_ref(), "{case} {datatype} {expected}");
+                    }
+                    assert_eq!(decode(&raw, datatype, expected), general);
+                }
+            }
+        }
+        // Many decimals, as clients write them, take the fast path and
+        // agree with serde_json bit for bit.
+        let mut text = String::from("[");
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let digits = (x % 15) as u32 + 1;
+            let mantissa = x % 10u64.pow(digits);
+            let point = (x >> 20) % u64::from(digits + 1);
+            let m = format!("{mantissa:0width$}", width = digits as usize);
+            let (a, b) = m.split_at((digits as u64 - point) as usize);
+            let a = a.trim_start_matches('0');
+            let a = if a.is_empty() { "0" } else { a };
+            let sign = if x & 1 == 1 { "-" } else { "" };
+            let exp = match (x >> 40) % 4 {
+                0 => format!("e{}", (x >> 44) % 8),
+                1 => format!("E-{}", (x >> 44) % 8),
+                _ => String::new(),
+            };
+            if i > 0 {
+                text.push(',');
+            }
+            if b.is_empty() {
+                text.push_str(&format!("{sign}{a}{exp}"));
+            } else {
+                text.push_str(&format!("{sign}{a}.{b}{exp}"));
+            }
+        }
+        text.push(']');
+        let raw = raw(&text);
+        for datatype in [DataType::Fp32, DataType::Fp64] {
+            let fast = decode_floats_fast(raw.get().as_bytes(), datatype, 20_000);
+            assert!(fast.is_some(), "the fast path refused plain decimals");
+            assert_eq!(
+                fast.unwrap(),
+                decode_general(&raw, datatype, 20_000).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! - [`types`]: the JSON documents.
 //! - [`json`]: tensor data as JSON arrays, checked element by element.
 //! - [`codec`]: whole requests and responses, JSON and the binary tensor
-//!   extension (`Inference-Header-Content-Length`) that `tritonclient` uses.
+//!   extension (`Inference-Header-Content-Length`) that `tritonclient` uses;
+//!   `fast`: the common JSON request in one pass.
 //! - [`handlers`]: the HTTP endpoints, on top of `crate::model`.
 
 pub mod codec;
+mod fast;
 pub mod handlers;
 pub mod json;
 pub mod types;

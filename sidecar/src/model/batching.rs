@@ -49,7 +49,7 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.request.rows.unwrap_or(1)
     }
 }

@@ -33,12 +33,11 @@ pub struct HostConfig {
     pub batching: BatchConfig,
     /// Requests that may wait per version before new ones get a 503.
     pub queue_capacity: usize,
-    /// A request whose run is expected to take at most this long, arriving
-    /// when nothing is queued and a session is idle, runs on the request's
-    /// own thread instead of going through the queue (zero, the default:
-    /// never). Only used without a queue delay. See `pool`: it lowers latency
-    /// at low concurrency for models that run in microseconds, and costs
-    /// throughput under load, where the queue's batches are cheaper.
+    /// A request whose run is expected to take at most this long runs on
+    /// the request's own thread when a session is idle, batched with the
+    /// other such requests waiting, instead of going through the session
+    /// worker threads (zero, the default: never). Only used without a queue
+    /// delay. See `pool`: it saves the thread hand-offs of the worker path.
     pub inline_budget: Duration,
 }
 
@@ -104,11 +103,14 @@ impl LoadedVersion {
         outputs: Option<&[String]>,
     ) -> Result<Vec<OutputTensor>, InferError> {
         let prepared = self.signature.prepare(inputs, outputs)?;
-        let prepared = match self.pool.try_inline(prepared) {
-            Ok(outputs) => return outputs,
-            Err(prepared) => prepared,
-        };
-        let reply = self.pool.submit(prepared)?;
+        let (reply, inline) = self.pool.submit(prepared)?;
+        if inline {
+            // Let the other requests that are ready on this thread (and the
+            // sockets that became readable) queue theirs first: they then
+            // share this request's run instead of each starting its own.
+            tokio::task::yield_now().await;
+            self.pool.run_inline();
+        }
         reply.await.unwrap_or_else(|_| {
             Err(InferError::Stopped {
                 model: self.name.to_string(),

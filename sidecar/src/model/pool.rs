@@ -8,24 +8,28 @@
 //!   queue, and one worker thread per session forms batches from it (see
 //!   [`super::batching`]) and runs them. Dedicated threads keep long runs off
 //!   the async runtime that serves HTTP.
-//! - **Inline** (opt-in, `--inline-max-us`): when the version's runs have
-//!   been taking less than the inline budget, nothing is queued, and a
-//!   session is idle, the request runs right there on the calling thread.
-//!   For a model that runs in microseconds, the two thread hand-offs of the
-//!   queued path (wake a worker, wake the request back) cost more than the
-//!   run itself: at one client this roughly halves the latency. Under load
-//!   it loses, because every request then pays for its own run where the
-//!   queue would have merged them, so it is off by default. It is also off
-//!   when a queue delay is configured: that asks for batches.
+//! - **Inline** (`--inline-max-us`, 100 µs by default in `abmesh serve`,
+//!   off in [`super::HostConfig::default`]): when the version's runs have
+//!   been taking less than the inline budget per request, the request goes
+//!   into a second queue, and the calling thread (an HTTP thread) runs it
+//!   right there if a session is idle, together with every request of that
+//!   queue that stacks with it (dynamic batching, as the workers do). If
+//!   every session is busy, whoever holds one (another HTTP thread, or a
+//!   worker) takes the queue's requests when it finishes its run. For a
+//!   model that runs in microseconds, the two thread hand-offs of the queued
+//!   path (wake a worker, wake the request back) cost more than the run
+//!   itself. It is off when a queue delay is configured: that asks for
+//!   batches that wait for company, which only the workers form.
 //!
 //! A pool stops when its last queue sender is dropped: the workers finish
 //! every request already queued, then exit and free their sessions. That is
 //! what lets an unload or a reload take a version out of service without
 //! failing the requests it already accepted.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use ort::memory::Allocator;
@@ -73,22 +77,30 @@ struct Slot {
     allocator: Allocator,
 }
 
+/// Batches an HTTP thread runs for the inline queue before it hands the
+/// rest of that queue to a task of its own (so that its own response, and
+/// the connections it serves, are not held up behind other requests' runs).
+const INLINE_BATCHES: usize = 1;
+
 /// What both paths share.
 struct Core {
     slots: Vec<Mutex<Slot>>,
     signature: Arc<Signature>,
     metrics: VersionMetrics,
+    batching: BatchConfig,
     /// Cleared if a merged run's outputs turn out not to follow the batch
     /// dimension after all; from then on every request runs alone.
     stack_ok: AtomicBool,
-    /// Requests in the queue, not yet taken by a worker.
-    queued: AtomicUsize,
+    /// The inline queue: requests run by whoever holds a session (see the
+    /// module docs). Its length is mirrored in `inline_len`, read without
+    /// the lock.
+    inline: Mutex<VecDeque<Job>>,
+    inline_len: AtomicUsize,
+    /// Sessions running a batch right now.
+    running: AtomicUsize,
     /// Moving average of ONNX Runtime time per row, in nanoseconds;
     /// `u64::MAX` until the first run has been timed.
     ns_per_row: AtomicU64,
-    /// Where the fast path starts looking for an idle session, so callers
-    /// spread over the sessions.
-    next_slot: AtomicUsize,
     label: String,
 }
 
@@ -109,10 +121,12 @@ impl Pool {
                 .collect(),
             signature: spec.signature.clone(),
             metrics: spec.metrics.clone(),
+            batching: spec.batching,
             stack_ok: AtomicBool::new(spec.signature.batchable),
-            queued: AtomicUsize::new(0),
+            inline: Mutex::new(VecDeque::new()),
+            inline_len: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
             ns_per_row: AtomicU64::new(u64::MAX),
-            next_slot: AtomicUsize::new(0),
             label: format!("{}/{}", spec.model, spec.version),
         });
         for i in 0..core.slots.len() {
@@ -135,65 +149,67 @@ impl Pool {
         })
     }
 
-    /// Runs a request on the calling thread if it qualifies for the fast
-    /// path (see the module docs); otherwise hands it back.
-    pub(crate) fn try_inline(&self, request: Prepared) -> Result<Outputs, Prepared> {
+    /// Whether a request goes through the inline queue (see the module
+    /// docs): the fast path is on and the version's runs have been timed at
+    /// most the budget for this many rows.
+    fn runs_inline(&self, request: &Prepared) -> bool {
         let Some(budget) = self.inline_budget else {
-            return Err(request);
+            return false;
         };
         let per_row = self.core.ns_per_row.load(Ordering::Relaxed);
         let rows = request.rows.unwrap_or(1) as u64;
-        if per_row == u64::MAX
-            || per_row.saturating_mul(rows) > budget.as_nanos() as u64
-            || self.core.queued.load(Ordering::Relaxed) > 0
-        {
-            return Err(request);
-        }
-        let n = self.core.slots.len();
-        let start = self.core.next_slot.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            if let Ok(mut slot) = self.core.slots[(start + i) % n].try_lock() {
-                self.core.metrics.queue_time.observe(0.0);
-                return Ok(match self.core.execute(&mut slot, &[&request]) {
-                    Ok(mut out) => Ok(out.pop().unwrap_or_default()),
-                    Err(RunError::Failed(e)) => Err(e),
-                    Err(RunError::Unstackable) => {
-                        unreachable!("a single request is never merged")
-                    }
-                });
-            }
-        }
-        Err(request)
+        per_row != u64::MAX && per_row.saturating_mul(rows) <= budget.as_nanos() as u64
     }
 
-    /// Queues a request; the receiver yields its outputs.
+    /// Queues a request; the receiver yields its outputs. `true` with it:
+    /// the request went to the inline queue, and the caller must call
+    /// [`Pool::run_inline`] next (after letting the other requests that are
+    /// ready on its thread queue theirs, so that they share the run).
     pub(crate) fn submit(
         &self,
         request: Prepared,
-    ) -> Result<oneshot::Receiver<Outputs>, InferError> {
+    ) -> Result<(oneshot::Receiver<Outputs>, bool), InferError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             request,
             enqueued: Instant::now(),
             reply,
         };
-        self.core.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(e) => {
-                self.core.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => InferError::QueueFull {
-                        model: self.model.to_string(),
-                        version: self.version,
-                        capacity: self.capacity,
-                    },
-                    TrySendError::Disconnected(_) => InferError::Stopped {
-                        model: self.model.to_string(),
-                        version: self.version,
-                    },
-                })
+        if self.runs_inline(&job.request) {
+            {
+                let mut queue = self.core.inline.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.len() >= self.capacity {
+                    return Err(self.queue_full());
+                }
+                queue.push_back(job);
+                self.core.inline_len.fetch_add(1, Ordering::SeqCst);
             }
+            return Ok((rx, true));
+        }
+        match self.tx.try_send(job) {
+            Ok(()) => Ok((rx, false)),
+            Err(TrySendError::Full(_)) => Err(self.queue_full()),
+            Err(TrySendError::Disconnected(_)) => Err(InferError::Stopped {
+                model: self.model.to_string(),
+                version: self.version,
+            }),
+        }
+    }
+
+    /// Runs the inline queue on this thread if a session is idle (see the
+    /// module docs). Every request put in the inline queue is followed by a
+    /// call to this, which is what guarantees that the queue is run.
+    pub(crate) fn run_inline(&self) {
+        if self.core.drain_inline(INLINE_BATCHES) {
+            self.core.clone().keep_draining();
+        }
+    }
+
+    fn queue_full(&self) -> InferError {
+        InferError::QueueFull {
+            model: self.model.to_string(),
+            version: self.version,
+            capacity: self.capacity,
         }
     }
 }
@@ -217,27 +233,142 @@ impl Core {
     /// session `index`.
     fn serve(&self, index: usize, intake: &Mutex<Intake>, batching: &BatchConfig) {
         loop {
-            let stack = batching.max_batch_size > 1 && self.stack_ok.load(Ordering::Relaxed);
             let jobs = {
                 let mut intake = intake.lock().unwrap_or_else(|p| p.into_inner());
-                match intake.next_batch(batching, stack) {
+                match intake.next_batch(batching, self.stacking()) {
                     Some(jobs) => jobs,
                     None => break,
                 }
             };
-            self.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
-            let started = Instant::now();
-            for job in &jobs {
-                self.metrics.queue_time.observe(
-                    started
-                        .saturating_duration_since(job.enqueued)
-                        .as_secs_f64(),
-                );
-            }
             let mut slot = self.slots[index].lock().unwrap_or_else(|p| p.into_inner());
-            self.run_batch(&mut slot, jobs);
+            self.run_jobs(&mut slot, jobs);
+            drop(slot);
+            // An inline request that found every session busy, this one
+            // included, is waiting for a session holder to run it.
+            self.drain_inline(usize::MAX);
         }
         tracing::debug!(version = %self.label, "session worker stopped");
+    }
+
+    fn stacking(&self) -> bool {
+        self.batching.max_batch_size > 1 && self.stack_ok.load(Ordering::Relaxed)
+    }
+
+    /// Runs the inline queue on an idle session, up to `max_batches`
+    /// batches. Returns whether it stopped at that limit with requests still
+    /// queued; otherwise the queue is empty, or every session was busy and
+    /// their holders run the queue when they finish (each calls this after
+    /// releasing its session, and the fences make sure that either it sees
+    /// a request queued before, or the request's own thread sees the
+    /// session free).
+    fn drain_inline(&self, max_batches: usize) -> bool {
+        let mut ran = 0;
+        loop {
+            fence(Ordering::SeqCst);
+            if self.inline_len.load(Ordering::SeqCst) == 0 {
+                return false;
+            }
+            if ran >= max_batches {
+                return true;
+            }
+            let Some(mut slot) = self.idle_slot() else {
+                return false;
+            };
+            // While another session runs a batch, requests wait for it to
+            // finish and take them all in its next batch, rather than start
+            // a small batch of their own: bigger batches cost less per row,
+            // and on a small machine the cores are better spent on HTTP.
+            // Only a queue of a whole batch starts a second run.
+            if self.running.load(Ordering::SeqCst) > 0
+                && self.inline_len.load(Ordering::SeqCst) < self.batching.max_batch_size
+            {
+                return false;
+            }
+            while ran < max_batches {
+                let jobs = self.take_inline_batch();
+                if jobs.is_empty() {
+                    break;
+                }
+                self.run_jobs(&mut slot, jobs);
+                ran += 1;
+            }
+        }
+    }
+
+    /// Keeps running the inline queue after an HTTP thread stopped at its
+    /// limit: on a task of the async runtime when there is one, else right
+    /// here. The task yields before each batch, so that the requests the
+    /// last batch answered (woken on this thread) send their responses
+    /// first.
+    fn keep_draining(self: Arc<Self>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    loop {
+                        tokio::task::yield_now().await;
+                        if !self.drain_inline(INLINE_BATCHES) {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(_) => while self.drain_inline(usize::MAX) {},
+        }
+    }
+
+    fn idle_slot(&self) -> Option<MutexGuard<'_, Slot>> {
+        self.slots.iter().find_map(|s| match s.try_lock() {
+            Ok(slot) => Some(slot),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        })
+    }
+
+    /// The next batch of the inline queue: the first request and those
+    /// after it that stack with it, in order, up to the batch size.
+    fn take_inline_batch(&self) -> Vec<Job> {
+        let stack = self.stacking();
+        let mut queue = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut rows = 0;
+        while let Some(next) = queue.front() {
+            if !next.reply.is_closed() {
+                if let Some(first) = jobs.first() {
+                    if !stack
+                        || first.request.rows.is_none()
+                        || !first.request.stacks_with(&next.request)
+                        || rows + next.rows() > self.batching.max_batch_size
+                    {
+                        break;
+                    }
+                }
+            }
+            let job = queue.pop_front().expect("the queue has a front");
+            self.inline_len.fetch_sub(1, Ordering::SeqCst);
+            // A client that hung up no longer needs its run.
+            if job.reply.is_closed() {
+                continue;
+            }
+            rows += job.rows();
+            jobs.push(job);
+        }
+        jobs
+    }
+
+    fn run_jobs(&self, slot: &mut Slot, jobs: Vec<Job>) {
+        let started = Instant::now();
+        for job in &jobs {
+            self.metrics.queue_time.observe(
+                started
+                    .saturating_duration_since(job.enqueued)
+                    .as_secs_f64(),
+            );
+        }
+        self.running.fetch_add(1, Ordering::SeqCst);
+        self.run_batch(slot, jobs);
+        // Before the session is released: whoever saw this run and left
+        // its request queued is then seen by the release's re-check.
+        self.running.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn run_batch(&self, slot: &mut Slot, jobs: Vec<Job>) {

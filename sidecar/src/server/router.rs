@@ -220,31 +220,32 @@ impl Router {
         B::Error: Into<BoxError>,
     {
         let (head, body) = req.into_parts();
-        let path = head.uri.path().to_owned();
-        let mut best: Option<(&Route, Vec<(&'static str, String)>)> = None;
+        let path = head.uri.path();
+        // Matching allocates nothing; only the winner's parameters are
+        // decoded into strings.
+        let mut best: Option<&Route> = None;
         let mut allowed: Vec<&str> = Vec::new();
         for route in &self.routes {
-            let Some(params) = match_path(&route.segments, &path) else {
+            if !matches_path(&route.segments, path) {
                 continue;
-            };
+            }
             if route.method != head.method {
                 if !allowed.contains(&route.method.as_str()) {
                     allowed.push(route.method.as_str());
                 }
                 continue;
             }
-            if best
-                .as_ref()
-                .is_none_or(|(b, _)| route.literals > b.literals)
-            {
-                best = Some((route, params));
+            if best.is_none_or(|b| route.literals > b.literals) {
+                best = Some(route);
             }
         }
-        let Some((route, params)) = best else {
+        let Some((route, params)) =
+            best.and_then(|r| match_path(&r.segments, path).map(|p| (r, p)))
+        else {
             let err = if allowed.is_empty() {
                 ApiError::not_found(format!("no endpoint {} {path}", head.method))
             } else {
-                ApiError::method_not_allowed(&head.method, &path, allowed)
+                ApiError::method_not_allowed(&head.method, path, allowed)
             };
             return err.into_response();
         };
@@ -264,8 +265,32 @@ fn split_path(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty())
 }
 
+/// Whether `path` matches a pattern: what [`match_path`] says, without
+/// building the parameters.
+fn matches_path(segments: &[Segment], path: &str) -> bool {
+    let mut parts = split_path(path);
+    for seg in segments {
+        let Some(part) = parts.next() else {
+            return false;
+        };
+        match seg {
+            Segment::Literal(l) => {
+                if *l != part {
+                    return false;
+                }
+            }
+            Segment::Param(_) => {
+                if part.contains('%') && percent_decode(part, false).is_none() {
+                    return false;
+                }
+            }
+        }
+    }
+    parts.next().is_none()
+}
+
 fn match_path(segments: &[Segment], path: &str) -> Option<Vec<(&'static str, String)>> {
-    let mut params = Vec::new();
+    let mut params = Vec::with_capacity(2);
     let mut parts = split_path(path);
     for seg in segments {
         let part = parts.next()?;
