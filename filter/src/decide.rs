@@ -83,6 +83,16 @@ impl Assignment {
             _ => None,
         }
     }
+
+    /// The variant index, if this is an exposure ([`Source::is_exposure`]).
+    pub fn exposure(self) -> Option<usize> {
+        match self {
+            Assignment::Variant { index, source } if source.is_exposure() => {
+                Some(usize::from(index))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What the filter should do with the request.
@@ -117,30 +127,24 @@ impl Decisions {
     }
 
     /// Like [`Decisions::pack_variants`], but only exposures
-    /// ([`Source::Hash`]) are kept; everything else packs as 0.
+    /// ([`Assignment::exposure`]) are kept; everything else packs as 0.
     pub fn pack_exposures(assignments: &[Assignment], out: &mut [u16]) {
         for (o, a) in out.iter_mut().zip(assignments) {
-            *o = match *a {
-                Assignment::Variant {
-                    index,
-                    source: Source::Hash,
-                } => index + 1,
-                _ => 0,
-            };
+            *o = a.exposure().map_or(0, |v| v as u16 + 1);
         }
     }
 
-    /// Whether any assignment is an exposure ([`Source::Hash`]).
+    /// The request's exposures as (experiment index, variant index).
+    pub fn exposures(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(e, a)| Some((e, a.exposure()?)))
+    }
+
+    /// Whether any assignment is an exposure.
     pub fn has_exposure(&self) -> bool {
-        self.slots.iter().any(|a| {
-            matches!(
-                a,
-                Assignment::Variant {
-                    source: Source::Hash,
-                    ..
-                }
-            )
-        })
+        self.exposures().next().is_some()
     }
 
     /// Restores variants packed by [`Decisions::pack_variants`]. The source

@@ -103,12 +103,6 @@ impl Halts {
         }
     }
 
-    /// Lifts every halt.
-    pub fn clear(&mut self) {
-        self.bits.fill(0);
-        self.count = 0;
-    }
-
     /// Halted (experiment, variant) pairs in index order.
     pub fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.widths.iter().enumerate().flat_map(move |(e, &w)| {
@@ -147,18 +141,15 @@ impl Plan {
             return;
         }
         for (i, slot) in out.slots.iter_mut().enumerate() {
-            if let Assignment::Variant {
-                index,
-                source: Source::Hash,
-            } = *slot
-            {
-                let control = self.experiments[i].control;
-                if index != control && halts.is_halted(i, usize::from(index)) {
-                    *slot = Assignment::Variant {
-                        index: control,
-                        source: Source::Halted,
-                    };
-                }
+            let Some(index) = slot.exposure() else {
+                continue;
+            };
+            let control = self.experiments[i].control;
+            if index != usize::from(control) && halts.is_halted(i, index) {
+                *slot = Assignment::Variant {
+                    index: control,
+                    source: Source::Halted,
+                };
             }
         }
     }

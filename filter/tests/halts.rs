@@ -158,11 +158,12 @@ fn lifting_restores_the_hash_variant() {
         );
         assert_eq!(rec.get("x-abmesh-cluster"), Some(&b"ranker-v2"[..]));
     }
-    // Halting everything but control, then clearing.
+    // Halting everything but control, then lifting it all.
     halts.halt(RANKER, V2);
     halts.halt(RANKER, V3);
     assert_eq!(halts.len(), 2);
-    halts.clear();
+    halts.lift(RANKER, V2);
+    halts.lift(RANKER, V3);
     assert!(halts.is_empty() && !halts.is_halted(RANKER, V2));
 }
 

@@ -170,19 +170,22 @@ fn deciding_allocates_nothing() {
             plan.apply(&decisions, &req, &mut path_buf, &mut sink);
             plan.write_echo(&decisions, &mut echo_buf);
             // Health, as the glue records it.
-            for (e, a) in decisions.assignments().iter().enumerate() {
-                match *a {
-                    Assignment::Variant {
-                        index,
-                        source: Source::Hash,
-                    } => health.record_request(e, usize::from(index)),
-                    Assignment::Variant {
-                        source: Source::Halted,
-                        ..
-                    } => halted += 1,
-                    _ => {}
-                }
+            for (e, v) in decisions.exposures() {
+                health.record_request(e, v);
             }
+            halted += decisions
+                .assignments()
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Assignment::Variant {
+                            source: Source::Halted,
+                            ..
+                        }
+                    )
+                })
+                .count() as u64;
             if decisions.has_exposure() {
                 Decisions::pack_exposures(decisions.assignments(), &mut packed);
                 for (e, &p) in packed.iter().enumerate() {
@@ -199,7 +202,7 @@ fn deciding_allocates_nothing() {
             // What the glue does when exposures are shipped to the sidecar.
             if let Some(user) = plan.identity(&req) {
                 for (e, a) in decisions.assignments().iter().enumerate() {
-                    if let Some(v) = a.variant() {
+                    if let Some(v) = a.exposure() {
                         if recent.first_time(e, v, user) {
                             ring.push(1, e, v, user);
                         }

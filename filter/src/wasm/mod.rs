@@ -241,9 +241,7 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
             echo.insert_assignments(context_id, s.decisions.assignments());
         }
         if let Some(shipper) = &mut root.shipper {
-            shipper.record(context_id, s.decisions.assignments(), || {
-                plan.identity(&s.headers)
-            });
+            shipper.record(context_id, &s.decisions, || plan.identity(&s.headers));
         }
         abi::ACTION_CONTINUE
     })

@@ -23,7 +23,7 @@ use super::streams::StreamTable;
 use crate::config::SidecarConfig;
 use crate::exposures::{experiments_json, parse_reply, BatchMeta, ExposureRing, RecentExposures};
 use crate::health::HealthTable;
-use crate::{Assignment, Halts, Plan, Source};
+use crate::{Decisions, Halts, Plan};
 
 /// Sampled streams in flight; an older entry is overwritten (its sample
 /// lost) once this many newer streams were sampled.
@@ -117,48 +117,27 @@ impl Shipper {
     pub fn record<'u>(
         &mut self,
         context_id: u32,
-        assignments: &[Assignment],
+        decisions: &Decisions,
         user: impl FnOnce() -> Option<&'u [u8]>,
     ) {
-        let is_exposure = |a: &Assignment| {
-            matches!(
-                a,
-                Assignment::Variant {
-                    source: Source::Hash,
-                    ..
-                }
-            )
-        };
-        if !assignments.iter().any(is_exposure) {
+        if !decisions.has_exposure() {
             return;
         }
-        for (e, a) in assignments.iter().enumerate() {
-            if let Assignment::Variant {
-                index,
-                source: Source::Hash,
-            } = *a
-            {
-                self.health.record_request(e, usize::from(index));
-            }
+        for (e, v) in decisions.exposures() {
+            self.health.record_request(e, v);
         }
         self.countdown -= 1;
         if self.countdown == 0 {
             self.countdown = self.sample_every;
             self.samples
-                .insert_exposures(context_id, assignments, abi::now_ns());
+                .insert_exposures(context_id, decisions.assignments(), abi::now_ns());
         }
         let Some(user) = user() else {
             return;
         };
-        for (e, a) in assignments.iter().enumerate() {
-            if let Assignment::Variant {
-                index,
-                source: Source::Hash,
-            } = *a
-            {
-                if self.recent.first_time(e, usize::from(index), user) {
-                    self.ring.push(self.clock_ms, e, usize::from(index), user);
-                }
+        for (e, v) in decisions.exposures() {
+            if self.recent.first_time(e, v, user) {
+                self.ring.push(self.clock_ms, e, v, user);
             }
         }
     }
