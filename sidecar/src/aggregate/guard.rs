@@ -231,13 +231,3 @@ pub fn checks(agg: &Aggregates, experiment: &str) -> Option<Checks> {
 pub fn breaches(c: &Check) -> bool {
     c.status == CheckStatus::Breach
 }
-
-/// The snake-case name of a check status, for reports.
-pub fn status_str(s: CheckStatus) -> &'static str {
-    match s {
-        CheckStatus::Ok => "ok",
-        CheckStatus::Breach => "breach",
-        CheckStatus::NotEnoughData => "not_enough_data",
-        CheckStatus::Error => "error",
-    }
-}

@@ -102,6 +102,18 @@ pub enum CheckStatus {
     Error,
 }
 
+impl CheckStatus {
+    /// The status as reports print it (the serialized name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Ok => "ok",
+            CheckStatus::Breach => "breach",
+            CheckStatus::NotEnoughData => "not_enough_data",
+            CheckStatus::Error => "error",
+        }
+    }
+}
+
 /// Result of one rule for one treatment variant.
 ///
 /// Units: `error_rate` — absolute share difference (0.01 = 1 pp);

@@ -552,3 +552,15 @@ fn metric_breach_agrees_with_the_interval() {
     }
     assert!(breaches > 10, "{breaches}");
 }
+
+#[test]
+fn status_names_are_the_serialized_ones() {
+    for s in [
+        CheckStatus::Ok,
+        CheckStatus::Breach,
+        CheckStatus::NotEnoughData,
+        CheckStatus::Error,
+    ] {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+    }
+}

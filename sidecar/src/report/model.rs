@@ -34,7 +34,6 @@ use serde::Serialize;
 
 use super::data::{ExperimentData, MetricData};
 use super::settings::Settings;
-use crate::aggregate::guard::status_str;
 use crate::aggregate::{Halt, MetricSums};
 use crate::stats::{
     self, chance_to_beat, cuped, holm, mde_at, mde_proportions, power_at, relative_lift,
@@ -541,7 +540,7 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
                             .any(|(v, r)| *v == variant && *r == k.rule),
                         variant,
                         rule: k.rule.clone(),
-                        status: status_str(k.status),
+                        status: k.status.as_str(),
                         estimate: k.estimate,
                         ci_low: k.ci_low,
                         ci_high: k.ci_high,
