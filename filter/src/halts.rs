@@ -144,10 +144,10 @@ impl Plan {
             let Some(index) = slot.exposure() else {
                 continue;
             };
-            let control = self.experiments[i].control;
-            if index != usize::from(control) && halts.is_halted(i, index) {
+            // Never true for the control: `Halts::halt` refuses it.
+            if halts.is_halted(i, index) {
                 *slot = Assignment::Variant {
-                    index: control,
+                    index: self.experiments[i].control,
                     source: Source::Halted,
                 };
             }
