@@ -29,6 +29,10 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 cd "$REPO"
+# wrk, valgrind, Envoy and the Python peers (into .venv), then .venv first
+# on PATH. SKIP_SETUP=1 skips the install check.
+[[ ${SKIP_SETUP:-0} == 1 ]] || benches/setup.sh >&2
+source scripts/env.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}

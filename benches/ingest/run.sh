@@ -10,6 +10,10 @@
 # Prints a JSON summary; everything also lands in $OUT (default: a temp dir).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# wrk, valgrind, Envoy and the Python peers (into .venv), then .venv first
+# on PATH. SKIP_SETUP=1 skips the install check.
+[[ ${SKIP_SETUP:-0} == 1 ]] || benches/setup.sh >&2
+source scripts/env.sh
 
 EVENTS=${EVENTS:-10000000}
 USERS=${USERS:-1000000}

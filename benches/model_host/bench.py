@@ -15,8 +15,10 @@ Session::run back to back. CPU use of the server and of wrk is read from
 /proc and getrusage, to show where the 2 cores go, and wrk is also pointed
 at /v2/health/live to show the HTTP ceiling of this box with this client.
 
-Needs: wrk (apt-get install wrk), the release build (done here unless
---skip-build), and for the peer: pip install fastapi uvicorn onnxruntime numpy.
+Needs wrk, the release build (done here unless --skip-build), and for the
+peer fastapi, uvicorn, onnxruntime and numpy: the script runs
+benches/setup.sh first (it installs them into the project's .venv) and then
+re-runs itself with .venv's Python.
 Results are printed and written to bench-results/model_host.json.
 """
 
@@ -37,6 +39,23 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.join(ROOT, "benches", "model_host")
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 TICKS = os.sysconf("SC_CLK_TCK")
+VENV_PYTHON = os.path.join(ROOT, ".venv", "bin", "python3")
+
+
+def ensure_setup():
+    """Runs benches/setup.sh (wrk, the Python peers in .venv), then re-runs
+    this script with .venv's interpreter unless it already is that one."""
+    if os.environ.get("ABMESH_BENCH_SETUP_DONE") != "1":
+        subprocess.run([os.path.join(ROOT, "benches", "setup.sh")], check=True)
+        os.environ["ABMESH_BENCH_SETUP_DONE"] = "1"
+    if os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(ROOT, ".venv")):
+        os.environ["PATH"] = os.path.join(ROOT, ".venv", "bin") + os.pathsep + os.environ.get("PATH", "")
+        os.execv(VENV_PYTHON, [VENV_PYTHON] + sys.argv)
+    for module in ("fastapi", "uvicorn", "onnxruntime", "numpy"):
+        try:
+            __import__(module)
+        except ImportError as e:
+            sys.exit(f"{module} is missing from {sys.prefix} ({e}): run benches/setup.sh")
 
 
 def free_port():
@@ -281,9 +300,10 @@ def main():
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-peer", action="store_true")
     args = ap.parse_args()
+    ensure_setup()
     clients = [int(c) for c in args.clients.split(",")]
     if not shutil.which("wrk"):
-        sys.exit("wrk not found: apt-get install wrk")
+        sys.exit("wrk not found: run benches/setup.sh (or apt-get install wrk)")
     if not args.skip_build:
         subprocess.run(["cargo", "build", "--release", "-p", "abmesh-sidecar", "--bin", "abmesh",
                         "--example", "raw_ort"], cwd=ROOT, check=True)

@@ -27,6 +27,20 @@ pub trait RequestHeaders {
         let _ = name;
         None
     }
+
+    /// The value of cookie `cookie` in the request's `cookie` header(s)
+    /// (`name` is `"cookie"`, at `slot`), the first occurrence winning.
+    ///
+    /// A request can carry several `cookie` headers: HTTP/1.1 clients may
+    /// send one per cookie, and Envoy keeps them apart there, while over
+    /// HTTP/2 it joins them with `; `. The identity must be found either
+    /// way, so an implementation that can see repeated headers must look in
+    /// every one of them; this default looks only in [`RequestHeaders::get`]'s
+    /// (first) value.
+    fn cookie(&self, slot: Slot, name: &str, cookie: &[u8]) -> Option<&[u8]> {
+        self.get(slot, name)
+            .and_then(|header| cookie_value(header, cookie))
+    }
 }
 
 /// Receives the header changes a decision implies.
@@ -303,9 +317,7 @@ impl Plan {
         self.identity.iter().find_map(|rule| {
             let v = match rule {
                 IdentityRule::Header(slot) => req.get(*slot, self.name(*slot)),
-                IdentityRule::Cookie { slot, name } => req
-                    .get(*slot, self.name(*slot))
-                    .and_then(|header| cookie_value(header, name)),
+                IdentityRule::Cookie { slot, name } => req.cookie(*slot, self.name(*slot), name),
             }?;
             (!v.is_empty()).then_some(v)
         })

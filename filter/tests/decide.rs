@@ -282,6 +282,35 @@ fn cookie_is_a_fallback_after_the_header() {
 }
 
 #[test]
+fn the_cookie_is_found_in_any_of_several_cookie_headers() {
+    // HTTP/1.1 clients may send one `cookie` header per cookie, and Envoy
+    // keeps them apart there (over HTTP/2 it joins them with "; ").
+    let p = plan();
+    let base: [(&str, &[u8]); 2] = [(":path", b"/v2/models/ranker/x"), (":method", b"POST")];
+    let mut d = p.decisions();
+    p.assign_user(b"in-second", &mut d);
+    let expect = d.assignments()[0];
+    let split = [
+        base[0],
+        base[1],
+        ("cookie", &b"theme=dark; lang=en"[..]),
+        ("cookie", &b"uid=in-second"[..]),
+    ];
+    let (_, a, _) = decide(&p, &split);
+    assert_eq!(a[0], expect);
+    let joined = [base[0], base[1], ("cookie", &b"theme=dark; lang=en; uid=in-second"[..])];
+    assert_eq!(decide(&p, &joined).1[0], expect);
+    // The first occurrence wins, as in the joined HTTP/2 form.
+    let twice = [
+        base[0],
+        base[1],
+        ("cookie", &b"uid=in-second"[..]),
+        ("cookie", &b"uid=other"[..]),
+    ];
+    assert_eq!(decide(&p, &twice).1[0], expect);
+}
+
+#[test]
 fn last_experiment_wins_route_actions_and_echo_lists_all() {
     let p = Plan::from_json(
         br#"{"experiments": [

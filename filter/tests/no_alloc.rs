@@ -43,6 +43,10 @@ impl RequestHeaders for Serialized {
     fn get(&self, _: Slot, name: &str) -> Option<&[u8]> {
         abmesh_filter::header_map::find(&self.0, name.as_bytes())
     }
+    fn cookie(&self, _: Slot, name: &str, cookie: &[u8]) -> Option<&[u8]> {
+        abmesh_filter::header_map::values(&self.0, name.as_bytes())
+            .find_map(|h| abmesh_filter::identity::cookie_value(h, cookie))
+    }
 }
 
 fn serialize(pairs: &[(&str, &[u8])]) -> Serialized {
@@ -64,6 +68,12 @@ struct Req<'a>(&'a [(&'a str, &'a [u8])]);
 impl RequestHeaders for Req<'_> {
     fn get(&self, _: Slot, name: &str) -> Option<&[u8]> {
         self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+    fn cookie(&self, _: Slot, name: &str, cookie: &[u8]) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .find_map(|(_, v)| abmesh_filter::identity::cookie_value(v, cookie))
     }
 }
 
@@ -118,7 +128,7 @@ fn deciding_allocates_nothing() {
         .collect();
     let cookies: Vec<Vec<u8>> = ids
         .iter()
-        .map(|id| [&b"theme=dark; uid="[..], id].concat())
+        .map(|id| [&b"lang=en; uid="[..], id].concat())
         .collect();
     let long_path = format!("/v2/models/ranker/infer?{}", "q".repeat(4000));
     let serialized: Vec<Serialized> = ids
@@ -157,9 +167,11 @@ fn deciding_allocates_nothing() {
             ("x-user-id", id),
             ("x-tier", b"gold"),
         ];
-        let with_cookie: [(&str, &[u8]); 4] = [
+        // The identity is in the second of two `cookie` headers (HTTP/1.1).
+        let with_cookie: [(&str, &[u8]); 5] = [
             (":path", b"/other"),
             (":method", b"GET"),
+            ("cookie", b"theme=dark"),
             ("cookie", cookie),
             ("x-abmesh-force", b"banner=z, ranker=control"),
         ];

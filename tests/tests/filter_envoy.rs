@@ -90,12 +90,16 @@ async fn users_land_on_their_variants_upstream_and_agree_with_the_cli() {
 
     let mut per_variant: HashMap<String, usize> = HashMap::new();
     for (i, (id, want)) in ids.iter().zip(&expected).enumerate() {
-        // Half the users identify by header, half by cookie fallback.
+        // A third of the users identify by header, a third by the cookie
+        // fallback, and a third by the cookie in the second of two
+        // `cookie` headers (HTTP/1.1 clients may send several; Envoy keeps
+        // them apart over HTTP/1.1).
         let cookie = [&b"theme=dark; abmesh_uid="[..], id].concat();
-        let headers: Vec<(&str, &[u8])> = if i % 2 == 0 {
-            vec![("x-user-id", id)]
-        } else {
-            vec![("cookie", &cookie)]
+        let second = [&b"abmesh_uid="[..], id].concat();
+        let headers: Vec<(&str, &[u8])> = match i % 3 {
+            0 => vec![("x-user-id", id)],
+            1 => vec![("cookie", &cookie)],
+            _ => vec![("cookie", b"theme=dark; lang=en"), ("cookie", &second)],
         };
         let reply = client.get("/predict", &headers).await;
         assert_eq!(

@@ -174,6 +174,12 @@ impl RequestHeaders for HeaderCache {
     fn contains(&self, name: &str) -> Option<bool> {
         Some(crate::header_map::find(self.map()?, name.as_bytes()).is_some())
     }
+
+    fn cookie(&self, _slot: Slot, name: &str, cookie: &[u8]) -> Option<&[u8]> {
+        // Every `cookie` header: HTTP/1.1 requests may carry several.
+        crate::header_map::values(self.map()?, name.as_bytes())
+            .find_map(|header| crate::identity::cookie_value(header, cookie))
+    }
 }
 
 struct HostSink;

@@ -10,6 +10,14 @@ impl RequestHeaders for Req<'_> {
     fn get(&self, _slot: Slot, name: &str) -> Option<&[u8]> {
         self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
+
+    /// Like the Wasm glue: every `cookie` header counts.
+    fn cookie(&self, _slot: Slot, name: &str, cookie: &[u8]) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .find_map(|(_, v)| abmesh_filter::identity::cookie_value(v, cookie))
+    }
 }
 
 /// Records header operations as owned strings (for assertions, not for the
