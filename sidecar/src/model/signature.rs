@@ -402,7 +402,7 @@ mod tests {
         let e = sig
             .prepare(
                 vec![input("x", DataType::Fp32, &[1, 4])],
-                Some(&[long.clone()]),
+                Some(std::slice::from_ref(&long)),
             )
             .unwrap_err()
             .to_string();
