@@ -130,6 +130,9 @@ impl<'de> Deserialize<'de> for Millis {
 /// of the fraction past milliseconds are truncated.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
+    // Every index below is in bounds: fixed positions up to 19 after this
+    // check, the fraction loop tests `i < b.len()`, and the offset's
+    // `b[i + 3]` is read only once `i + 6 == b.len()` (`&&` short-circuits).
     if b.len() < 20 {
         return None;
     }
