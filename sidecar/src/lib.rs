@@ -8,6 +8,7 @@ pub mod events;
 pub mod guardrail;
 pub mod kserve;
 pub mod model;
+pub mod quote;
 pub mod report;
 pub mod server;
 pub mod stats;

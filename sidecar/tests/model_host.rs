@@ -449,6 +449,105 @@ fn malformed_requests_get_a_4xx_that_says_what_is_wrong() {
     assert_eq!(server.get("/v2/health/live").status, 200);
 }
 
+/// Errors quote the request's values clipped to 200 bytes: a 10 MB input
+/// name, output name or datatype, a long model name or version in the path,
+/// a long header value; each error body stays under 1 KB.
+#[test]
+fn error_bodies_quote_long_values_clipped() {
+    require_onnxruntime!();
+    let server = Server::start(&["--models", example_repo().to_str().unwrap()]);
+    let mut conn = server.client();
+    let long = "n".repeat(10 << 20);
+    let ok = scorer_request(&[1]);
+    let mut long_output = ok.clone();
+    long_output["outputs"] = json!([{"name": long}]);
+    let cases = [
+        (
+            "/v2/models/scorer/infer".to_owned(),
+            json!({"inputs": [{"name": long, "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}]}),
+            400,
+            format!(
+                "unknown input '{}… ({} bytes)'",
+                "n".repeat(200),
+                long.len()
+            ),
+        ),
+        (
+            "/v2/models/scorer/infer".to_owned(),
+            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": long, "data": vec![0.5; 16]}]}),
+            400,
+            format!(
+                "unknown datatype \"{}\"… ({} bytes)",
+                "n".repeat(200),
+                long.len()
+            ),
+        ),
+        (
+            "/v2/models/scorer/infer".to_owned(),
+            long_output,
+            400,
+            format!(
+                "unknown output '{}… ({} bytes)'",
+                "n".repeat(200),
+                long.len()
+            ),
+        ),
+        (
+            format!("/v2/models/{}/infer", "m".repeat(60_000)),
+            ok.clone(),
+            404,
+            format!("unknown model '{}… (60000 bytes)'", "m".repeat(200)),
+        ),
+        (
+            format!("/v2/models/scorer/versions/{}/infer", "9".repeat(60_000)),
+            ok.clone(),
+            404,
+            format!(
+                "model 'scorer' has no version '{}… (60000 bytes)' loaded",
+                "9".repeat(200)
+            ),
+        ),
+    ];
+    for (path, body, status, message) in cases {
+        let r = conn
+            .send("POST", &path, &[], body.to_string().as_bytes())
+            .unwrap();
+        assert_eq!(r.status, status, "{}", &r.text()[..r.text().len().min(300)]);
+        assert!(r.body.len() < 1024, "{} bytes of error body", r.body.len());
+        let e = r.error();
+        assert!(
+            e.contains(&message),
+            "error {e:?} should contain {message:?}"
+        );
+    }
+    let r = conn
+        .send(
+            "POST",
+            "/v2/models/scorer/infer",
+            &[("Content-Encoding", &"z".repeat(30_000))],
+            ok.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 415);
+    assert!(r.body.len() < 1024, "{} bytes of error body", r.body.len());
+    let r = conn
+        .send(
+            "POST",
+            "/v2/models/scorer/infer",
+            &[("Inference-Header-Content-Length", &"7".repeat(30_000))],
+            ok.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body.len() < 1024, "{} bytes of error body", r.body.len());
+    assert_eq!(
+        conn.post("/v2/models/scorer/infer", ok.to_string().as_bytes())
+            .unwrap()
+            .status,
+        200
+    );
+}
+
 /// The value of one sample line of the Prometheus text.
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()

@@ -38,12 +38,15 @@
 //! filter: numbers, and user ids as JSON strings (escape `"`, `\` and
 //! control characters).
 
+use std::collections::HashSet;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::fields::{self, bare_message, Text, MAX_TIMESTAMP_MS};
+use super::fields::{self, bare_message, parse_json, JsonFailure, Text, MAX_TIMESTAMP_MS};
 use super::ValidationError;
 use crate::guardrail::{Health, LATENCY_BUCKETS, STATUS_CLASSES};
+use crate::quote::{bound, clip};
 
 /// Most rows in one batch.
 pub const MAX_EXPOSURES_PER_BATCH: usize = 1_000_000;
@@ -166,32 +169,22 @@ impl ExposureRow<'_> {
 /// Parses and validates a batch; all or nothing, errors name the row and
 /// element (`exposures[3][2]: ...`).
 pub fn parse_exposures(body: &[u8]) -> Result<ExposureBatch<'_>, ValidationError> {
-    let batch = match serde_json::from_slice::<ExposureBatch>(body) {
-        Ok(b) => b,
-        Err(_) => {
-            let mut de = serde_json::Deserializer::from_slice(body);
-            let e = match serde_path_to_error::deserialize::<_, ExposureBatch>(&mut de) {
-                Ok(_) => unreachable!("a body that failed to parse parsed"),
-                Err(e) => e,
-            };
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let path = if path == "." {
-                "batch".to_owned()
-            } else {
-                path
-            };
-            return Err(ValidationError::new(
-                path,
-                format!(
-                    "{} (line {}, column {})",
-                    bare_message(&inner),
-                    inner.line(),
-                    inner.column()
-                ),
-            ));
-        }
-    };
+    let batch = parse_json::<ExposureBatch>(body).map_err(|JsonFailure { path, error }| {
+        let path = if path == "." {
+            "batch".to_owned()
+        } else {
+            path
+        };
+        ValidationError::new(
+            path,
+            format!(
+                "{} (line {}, column {})",
+                bare_message(&error),
+                error.line(),
+                error.column()
+            ),
+        )
+    })?;
     validate(&batch)?;
     Ok(batch)
 }
@@ -216,10 +209,11 @@ fn validate(b: &ExposureBatch) -> Result<(), ValidationError> {
             ),
         ));
     }
+    let mut experiment_names = Repeats::new(b.experiments.len());
     for (i, e) in b.experiments.iter().enumerate() {
         fields::check_experiment_name(e.name.as_str())
             .map_err(|m| ValidationError::new(format!("experiments[{i}].name"), m))?;
-        if b.experiments[..i].iter().any(|o| o.name == e.name) {
+        if experiment_names.seen_before(e.name.as_str()) {
             return Err(ValidationError::new(
                 format!("experiments[{i}].name"),
                 format!("{:?} is listed twice", e.name.as_str()),
@@ -231,10 +225,11 @@ fn validate(b: &ExposureBatch) -> Result<(), ValidationError> {
                 format!("must list 1 to {MAX_EXPERIMENTS_PER_BATCH} variants"),
             ));
         }
+        let mut variant_names = Repeats::new(e.variants.len());
         for (j, v) in e.variants.iter().enumerate() {
             fields::check_variant_name(v.as_str())
                 .map_err(|m| ValidationError::new(format!("experiments[{i}].variants[{j}]"), m))?;
-            if e.variants[..j].contains(v) {
+            if variant_names.seen_before(v.as_str()) {
                 return Err(ValidationError::new(
                     format!("experiments[{i}].variants[{j}]"),
                     format!("{:?} is listed twice", v.as_str()),
@@ -268,14 +263,15 @@ fn validate(b: &ExposureBatch) -> Result<(), ValidationError> {
                 "config_id",
                 format!(
                     "must be 16 lowercase hex digits (got {:?})",
-                    truncate(id.as_str(), 40)
+                    clip(id.as_str())
                 ),
             ));
         }
     }
     if let Some(raw) = b.config {
         abmesh_filter::Plan::from_json(raw.get().as_bytes()).map_err(|e| {
-            let m = e.to_string();
+            // The filter's messages may quote the configuration's values.
+            let m = bound(e.to_string());
             let m = if m.starts_with("invalid configuration") {
                 m
             } else {
@@ -374,10 +370,43 @@ fn validate_health(b: &ExposureBatch) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
+/// Names already listed, to refuse one listed twice: a linear scan for the
+/// few names batches usually have, a hash set for long lists (a batch may
+/// list 1024 experiments of 1024 variants, where pairwise comparison would
+/// cost half a billion string comparisons).
+struct Repeats<'a> {
+    names: Vec<&'a str>,
+    set: Option<HashSet<&'a str>>,
+}
+
+impl<'a> Repeats<'a> {
+    /// Lists of up to this many names are scanned.
+    const SCAN: usize = 16;
+
+    fn new(expected: usize) -> Repeats<'a> {
+        if expected <= Self::SCAN {
+            Repeats {
+                names: Vec::with_capacity(expected),
+                set: None,
+            }
+        } else {
+            Repeats {
+                names: Vec::new(),
+                set: Some(HashSet::with_capacity(expected)),
+            }
+        }
+    }
+
+    /// Records `name`; whether it was recorded before.
+    fn seen_before(&mut self, name: &'a str) -> bool {
+        match &mut self.set {
+            Some(set) => !set.insert(name),
+            None if self.names.contains(&name) => true,
+            None => {
+                self.names.push(name);
+                false
+            }
+        }
     }
 }
 
@@ -416,6 +445,44 @@ mod tests {
         assert_eq!(b.health[0].variant(), 1);
         assert_eq!(format_config_id(255), "00000000000000ff");
         assert_eq!(parse_config_id("00000000000000FF"), None);
+    }
+
+    /// A complete batch followed by other characters is refused (it used
+    /// to reach an `unreachable!`).
+    #[test]
+    fn trailing_characters_are_refused_with_their_position() {
+        let mut body = OK.to_vec();
+        body.extend_from_slice(b" x");
+        let e = parse_exposures(&body).unwrap_err();
+        assert_eq!(e.path, "batch");
+        assert_eq!(e.message, "trailing characters (line 3, column 97)");
+        let mut body = OK.to_vec();
+        body.extend_from_slice(b"\n\t ");
+        assert!(parse_exposures(&body).is_ok());
+    }
+
+    #[test]
+    fn long_lists_of_names_are_checked_for_repeats() {
+        let variants: Vec<String> = (0..1024).map(|i| format!("\"v{i}\"")).collect();
+        let mut listed = variants.clone();
+        let body = |v: &[String]| {
+            format!(
+                r#"{{"instance":"i","seq":1,"experiments":[{{"name":"r","variants":[{}]}}],"exposures":[]}}"#,
+                v.join(",")
+            )
+        };
+        assert!(parse_exposures(body(&listed).as_bytes()).is_ok());
+        listed[700] = "\"v3\"".into();
+        let e = parse_exposures(body(&listed).as_bytes()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "experiments[0].variants[700]: \"v3\" is listed twice"
+        );
+        let few = &variants[..5];
+        let mut few = few.to_vec();
+        few[4] = "\"v0\"".into();
+        let e = parse_exposures(body(&few).as_bytes()).unwrap_err();
+        assert_eq!(e.path, "experiments[0].variants[4]");
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
+use crate::quote::{bound, clip};
+
 /// Longest user id, event id or filter instance id, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 /// Longest experiment, variant or metric name, in characters (all ASCII).
@@ -128,6 +130,9 @@ impl<'de> Deserialize<'de> for Millis {
 /// of the fraction past milliseconds are truncated.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
+    // Every index below is in bounds: fixed positions up to 19 after this
+    // check, the fraction loop tests `i < b.len()`, and the offset's
+    // `b[i + 3]` is read only once `i + 6 == b.len()` (`&&` short-circuits).
     if b.len() < 20 {
         return None;
     }
@@ -253,7 +258,8 @@ pub fn check_metric_name(s: &str) -> Result<(), String> {
 fn check_name(s: &str, ok: impl Fn(u8) -> bool, allowed: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > MAX_NAME_CHARS || !s.bytes().all(ok) {
         return Err(format!(
-            "must be 1 to {MAX_NAME_CHARS} characters of {allowed} (got {s:?})"
+            "must be 1 to {MAX_NAME_CHARS} characters of {allowed} (got {:?})",
+            clip(s)
         ));
     }
     Ok(())
@@ -271,14 +277,54 @@ pub fn check_id(s: &str) -> Result<(), String> {
 }
 
 /// serde_json's message without its " at line L column C" suffix (the
-/// caller says where, in terms of the batch).
+/// caller says where, in terms of the batch), bounded: serde quotes the
+/// offending value whole (`invalid type: string "..."`).
 pub(crate) fn bare_message(e: &serde_json::Error) -> String {
     let s = e.to_string();
     let suffix = format!(" at line {} column {}", e.line(), e.column());
-    match s.strip_suffix(&suffix) {
+    bound(match s.strip_suffix(&suffix) {
         Some(m) => m.to_owned(),
         None => s,
-    }
+    })
+}
+
+/// Why a JSON document did not parse: the path of the offending value
+/// (serde_path_to_error's, `.` for the document itself; clipped, as it
+/// quotes keys) and serde_json's error, which says what and where (line,
+/// column).
+#[derive(Debug)]
+pub(crate) struct JsonFailure {
+    pub path: String,
+    pub error: serde_json::Error,
+}
+
+/// Parses one JSON document: a single value of type `T`, with nothing but
+/// whitespace after it.
+///
+/// The first attempt does not track paths (it is the common case, and
+/// tracking costs); only when it fails is the document read again with
+/// serde_path_to_error, to name the failing field. That second reading
+/// stops at the end of the value, so a document whose value is complete
+/// but is followed by other characters (`{...} x`) passes it: the failure
+/// is then the first reading's (`trailing characters`, at the position of
+/// the first one), at the path of the document itself.
+pub(crate) fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, JsonFailure> {
+    let first = match serde_json::from_slice::<T>(bytes) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Err(match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        // The path names the client's keys (`.vaule`, or a 10 MB one).
+        Err(e) => JsonFailure {
+            path: clip(&e.path().to_string()).to_string(),
+            error: e.into_inner(),
+        },
+        Ok(_) => JsonFailure {
+            path: ".".to_owned(),
+            error: first,
+        },
+    })
 }
 
 #[cfg(test)]

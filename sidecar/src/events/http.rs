@@ -27,7 +27,7 @@ use super::exposure::format_config_id;
 use super::{parse_exposures, parse_outcomes, ValidationError};
 use crate::aggregate::engine::AdminAction;
 use crate::aggregate::{config_id, Aggregates, Applied, Definitions, Engine, EngineOptions};
-use crate::server::response::{self, ApiError};
+use crate::server::response::{self, clip, ApiError};
 use crate::server::router::{HandlerResult, Request, Router};
 use crate::server::state::AppState;
 use crate::store::{Kind, Recovery, Store, StoreError, StoreMetrics, StoreOptions};
@@ -393,7 +393,8 @@ async fn admin(mut req: Request, state: AppState, action: &str) -> HandlerResult
         let Some(e) = agg.experiment(&experiment) else {
             let known: Vec<&str> = agg.experiments.iter().map(|e| e.name.as_str()).collect();
             return Err(ApiError::not_found(format!(
-                "no experiment {experiment:?} (known: {})",
+                "no experiment {:?} (known: {})",
+                clip(&experiment),
                 if known.is_empty() {
                     "none".to_owned()
                 } else {
@@ -403,7 +404,8 @@ async fn admin(mut req: Request, state: AppState, action: &str) -> HandlerResult
         };
         if e.variant_index(&variant).is_none() {
             return Err(ApiError::not_found(format!(
-                "experiment {experiment:?} has no variant {variant:?} (variants: {})",
+                "experiment {experiment:?} has no variant {:?} (variants: {})",
+                clip(&variant),
                 e.variants.join(", ")
             )));
         }

@@ -21,7 +21,7 @@
 
 use serde::Deserialize;
 
-use super::fields::{self, bare_message, Finite, Millis, Text};
+use super::fields::{self, bare_message, parse_json, Finite, JsonFailure, Millis, Text};
 use super::ValidationError;
 
 /// Most events in one request.
@@ -81,8 +81,7 @@ impl Outcome<'_> {
 /// all or nothing: the first invalid event rejects it, and the error names
 /// the event's index and field (`events[3].value: ...`).
 pub fn parse_outcomes(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
-    let first = body.iter().position(|b| !b.is_ascii_whitespace());
-    let events = match first.map(|i| body[i]) {
+    let events = match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => Vec::new(),
         Some(b'[') => parse_array(body)?,
         Some(_) => parse_ndjson(body)?,
@@ -105,33 +104,22 @@ pub fn parse_outcomes(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> 
 }
 
 fn parse_array(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
-    match serde_json::from_slice::<Vec<Outcome>>(body) {
-        Ok(v) => Ok(v),
-        // Parse again, tracking the path, only to name the failing field.
-        Err(_) => {
-            let mut de = serde_json::Deserializer::from_slice(body);
-            let e = match serde_path_to_error::deserialize::<_, Vec<Outcome>>(&mut de) {
-                Ok(_) => unreachable!("a body that failed to parse parsed"),
-                Err(e) => e,
-            };
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let path = if path == "." {
-                "events".to_owned()
-            } else {
-                format!("events{path}")
-            };
-            Err(ValidationError::new(
-                path,
-                format!(
-                    "{} (line {}, column {})",
-                    bare_message(&inner),
-                    inner.line(),
-                    inner.column()
-                ),
-            ))
-        }
-    }
+    parse_json::<Vec<Outcome>>(body).map_err(|JsonFailure { path, error }| {
+        let path = if path == "." {
+            "events".to_owned()
+        } else {
+            format!("events{path}")
+        };
+        ValidationError::new(
+            path,
+            format!(
+                "{} (line {}, column {})",
+                bare_message(&error),
+                error.line(),
+                error.column()
+            ),
+        )
+    })
 }
 
 fn parse_ndjson(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
@@ -141,16 +129,9 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
             continue;
         }
         let index = out.len();
-        match serde_json::from_slice::<Outcome>(line) {
+        match parse_json::<Outcome>(line) {
             Ok(e) => out.push(e),
-            Err(_) => {
-                let mut de = serde_json::Deserializer::from_slice(line);
-                let e = match serde_path_to_error::deserialize::<_, Outcome>(&mut de) {
-                    Ok(_) => unreachable!("a line that failed to parse parsed"),
-                    Err(e) => e,
-                };
-                let path = e.path().to_string();
-                let inner = e.into_inner();
+            Err(JsonFailure { path, error }) => {
                 let path = if path == "." {
                     format!("events[{index}]")
                 } else {
@@ -160,9 +141,9 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
                     path,
                     format!(
                         "{} (line {}, column {})",
-                        bare_message(&inner),
+                        bare_message(&error),
                         line_no + 1,
-                        inner.column()
+                        error.column()
                     ),
                 ));
             }
@@ -222,6 +203,95 @@ mod tests {
         assert!(e.message.contains("missing field `user`"));
         let e = parse_outcomes(br#"[{"user":"a","metric":"m"}"#).unwrap_err();
         assert!(e.path.starts_with("events"), "{e}");
+    }
+
+    /// A complete value followed by other characters is refused with the
+    /// position of the first of them; it used to reach an `unreachable!`
+    /// (the path-tracking re-parse stops at the end of the value, and
+    /// succeeded).
+    #[test]
+    fn trailing_characters_are_refused_with_their_position() {
+        let e = parse_outcomes(br#"{"user":"u","metric":"m"} x"#).unwrap_err();
+        assert_eq!(e.path, "events[0]");
+        assert_eq!(e.message, "trailing characters (line 1, column 27)");
+        let e = parse_outcomes(
+            b"{\"user\":\"u\",\"metric\":\"m\"}\n{\"user\":\"u\",\"metric\":\"m\"}}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "events[1]");
+        assert_eq!(e.message, "trailing characters (line 2, column 26)");
+        let e = parse_outcomes(br#"[{"user":"u","metric":"m"}] x"#).unwrap_err();
+        assert_eq!(e.path, "events");
+        assert_eq!(e.message, "trailing characters (line 1, column 29)");
+        let e = parse_outcomes(b"[{\"user\":\"u\",\"metric\":\"m\"}]\n[]").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "events: trailing characters (line 2, column 1)"
+        );
+        // Whitespace after the value is not trailing characters.
+        assert_eq!(
+            parse_outcomes(b"[{\"user\":\"u\",\"metric\":\"m\"}] \r\n\t")
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    /// Messages quote a value at most 200 bytes long, whatever the client
+    /// sent.
+    #[test]
+    fn errors_quote_long_values_clipped() {
+        let long = "x".repeat(1 << 20);
+        let body = format!(r#"[{{"user":"u","metric":"{long}"}}]"#);
+        let e = parse_outcomes(body.as_bytes()).unwrap_err();
+        assert_eq!(e.path, "events[0].metric");
+        assert!(e.message.len() < 400, "{}", e.message.len());
+        assert!(
+            e.message.ends_with(&format!("… ({} bytes))", 1 << 20)),
+            "{e}"
+        );
+        let body = format!(r#"{{"user":"u","metric":"m","value":"{long}"}}"#);
+        let e = parse_outcomes(body.as_bytes()).unwrap_err();
+        assert_eq!(e.path, "events[0].value");
+        assert!(e.message.len() < 1100, "{}", e.message.len());
+        assert!(e.message.starts_with("invalid type: string \"xxx"), "{e}");
+        assert!(
+            e.message
+                .ends_with("expected a finite number (line 1, column 1048611)"),
+            "{e}"
+        );
+    }
+
+    /// 17 significant digits identify a double; the event parser must read
+    /// them as the nearest double, as Rust's own parser does (serde_json
+    /// without `float_roundtrip` is off by one ULP for some of them).
+    #[test]
+    fn values_round_trip_bit_for_bit() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut wrong = Vec::new();
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = f64::from_bits(x);
+            if !v.is_finite() {
+                continue;
+            }
+            for text in [format!("{v:.16e}"), format!("{v:?}")] {
+                let body = format!(r#"{{"user":"u","metric":"m","value":{text}}}"#);
+                let got = parse_outcomes(body.as_bytes()).unwrap()[0].amount();
+                let want: f64 = text.parse().unwrap();
+                if got.to_bits() != want.to_bits() {
+                    wrong.push(text);
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} misread, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
     }
 
     #[test]

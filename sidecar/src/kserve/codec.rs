@@ -13,6 +13,7 @@ use super::json::{self, JsonData};
 use super::types::InferRequest;
 use crate::model::tensor::format_shape;
 use crate::model::{DataType, NamedTensor, OutputTensor, Tensor};
+use crate::quote::{bound, clip};
 
 /// The HTTP header that splits a body into JSON and binary parts.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -51,15 +52,15 @@ impl BinaryOutputs {
 /// client, who gets them in a 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("invalid Inference-Header-Content-Length {0:?}: expected a byte count")]
+    #[error("invalid Inference-Header-Content-Length {:?}: expected a byte count", clip(.0))]
     BadHeaderLength(String),
     #[error("Inference-Header-Content-Length is {header} but the body has only {body} bytes")]
     HeaderPastBody { header: usize, body: usize },
     #[error("invalid inference request JSON: {0}")]
     Json(String),
-    #[error("input '{name}': {problem}")]
+    #[error("input '{}': {problem}", clip(.name))]
     Input { name: String, problem: String },
-    #[error("output '{name}': the classification extension is not supported")]
+    #[error("output '{}': the classification extension is not supported", clip(.name))]
     Classification { name: String },
     #[error("{0} bytes of binary data follow the last binary input")]
     TrailingBinary(usize),
@@ -92,8 +93,9 @@ pub fn decode_request(
             body.split_at(n)
         }
     };
+    // serde's messages quote the offending value whole.
     let request: InferRequest<'_> =
-        serde_json::from_slice(json).map_err(|e| DecodeError::Json(e.to_string()))?;
+        serde_json::from_slice(json).map_err(|e| DecodeError::Json(bound(e.to_string())))?;
 
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
@@ -107,14 +109,19 @@ pub fn decode_request(
             let d = usize::try_from(d).map_err(|_| {
                 problem(format!(
                     "shape {} has a negative dimension",
-                    format_shape(&input.shape)
+                    clip(&format_shape(&input.shape))
                 ))
             })?;
             shape.push(d);
         }
         let count = Tensor::element_count(&shape)
             .filter(|n| n.checked_mul(datatype.size()).is_some())
-            .ok_or_else(|| problem(format!("shape {} is too large", format_shape(&shape))))?;
+            .ok_or_else(|| {
+                problem(format!(
+                    "shape {} is too large",
+                    clip(&format_shape(&shape))
+                ))
+            })?;
         let bytes = count * datatype.size();
         let data = match (input.parameters.binary_data_size, input.data) {
             (Some(_), Some(_)) => {
@@ -139,7 +146,7 @@ pub fn decode_request(
                 if size != bytes as u64 {
                     return Err(problem(format!(
                         "binary_data_size is {size} bytes, but shape {} of {datatype} needs {bytes}",
-                        format_shape(&shape)
+                        clip(&format_shape(&shape))
                     )));
                 }
                 if bytes > binary.len() {
@@ -275,6 +282,8 @@ pub fn encode_response(
                     bytes: &t.data,
                 },
             )
+            // An invariant: writing to a Vec cannot fail, and JsonData's
+            // Serialize has no error of its own (NaN becomes null).
             .expect("serialising to memory cannot fail");
             body.push(b'}');
         }
@@ -305,6 +314,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     } else {
+        // An invariant: a str serialises to a Vec without error.
         serde_json::to_writer(&mut *out, s).expect("serialising to memory cannot fail");
     }
 }
@@ -424,6 +434,53 @@ mod tests {
         assert!(
             e.to_string()
                 .starts_with("input 'x': invalid type: string \"a\""),
+            "{e}"
+        );
+    }
+
+    /// Client-supplied values are quoted at most 200 bytes long, however
+    /// long they are.
+    #[test]
+    fn errors_quote_long_values_clipped() {
+        let long = "n".repeat(10 << 20);
+        let cases = [
+            format!(
+                r#"{{"inputs":[{{"name":"{long}","shape":[1],"datatype":"FP33","data":[1]}}]}}"#
+            ),
+            format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"{long}","data":[1]}}]}}"#),
+            format!(
+                r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":["{long}"]}}]}}"#
+            ),
+            format!(
+                r#"{{"inputs":[{{"name":"x","shape":"{long}","datatype":"FP32","data":[1]}}]}}"#
+            ),
+            format!(
+                r#"{{"inputs":[{{"name":"x","shape":[-1{}],"datatype":"FP32","data":[1]}}]}}"#,
+                ",1".repeat(1 << 20)
+            ),
+            format!(
+                r#"{{"inputs":[],"outputs":[{{"name":"{long}","parameters":{{"classification":1}}}}]}}"#
+            ),
+            format!(r#"{{"{long}":1}}"#),
+        ];
+        for body in &cases {
+            let e = decode_request(body.as_bytes(), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.len() < 1100, "{} bytes: {}…", e.len(), &e[..100]);
+        }
+        let e = decode_request(b"{}", Some(&long)).unwrap_err().to_string();
+        assert!(e.len() < 400, "{}", e.len());
+        assert!(e.contains(&format!("… ({} bytes)", long.len())), "{e}");
+        let e = decode_request(cases[0].as_bytes(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("input 'nnn"), "{e}");
+        assert!(
+            e.contains(&format!(
+                "… ({} bytes)': unknown datatype \"FP33\"",
+                long.len()
+            )),
             "{e}"
         );
     }

@@ -105,6 +105,7 @@ impl<'a> Parser<'a> {
                 _ => self.i += 1,
             }
         }
+        // `start..self.i` lies in `s`: `self.i` only moved over bytes read.
         let text = std::str::from_utf8(&self.s[start..self.i]).ok()?;
         self.i += 1;
         Some(text)
@@ -123,7 +124,7 @@ impl<'a> Parser<'a> {
             self.i += 1;
         }
         let digits = self.i - start;
-        if digits == 0 || (digits > 1 && self.s[start] == b'0') {
+        if digits == 0 || (digits > 1 && self.s.get(start) == Some(&b'0')) {
             return None;
         }
         if matches!(self.s.get(self.i), Some(b'.' | b'e' | b'E')) {
@@ -236,6 +237,8 @@ impl<'a> Parser<'a> {
             match *self.s.get(self.i)? {
                 b'[' => depth += 1,
                 b']' => {
+                    // `depth` ≥ 1 here: the first byte was `[`, and the
+                    // loop returns when it falls back to 0.
                     depth -= 1;
                     if depth == 0 {
                         self.i += 1;

@@ -25,6 +25,7 @@ use super::types::{ModelMetadata, Readiness, ServerMetadata, TensorMetadata};
 use crate::model::metrics::ErrorKind;
 use crate::model::signature::TensorSpec;
 use crate::model::{InferError, LoadedVersion, LookupError, ModelHost};
+use crate::quote::clip;
 use crate::server::response::{self, ApiError};
 use crate::server::{AppState, HandlerResult, Request};
 
@@ -165,7 +166,10 @@ async fn run_infer(req: &mut Request, state: &AppState, model: &LoadedVersion) -
     {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Encoding {enc} is not supported; send the body uncompressed"),
+            format!(
+                "Content-Encoding {} is not supported; send the body uncompressed",
+                clip(enc)
+            ),
         ));
     }
     let header_length = header(req, &header_length_name).map(str::to_owned);

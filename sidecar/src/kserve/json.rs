@@ -16,6 +16,7 @@ use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 
 use crate::model::DataType;
+use crate::quote::bound;
 
 /// Decodes `data` into little-endian tensor bytes. `expected` is the element
 /// count of the declared shape; the data must have exactly that many.
@@ -40,12 +41,13 @@ fn decode_general(raw: &RawValue, datatype: DataType, expected: usize) -> Result
     };
     seed.deserialize(&mut de).map_err(|e| {
         // serde_json appends a position inside `data`; the message alone is
-        // what helps.
+        // what helps. It may quote the offending value whole (`invalid
+        // type: string "..."`).
         let msg = e.to_string();
-        match msg.rfind(" at line ") {
+        bound(match msg.rfind(" at line ") {
             Some(at) => msg[..at].to_owned(),
             None => msg,
-        }
+        })
     })?;
     if count != expected {
         return Err(format!(
@@ -121,6 +123,8 @@ pub(crate) fn decode_floats_at(
                 if count == expected {
                     return None;
                 }
+                // `count < expected` (checked just above) and `out` holds
+                // `expected` elements, so the slices below are in it.
                 let at = count * size;
                 if fp32 {
                     let v = v as f32;
@@ -167,7 +171,7 @@ fn skip_ws(s: &[u8], mut i: usize) -> usize {
 /// A JSON number starting at `i`, and where it ends; `None` if it is
 /// malformed or outside the fast path (see [`decode_floats_fast`]).
 fn parse_number(s: &[u8], mut i: usize) -> Option<(f64, usize)> {
-    let negative = s[i] == b'-';
+    let negative = s.get(i) == Some(&b'-');
     if negative {
         i += 1;
     }
@@ -295,35 +299,39 @@ impl Flatten<'_> {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             (_, Number::F64(_)) => return Err(bad(&format!("not an integer, as {dt} needs"))),
-            (dt, n) => {
-                let wide: i128 = match n {
-                    Number::U64(v) => v.into(),
-                    Number::I64(v) => v.into(),
-                    _ => unreachable!("floats and bools handled above"),
-                };
-                macro_rules! int {
-                    ($t:ty) => {{
-                        let v = <$t>::try_from(wide)
-                            .map_err(|_| bad(&format!("outside the {dt} range")))?;
-                        out.extend_from_slice(&v.to_le_bytes());
-                    }};
-                }
-                match dt {
-                    DataType::Uint8 => int!(u8),
-                    DataType::Uint16 => int!(u16),
-                    DataType::Uint32 => int!(u32),
-                    DataType::Uint64 => int!(u64),
-                    DataType::Int8 => int!(i8),
-                    DataType::Int16 => int!(i16),
-                    DataType::Int32 => int!(i32),
-                    DataType::Int64 => int!(i64),
-                    _ => unreachable!("float and bool types handled above"),
-                }
-            }
+            (dt, Number::U64(v)) => push_int(dt, v.into(), out).map_err(|why| bad(&why))?,
+            (dt, Number::I64(v)) => push_int(dt, v.into(), out).map_err(|why| bad(&why))?,
         }
         *self.count += 1;
         Ok(())
     }
+}
+
+/// Appends an integer as an element of the integer type `dt`; why not
+/// when it is outside the type's range. (`Flatten::push` calls it for
+/// integer types only; the others are refused here rather than trusted
+/// never to come.)
+fn push_int(dt: DataType, wide: i128, out: &mut Vec<u8>) -> Result<(), String> {
+    macro_rules! int {
+        ($t:ty) => {{
+            let v = <$t>::try_from(wide).map_err(|_| format!("outside the {dt} range"))?;
+            out.extend_from_slice(&v.to_le_bytes());
+        }};
+    }
+    match dt {
+        DataType::Uint8 => int!(u8),
+        DataType::Uint16 => int!(u16),
+        DataType::Uint32 => int!(u32),
+        DataType::Uint64 => int!(u64),
+        DataType::Int8 => int!(i8),
+        DataType::Int16 => int!(i16),
+        DataType::Int32 => int!(i32),
+        DataType::Int64 => int!(i64),
+        DataType::Bool | DataType::Fp16 | DataType::Bf16 | DataType::Fp32 | DataType::Fp64 => {
+            return Err(format!("expected {dt} numbers"))
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -414,6 +422,8 @@ impl Serialize for JsonData<'_> {
         macro_rules! each {
             ($t:ty, $conv:expr) => {
                 for c in self.bytes.chunks_exact(size) {
+                    // An invariant, not input: `chunks_exact(size)` yields
+                    // slices of exactly `size` bytes, the width of `$t`.
                     let v = <$t>::from_le_bytes(c.try_into().expect("chunk of the element size"));
                     seq.serialize_element(&$conv(v))?;
                 }

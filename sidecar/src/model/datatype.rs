@@ -8,6 +8,8 @@ use std::fmt;
 
 use ort::value::TensorElementType;
 
+use crate::quote::clip;
+
 #[cfg(target_endian = "big")]
 compile_error!(
     "abmesh keeps tensor data in the little-endian byte order of the KServe binary \
@@ -40,7 +42,7 @@ pub enum DataType {
 pub enum DataTypeError {
     #[error("datatype BYTES (string tensors) is not supported by this server")]
     Bytes,
-    #[error("unknown datatype {0:?}; expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64")]
+    #[error("unknown datatype {:?}; expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64", clip(.0))]
     Unknown(String),
 }
 

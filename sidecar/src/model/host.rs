@@ -23,6 +23,7 @@ use super::repository::{parse_version, Entry, Repository, RepositoryError};
 use super::runtime::{Runtime, SessionError, SessionOptions};
 use super::signature::{Signature, SignatureError};
 use super::tensor::{NamedTensor, OutputTensor};
+use crate::quote::clip;
 
 /// Settings every version is loaded with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,9 +124,9 @@ impl LoadedVersion {
 /// A request named a model or version that is not being served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
-    #[error("unknown model '{0}'")]
+    #[error("unknown model '{}'", clip(.0))]
     UnknownModel(String),
-    #[error("model '{model}' has no version '{version}' loaded")]
+    #[error("model '{}' has no version '{}' loaded", clip(.model), clip(.version))]
     UnknownVersion { model: String, version: String },
 }
 

@@ -343,6 +343,8 @@ impl Core {
                     }
                 }
             }
+            // An invariant: the loop only gets here after `front()` was
+            // `Some`, with the queue's lock held since.
             let job = queue.pop_front().expect("the queue has a front");
             self.inline_len.fetch_sub(1, Ordering::SeqCst);
             // A client that hung up no longer needs its run.

@@ -15,6 +15,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::quote::clip;
+
 /// The file each version folder holds.
 pub const MODEL_FILE: &str = "model.onnx";
 
@@ -37,10 +39,14 @@ pub enum RepositoryError {
         source: std::io::Error,
     },
     #[error(
-        "invalid model name {0:?}: use letters, digits, '_', '-' and '.', not starting with '.'"
+        "invalid model name {:?}: use letters, digits, '_', '-' and '.', not starting with '.'",
+        clip(.0)
     )]
     InvalidName(String),
-    #[error("invalid model version {0:?}: versions are non-negative integers (the folder name)")]
+    #[error(
+        "invalid model version {:?}: versions are non-negative integers (the folder name)",
+        clip(.0)
+    )]
     InvalidVersion(String),
     #[error("model '{name}' version {version} is not in the repository: no file {path}")]
     Missing {

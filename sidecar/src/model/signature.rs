@@ -13,6 +13,7 @@ use ort::value::ValueType;
 
 use super::tensor::{format_shape, NamedTensor, Tensor};
 use super::DataType;
+use crate::quote::clip;
 
 /// One input or output as the graph declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,16 +58,16 @@ pub enum RequestError {
         got: DataType,
         expected: DataType,
     },
-    #[error("input '{name}': shape {got} does not match the model's {expected}: {detail}")]
+    #[error("input '{name}': shape {} does not match the model's {expected}: {detail}", clip(.got))]
     Shape {
         name: String,
         got: String,
         expected: String,
         detail: String,
     },
-    #[error("input '{name}' is given more than once")]
+    #[error("input '{}' is given more than once", clip(.name))]
     DuplicateInput { name: String },
-    #[error("unknown input '{name}'; the model's inputs are {expected}")]
+    #[error("unknown input '{}'; the model's inputs are {expected}", clip(.name))]
     UnknownInput { name: String, expected: String },
     #[error("missing input '{name}' ({datatype} {shape})")]
     MissingInput {
@@ -74,7 +75,7 @@ pub enum RequestError {
         datatype: DataType,
         shape: String,
     },
-    #[error("unknown output '{name}'; the model's outputs are {expected}")]
+    #[error("unknown output '{}'; the model's outputs are {expected}", clip(.name))]
     UnknownOutput { name: String, expected: String },
 }
 
@@ -154,18 +155,22 @@ impl Signature {
     ) -> Result<Prepared, RequestError> {
         let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
         for input in inputs {
-            let Some(i) = self.inputs.iter().position(|s| *s.name == *input.name) else {
+            let Some((spec, slot)) = self
+                .inputs
+                .iter()
+                .zip(slots.iter_mut())
+                .find(|(s, _)| *s.name == *input.name)
+            else {
                 return Err(RequestError::UnknownInput {
                     name: input.name,
                     expected: names(&self.inputs),
                 });
             };
-            let spec = &self.inputs[i];
-            if slots[i].is_some() {
+            if slot.is_some() {
                 return Err(RequestError::DuplicateInput { name: input.name });
             }
             check_input(spec, &input.tensor)?;
-            slots[i] = Some(input.tensor);
+            *slot = Some(input.tensor);
         }
         let mut ordered = Vec::with_capacity(slots.len());
         for (slot, spec) in slots.into_iter().zip(&self.inputs) {
@@ -202,11 +207,16 @@ impl Signature {
 
         // Empty requests, and requests whose inputs disagree on the first
         // dimension, are valid but run on their own.
-        let rows = if self.batchable {
-            let first = ordered[0].shape[0];
-            (first > 0 && ordered.iter().all(|t| t.shape[0] == first)).then_some(first)
-        } else {
-            None
+        // (A batchable signature has inputs, all of rank 1 or more, and
+        // `check_input` made every input's rank the spec's; `first()`
+        // rather than indexing all the same.)
+        let first_dim = |t: &Tensor| t.shape.first().copied();
+        let rows = match ordered.first().and_then(first_dim) {
+            Some(first) if self.batchable && first > 0 => ordered
+                .iter()
+                .all(|t| first_dim(t) == Some(first))
+                .then_some(first),
+            _ => None,
         };
         Ok(Prepared {
             inputs: ordered,
@@ -369,6 +379,43 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().starts_with("unknown output 'nope'"), "{e}");
+    }
+
+    /// A request's own names and shapes are quoted at most 200 bytes long.
+    #[test]
+    fn errors_quote_long_names_and_shapes_clipped() {
+        let sig = signature();
+        let long = "i".repeat(10 << 20);
+        let e = sig
+            .prepare(vec![input(&long, DataType::Fp32, &[1, 4])], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400, "{}", e.len());
+        assert!(
+            e.starts_with(&format!(
+                "unknown input '{}… ({} bytes)'; the model's inputs are 'x'",
+                "i".repeat(200),
+                long.len()
+            )),
+            "{e}"
+        );
+        let e = sig
+            .prepare(
+                vec![input("x", DataType::Fp32, &[1, 4])],
+                Some(std::slice::from_ref(&long)),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400, "{}", e.len());
+        let e = sig
+            .prepare(vec![input("x", DataType::Fp32, &vec![1; 1 << 20])], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400, "{}", e.len());
+        assert!(
+            e.contains("rank 1048576 where the model expects rank 2"),
+            "{e}"
+        );
     }
 
     #[test]

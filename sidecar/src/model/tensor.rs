@@ -26,11 +26,6 @@ impl Tensor {
     pub fn element_count(shape: &[usize]) -> Option<usize> {
         shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
-
-    /// Bytes in one row (one entry of the first dimension).
-    pub fn row_bytes(&self) -> usize {
-        self.shape.iter().skip(1).product::<usize>() * self.datatype.size()
-    }
 }
 
 /// An input tensor of an inference request, named as the model names it.

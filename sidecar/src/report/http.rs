@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 
 use super::{html, list, report, text, ReportSettings, Settings};
 use crate::events::http::Ingest;
-use crate::server::response::{self, ApiError};
+use crate::server::response::{self, clip, ApiError};
 use crate::server::router::{HandlerResult, Request, Router};
 use crate::server::state::AppState;
 
@@ -50,7 +50,8 @@ pub async fn get_experiment(req: Request, state: AppState) -> HandlerResult {
             agg.experiments.iter().map(|e| e.name.clone()).collect()
         };
         return Err(ApiError::not_found(format!(
-            "no experiment {name:?}: it is neither defined nor seen in exposures (known: {})",
+            "no experiment {:?}: it is neither defined nor seen in exposures (known: {})",
+            clip(name),
             if known.is_empty() {
                 "none".to_owned()
             } else {

@@ -949,6 +949,8 @@ fn decide(
     let Some(primary) = primary else {
         return keep("No outcome events from exposed users yet.".into(), None);
     };
+    // An invariant: `build` picks `primary` among the metrics it reports
+    // (one `MetricReport` per metric of the data).
     let m = metrics
         .iter()
         .find(|m| m.name == primary)

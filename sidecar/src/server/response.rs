@@ -7,10 +7,16 @@ use http::StatusCode;
 use http_body_util::Full;
 use serde::Serialize;
 
+use crate::quote::bound_to;
+pub use crate::quote::clip;
+
 /// The response type of every handler.
 pub type Response = http::Response<Full<Bytes>>;
 
 pub const JSON: &str = "application/json";
+
+/// The longest error message a response carries (see [`ApiError::new`]).
+pub const MAX_ERROR_BYTES: usize = 4096;
 pub const HTML: &str = "text/html; charset=utf-8";
 
 /// A response with a body and content type.
@@ -51,10 +57,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error with a message for the client. Values quoted in it should
+    /// be quoted with [`clip`]; as a last resort the message is bounded
+    /// here to [`MAX_ERROR_BYTES`] (head and tail kept), so that no error
+    /// body grows with the request that caused it.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            message: message.into(),
+            message: bound_to(message.into(), MAX_ERROR_BYTES),
             close: false,
             allow: None,
         }
@@ -85,7 +95,8 @@ impl ApiError {
         let mut e = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             format!(
-                "{path} does not take {method}; it takes {}",
+                "{} does not take {method}; it takes {}",
+                clip(path),
                 allow.join(", ")
             ),
         );
@@ -150,4 +161,21 @@ pub fn escape_html(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever a message quotes, an error body stays small.
+    #[test]
+    fn error_messages_are_bounded() {
+        let e = ApiError::bad_request(format!("bad {}: the end", "v".repeat(10 << 20)));
+        assert!(e.message().len() <= MAX_ERROR_BYTES + 64);
+        assert!(e.message().starts_with("bad vvv"));
+        assert!(e.message().ends_with("vvv: the end"));
+        assert_eq!(ApiError::bad_request("short").message(), "short");
+        let m = ApiError::method_not_allowed(&http::Method::PUT, &"/p".repeat(5000), vec!["GET"]);
+        assert!(m.message().len() < 300, "{}", m.message());
+    }
 }

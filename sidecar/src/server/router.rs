@@ -9,12 +9,21 @@
 //!
 //! A handler is any `async fn(Request, AppState) -> Result<Response, ApiError>`;
 //! adding an endpoint is one `.route(...)` line in `server::routes`.
+//!
+//! A handler that panics answers 500 (`{"error": "internal error ..."}`)
+//! and the panic is logged with the request's method and path: one request
+//! that meets a bug must not stop model serving, ingestion and admin for
+//! everyone. (The release profile unwinds for this; see the root
+//! Cargo.toml.)
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderMap, Method, Uri};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
@@ -22,6 +31,7 @@ use serde::de::DeserializeOwned;
 use super::body::{self, Body, BoxError};
 use super::response::{ApiError, Response};
 use super::state::AppState;
+use crate::quote::{bound, clip};
 
 /// What handlers return.
 pub type HandlerResult = Result<Response, ApiError>;
@@ -119,7 +129,7 @@ impl Request {
     pub async fn json<T: DeserializeOwned>(&mut self, limit: usize) -> Result<T, ApiError> {
         let bytes = self.body(limit).await?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+            .map_err(|e| ApiError::bad_request(bound(format!("invalid JSON body: {e}"))))
     }
 }
 
@@ -243,21 +253,55 @@ impl Router {
             best.and_then(|r| match_path(&r.segments, path).map(|p| (r, p)))
         else {
             let err = if allowed.is_empty() {
-                ApiError::not_found(format!("no endpoint {} {path}", head.method))
+                ApiError::not_found(format!("no endpoint {} {}", head.method, clip(path)))
             } else {
                 ApiError::method_not_allowed(&head.method, path, allowed)
             };
             return err.into_response();
         };
+        // Kept for the log line of a panic: the request moves into the
+        // handler.
+        let method = head.method.clone();
+        let uri = head.uri.clone();
         let request = Request {
             head,
             params,
             body: Some(body.map_err(Into::into).boxed_unsync()),
         };
-        match route.handler.call(request, state).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
+        // The handler's state after a panic is not looked at again: its
+        // future is dropped, and what it shares (`AppState`) is behind
+        // locks that poison or types that stay consistent at every await.
+        let handled = AssertUnwindSafe(async move { route.handler.call(request, state).await })
+            .catch_unwind()
+            .await;
+        match handled {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => e.into_response(),
+            Err(panic) => {
+                tracing::error!(
+                    method = %method,
+                    path = %clip(uri.path()),
+                    panic = %bound(panic_message(panic.as_ref()).to_owned()),
+                    "request handler panicked; answered 500 and serving on"
+                );
+                ApiError::internal(format!(
+                    "internal error while handling {method} {}; the server logged it and keeps serving",
+                    clip(uri.path())
+                ))
+                .into_response()
+            }
         }
+    }
+}
+
+/// The message of a panic payload (`panic!` with a literal or a format).
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "a panic without a message"
     }
 }
 
@@ -360,11 +404,26 @@ mod tests {
         Ok(response::json(&body.len()))
     }
 
+    async fn panics(req: Request, _: AppState) -> HandlerResult {
+        let index: usize = req.query("at").and_then(|a| a.parse().ok()).unwrap_or(9);
+        // A bug that input reaches: indexing out of bounds.
+        let v = [1, 2, 3];
+        Ok(response::json(&v[index]))
+    }
+
+    async fn panics_after_await(mut req: Request, state: AppState) -> HandlerResult {
+        let body = req.body(state.body_limit()).await?;
+        tokio::task::yield_now().await;
+        panic!("a bug after reading {} bytes", body.len());
+    }
+
     fn router() -> Router {
         Router::new()
             .route(Method::GET, "/m/{name}", echo)
             .route(Method::GET, "/m/index", index)
             .route(Method::POST, "/m/{name}", sized)
+            .route(Method::GET, "/panic", panics)
+            .route(Method::POST, "/panic", panics_after_await)
     }
 
     async fn call(
@@ -407,6 +466,52 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("over the limit of 4 bytes"));
+    }
+
+    /// A panicking handler answers 500 with a JSON error; the router (and
+    /// the task that runs it) carries on with the next request.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_router_serves_on() {
+        let r = router();
+        let (s, v, h) = call(&r, Method::GET, "/panic?at=7", b"").await;
+        assert_eq!(s, 500);
+        assert_eq!(h["content-type"], "application/json");
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.starts_with("internal error while handling GET /panic;"),
+            "{msg}"
+        );
+        // The panic's message stays in the log, out of the response.
+        assert!(!msg.contains("index out of bounds"), "{msg}");
+        let (s, v, _) = call(&r, Method::GET, "/panic?at=1", b"").await;
+        assert_eq!((s, v.as_u64()), (200, Some(2)));
+        let (s, v, _) = call(&r, Method::POST, "/panic", b"abc").await;
+        assert_eq!(s, 500);
+        assert!(v["error"].as_str().unwrap().contains("POST /panic"));
+        let (s, v, _) = call(&r, Method::GET, "/m/a", b"").await;
+        assert_eq!((s, v["name"].as_str()), (200, Some("a")));
+    }
+
+    /// 404 and 405 messages quote the path clipped.
+    #[tokio::test]
+    async fn errors_quote_long_paths_clipped() {
+        let r = router();
+        // (`http` takes URIs of up to 64 KiB.)
+        let long = format!("/x/{}", "a".repeat(60_000));
+        let req = http::Request::builder()
+            .uri(long.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let state = AppState::builder(ServerLimits { body_limit: 4 }).build();
+        let resp = r.handle(req, state).await;
+        assert_eq!(resp.status(), 404);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(bytes.len() < 400, "{} bytes", bytes.len());
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(v["error"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("… ({} bytes)", long.len())));
     }
 
     #[test]
