@@ -252,7 +252,10 @@ impl Router {
         let request = Request {
             head,
             params,
-            body: Some(body.map_err(Into::into).boxed_unsync()),
+            body: Some(Body::new(
+                body.map_err(Into::into).boxed_unsync(),
+                state.bodies(),
+            )),
         };
         match route.handler.call(request, state).await {
             Ok(r) => r,
