@@ -38,7 +38,7 @@
 //! the log, so a replay notifies nobody twice.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -198,6 +198,11 @@ impl IdSet {
         }
     }
 
+    /// Whether `h` is remembered.
+    fn contains(&self, h: u128) -> bool {
+        self.current.contains(&h) || self.previous.contains(&h)
+    }
+
     /// True if `h` was not seen (and remembers it).
     fn insert(&mut self, h: u128) -> bool {
         if self.previous.contains(&h) || !self.current.insert(h) {
@@ -210,7 +215,8 @@ impl IdSet {
     }
 }
 
-fn id_hash(id: &str) -> u128 {
+/// The key an event id is remembered by.
+pub fn id_hash(id: &str) -> u128 {
     // Fixed keys: the hashes are stored in snapshots and compared across
     // restarts and sidecars.
     let mut h = SipHasher13::new_with_keys(0x6162_6d65_7368_2d69, 0x642d_6465_6475_7031);
@@ -247,10 +253,44 @@ impl SeqWindow {
     }
 }
 
+/// The event ids the engine remembers, readable by request handlers
+/// without going through the applier thread (which would make each
+/// request wait for the previous group's fsync): `POST /v1/events` drops
+/// the events whose ids are already known before appending, so re-sent
+/// batches do not grow the log. The applier holds the write lock only
+/// while it inserts one record's ids. A handler's answer can be stale in
+/// one direction only: an id applied after it looked is not known yet, so
+/// two concurrent requests carrying the same new id may both be appended;
+/// applying them de-duplicates the second, exactly as before.
+#[derive(Clone, Debug)]
+pub struct KnownIds(Arc<RwLock<IdSet>>);
+
+impl KnownIds {
+    fn read(&self) -> RwLockReadGuard<'_, IdSet> {
+        // The set stays consistent whatever panicked while holding it
+        // (inserts are single HashSet operations).
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, IdSet> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// For each [`id_hash`] (`None`: an event without id), whether it is
+    /// known; one read lock for the whole batch.
+    pub fn known(&self, hashes: &[Option<u128>]) -> Vec<bool> {
+        let ids = self.read();
+        hashes
+            .iter()
+            .map(|h| h.is_some_and(|h| ids.contains(h)))
+            .collect()
+    }
+}
+
 /// Per-user state, de-duplication memory, and the shared aggregates.
 pub struct Engine {
     users: HashMap<Box<str>, UserState>,
-    ids: IdSet,
+    ids: KnownIds,
     batches: HashMap<Box<str>, SeqWindow>,
     shared: Arc<Mutex<Aggregates>>,
     definitions: Option<Arc<Definitions>>,
@@ -357,7 +397,7 @@ impl Engine {
     pub fn new(definitions: Option<Arc<Definitions>>, options: EngineOptions) -> Engine {
         Engine {
             users: HashMap::new(),
-            ids: IdSet::new(options.dedup_capacity),
+            ids: KnownIds(Arc::new(RwLock::new(IdSet::new(options.dedup_capacity)))),
             batches: HashMap::new(),
             shared: Arc::new(Mutex::new(Aggregates::new(definitions.clone()))),
             decisions: definitions.as_ref().map(|d| d.decisions()),
@@ -398,8 +438,11 @@ impl Engine {
             None => Engine::new(definitions, options),
         };
         if let Some(s) = snapshot {
-            engine.ids.previous = s.ids_previous;
-            engine.ids.current = s.ids_current;
+            {
+                let mut ids = engine.ids.write();
+                ids.previous = s.ids_previous;
+                ids.current = s.ids_current;
+            }
             engine.batches = s.batches;
             let users = s.users;
             let mut agg = engine.shared.lock().expect("aggregates lock");
@@ -448,6 +491,11 @@ impl Engine {
         self.shared.clone()
     }
 
+    /// The remembered event ids, for request handlers.
+    pub fn known_ids(&self) -> KnownIds {
+        self.ids.clone()
+    }
+
     /// Number of users with any state (exposed or not).
     pub fn users(&self) -> usize {
         self.users.len()
@@ -455,15 +503,26 @@ impl Engine {
 
     /// Applies a validated `POST /v1/events` body.
     pub fn apply_outcomes(&mut self, events: &[Outcome<'_>]) -> Applied {
+        // Hash outside the lock, insert under it (briefly: handlers read
+        // the set concurrently), then aggregate.
+        let hashes: Vec<Option<u128>> = events
+            .iter()
+            .map(|e| e.id.as_ref().map(|id| id_hash(id.as_str())))
+            .collect();
+        let fresh: Vec<bool> = {
+            let mut ids = self.ids.write();
+            hashes
+                .iter()
+                .map(|h| h.is_none_or(|h| ids.insert(h)))
+                .collect()
+        };
         let shared = self.shared.clone();
         let mut agg = shared.lock().expect("aggregates lock");
         let (mut accepted, mut duplicates) = (0u64, 0u64);
-        for ev in events {
-            if let Some(id) = &ev.id {
-                if !self.ids.insert(id_hash(id.as_str())) {
-                    duplicates += 1;
-                    continue;
-                }
+        for (ev, fresh) in events.iter().zip(fresh) {
+            if !fresh {
+                duplicates += 1;
+                continue;
             }
             accepted += 1;
             let metric = agg.metric_id(ev.metric.as_str());
@@ -732,9 +791,10 @@ impl Engine {
                 .collect(),
             guard: agg.guard.clone(),
         };
+        let ids = self.ids.read();
         let s = SnapshotOut {
             version: SNAPSHOT_VERSION,
-            base: self.base(&agg),
+            base: self.base(&agg, &ids),
             extra,
         };
         let bytes = postcard::to_stdvec(&s).map_err(|e| format!("encoding the state: {e}"))?;
@@ -743,7 +803,7 @@ impl Engine {
     }
 
     /// The version 1 fields of the snapshot.
-    fn base<'a>(&'a self, agg: &'a Aggregates) -> BaseOut<'a> {
+    fn base<'a>(&'a self, agg: &'a Aggregates, ids: &'a IdSet) -> BaseOut<'a> {
         BaseOut {
             bucket_ms: BUCKET_MS,
             experiments: agg
@@ -761,8 +821,8 @@ impl Engine {
             counters: &agg.counters,
             applied_lsn: agg.applied_lsn,
             users: &self.users,
-            ids_previous: &self.ids.previous,
-            ids_current: &self.ids.current,
+            ids_previous: &ids.previous,
+            ids_current: &ids.current,
             batches: &self.batches,
         }
     }
@@ -802,8 +862,11 @@ impl Engine {
         add_extra(&mut agg, &s.extra, &exp_map);
         agg.guard.merge(&s.extra.guard);
         drop(agg);
-        for h in s.ids_previous.into_iter().chain(s.ids_current) {
-            self.ids.insert(h);
+        {
+            let mut ids = self.ids.write();
+            for h in s.ids_previous.into_iter().chain(s.ids_current) {
+                ids.insert(h);
+            }
         }
         let window = self.options.batch_window;
         for (inst, w) in s.batches {
@@ -1332,7 +1395,8 @@ mod tests {
         apply(&mut e, &batch(1, (100, 0)), 1);
         let v1 = {
             let agg = e.shared.lock().unwrap();
-            postcard::to_stdvec(&(1u32, e.base(&agg))).unwrap()
+            let ids = e.ids.read();
+            postcard::to_stdvec(&(1u32, e.base(&agg, &ids))).unwrap()
         };
         let r = Engine::restore(Some(&v1), None, EngineOptions::default()).unwrap();
         let (users, halted, counters) = state(&r);

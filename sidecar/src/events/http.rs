@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use super::exposure::format_config_id;
 use super::{parse_exposures, parse_outcomes, ValidationError};
-use crate::aggregate::engine::AdminAction;
+use crate::aggregate::engine::{id_hash, AdminAction, KnownIds};
 use crate::aggregate::{config_id, Aggregates, Applied, Definitions, Engine, EngineOptions};
 use crate::server::response::{self, ApiError};
 use crate::server::router::{HandlerResult, Request, Router};
@@ -62,6 +62,8 @@ pub struct Ingest {
     pub store: Store<Engine>,
     pub aggregates: Arc<Mutex<Aggregates>>,
     pub body_limit: usize,
+    /// The engine's remembered event ids (read before appending).
+    known: KnownIds,
     metrics: IngestMetrics,
 }
 
@@ -117,13 +119,16 @@ impl Ingest {
         };
         let mut aggregates = None;
         let mut slot = None;
+        let mut known = None;
         let (store, recovery) = Store::open(dir, store_options, store_metrics, |snapshot| {
             let engine = Engine::restore(snapshot, definitions, engine_options)?;
             aggregates = Some(engine.aggregates());
             slot = Some(engine.notice_slot());
+            known = Some(engine.known_ids());
             Ok(engine)
         })?;
         let aggregates = aggregates.expect("restore ran");
+        let known = known.expect("restore ran");
         // Recovery is over: from now on, halts and alarms are news.
         let (halts, lifts) = (metrics.halts.clone(), metrics.lifts.clone());
         *slot.expect("restore ran").lock().expect("notices lock") =
@@ -147,6 +152,7 @@ impl Ingest {
                 store,
                 aggregates,
                 body_limit,
+                known,
                 metrics,
             },
             recovery,
@@ -207,8 +213,47 @@ async fn validate<T: Send + 'static>(
     .map_err(|e| ApiError::internal(format!("validating the body: {e}")))?
 }
 
-fn count_events(body: &[u8]) -> Result<usize, ValidationError> {
-    parse_outcomes(body).map(|v| v.len())
+/// The [`id_hash`] of each event's id (`None`: no id), in body order.
+fn event_ids(body: &[u8]) -> Result<Vec<Option<u128>>, ValidationError> {
+    Ok(parse_outcomes(body)?
+        .iter()
+        .map(|e| e.id.as_ref().map(|id| id_hash(id.as_str())))
+        .collect())
+}
+
+/// The events of a validated body whose `keep` flag is set, as a JSON
+/// array of their original bytes (so they parse exactly as they did).
+/// `keep` is in body order: array elements, or the non-blank NDJSON lines.
+fn keep_events(body: &[u8], keep: &[bool]) -> Result<Vec<u8>, ApiError> {
+    let first = body.iter().position(|b| !b.is_ascii_whitespace());
+    let elements: Vec<&[u8]> = if first.map(|i| body[i]) == Some(b'[') {
+        serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body)
+            .map_err(|e| ApiError::internal(format!("re-reading a validated body: {e}")))?
+            .into_iter()
+            .map(|r| r.get().as_bytes())
+            .collect()
+    } else {
+        body.split(|&b| b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .collect()
+    };
+    if elements.len() != keep.len() {
+        return Err(ApiError::internal(format!(
+            "re-reading a validated body found {} events, not {}",
+            elements.len(),
+            keep.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(body.len());
+    out.push(b'[');
+    for (e, _) in elements.iter().zip(keep).filter(|(_, k)| **k) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.push(b']');
+    Ok(out)
 }
 
 /// What `POST /v1/exposures` needs from a validated batch.
@@ -233,36 +278,60 @@ fn check_exposures(body: &[u8]) -> Result<BatchInfo, ValidationError> {
 }
 
 /// `POST /v1/events`: outcome events, a JSON array or NDJSON.
+///
+/// Events whose id the engine already knows are acknowledged as
+/// duplicates without being appended again (a client re-sending a batch
+/// after a 503, say, does not grow the log); when none is new, nothing is
+/// appended at all. Otherwise the new ones are appended: the body as it
+/// came when nothing was dropped, else a JSON array of the kept events'
+/// original bytes. Known ids are read from the engine's set directly
+/// ([`KnownIds`]), so the check costs no round trip through the applier.
 pub async fn post_events(mut req: Request, state: AppState) -> HandlerResult {
     let ingest = ingest(&state)?;
     let body = req.body(ingest.body_limit.min(state.body_limit())).await?;
-    let (body, n) = match validate(body, count_events).await {
+    let (body, ids) = match validate(body, event_ids).await {
         Ok(v) => v,
         Err(e) => {
             ingest.metrics.rejected.inc();
             return Err(e);
         }
     };
-    if n == 0 {
-        return Ok(response::json(&Applied::Events {
-            accepted: 0,
-            duplicates: 0,
-        }));
-    }
-    let applied = ingest
-        .store
-        .append(Kind::Outcomes, body)
-        .await
-        .map_err(store_error)?;
-    if let Applied::Events {
+    let known = ingest.known.known(&ids);
+    let dropped = known.iter().filter(|k| **k).count() as u64;
+    let (accepted, duplicates) = if dropped == ids.len() as u64 {
+        // Nothing new (or an empty body): nothing to append.
+        (0, dropped)
+    } else {
+        let payload = if dropped == 0 {
+            body
+        } else {
+            let keep: Vec<bool> = known.iter().map(|k| !k).collect();
+            Bytes::from(keep_events(&body, &keep)?)
+        };
+        match ingest
+            .store
+            .append(Kind::Outcomes, payload)
+            .await
+            .map_err(store_error)?
+        {
+            Applied::Events {
+                accepted,
+                duplicates,
+            } => (accepted, duplicates + dropped),
+            Applied::Unreadable { error } => return Err(ApiError::internal(error)),
+            other => {
+                return Err(ApiError::internal(format!(
+                    "applying events answered {other:?}"
+                )))
+            }
+        }
+    };
+    ingest.metrics.events.inc_by(accepted);
+    ingest.metrics.duplicate_events.inc_by(duplicates);
+    Ok(response::json(&Applied::Events {
         accepted,
         duplicates,
-    } = &applied
-    {
-        ingest.metrics.events.inc_by(*accepted);
-        ingest.metrics.duplicate_events.inc_by(*duplicates);
-    }
-    Ok(response::json(&applied))
+    }))
 }
 
 /// `POST /v1/exposures`: one batch from a filter instance.
