@@ -9,6 +9,10 @@
 //! | 413 | body over the ingest limit |
 //! | 503 | the log stopped taking writes after an I/O error, or is shutting down |
 //!
+//! Events whose id is already known are acknowledged as duplicates and not
+//! appended again ([`post_events`]). State merges are idempotent
+//! ([`post_merge`]).
+//!
 //! A batch that brings a `config` whose id is not the current definitions'
 //! is preceded in the log by a [`Kind::Config`] record (the definitions
 //! follow it); the admin halt and lift endpoints append [`Kind::Admin`]
@@ -25,7 +29,7 @@ use serde::Deserialize;
 
 use super::exposure::format_config_id;
 use super::{parse_exposures, parse_outcomes, ValidationError};
-use crate::aggregate::engine::{id_hash, AdminAction, KnownIds};
+use crate::aggregate::engine::{id_hash, AdminAction, KnownIds, MergeVerdict};
 use crate::aggregate::{config_id, Aggregates, Applied, Definitions, Engine, EngineOptions};
 use crate::server::response::{self, ApiError};
 use crate::server::router::{HandlerResult, Request, Router};
@@ -382,15 +386,18 @@ pub async fn post_exposures(mut req: Request, state: AppState) -> HandlerResult 
     Ok(response::json(&applied))
 }
 
-/// `GET /admin/state`: the whole state (the snapshot format, binary), for
-/// merging into another sidecar or `abmesh report --state`.
+/// `GET /admin/state`: the whole state in its export envelope (checksum,
+/// this sidecar's id and the LSN the export covers; see
+/// `crate::aggregate::engine`), binary, for merging into another sidecar
+/// or `abmesh report --state`.
 pub async fn get_state(_req: Request, state: AppState) -> HandlerResult {
     let ingest = ingest(&state)?;
+    let id = ingest.store.sidecar_id();
     let bytes = ingest
         .store
-        .with_state(|engine, _| {
+        .with_state(move |engine, lsn| {
             let mut out = Vec::new();
-            engine.encode_state(&mut out).map(|()| out)
+            engine.export_state(id, lsn, &mut out).map(|()| out)
         })
         .await
         .map_err(store_error)?
@@ -404,19 +411,59 @@ pub async fn get_state(_req: Request, state: AppState) -> HandlerResult {
 
 /// `POST /admin/state/merge`: merges another sidecar's `GET /admin/state`
 /// into this one, durably (the state is appended to the log like events).
+///
+/// | status | when |
+/// |---|---|
+/// | 200 | merged: `{"merged": true, "duplicate": false, "users": n, "sidecar": id, "lsn": n, "message": ...}` |
+/// | 200 | merged before: `{"merged": false, "duplicate": true, ...}`; nothing is appended or changed |
+/// | 400 | not a sound exported state (damaged: the checksum; truncated; an older export without key), or one holding this sidecar's own records ("would double count") |
+/// | 409 | this sidecar already holds records the state holds too (a later export of a sidecar merged before, say) |
 pub async fn post_merge(mut req: Request, state: AppState) -> HandlerResult {
     let ingest = ingest(&state)?;
     let body = req.body(state.body_limit()).await?;
-    let body = tokio::task::spawn_blocking(move || Engine::validate_state(&body).map(|()| body))
+    let (body, info) =
+        tokio::task::spawn_blocking(move || Engine::inspect_state(&body).map(|i| (body, i)))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    if let Some(r) = info.holds_own(ingest.store.sidecar_id()) {
+        return Err(ApiError::bad_request(r.to_string()));
+    }
+    let key = info.key;
+    let verdict = ingest
+        .store
+        .with_state(move |engine, _| engine.merge_verdict(&info))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
-    let applied = ingest
+        .map_err(store_error)?;
+    match verdict {
+        MergeVerdict::Merge => {}
+        MergeVerdict::Duplicate => {
+            return Ok(response::json(&Applied::Merge {
+                merged: false,
+                duplicate: true,
+                users: 0,
+                sidecar: Some(key.sidecar.to_string()),
+                lsn: Some(key.lsn),
+                message: format!("this state ({key}) was merged before: nothing changed"),
+            }))
+        }
+        MergeVerdict::Refused(r) => return Err(ApiError::new(StatusCode::CONFLICT, r.to_string())),
+    }
+    // Checked again when applied: a merge of the same state racing this
+    // one may have been appended meanwhile.
+    match ingest
         .store
         .append(Kind::Merge, body)
         .await
-        .map_err(store_error)?;
-    Ok(response::json(&applied))
+        .map_err(store_error)?
+    {
+        applied @ Applied::Merge { .. } => Ok(response::json(&applied)),
+        Applied::MergeRefused { error } => Err(ApiError::new(StatusCode::CONFLICT, error)),
+        Applied::Unreadable { error } => Err(ApiError::internal(error)),
+        other => Err(ApiError::internal(format!(
+            "applying a merge answered {other:?}"
+        ))),
+    }
 }
 
 /// The optional body of a halt or lift.
@@ -538,4 +585,39 @@ pub async fn get_halts(_req: Request, state: AppState) -> HandlerResult {
             .collect()
     };
     Ok(response::json(&halts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids_of(body: &[u8]) -> Vec<Option<String>> {
+        parse_outcomes(body)
+            .unwrap()
+            .iter()
+            .map(|e| e.id.as_ref().map(|i| i.as_str().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn kept_events_parse_exactly_as_they_came() {
+        let array = b" [ {\"user\":\"a\",\"metric\":\"m\",\"id\":\"1\"},\n  {\"user\":\"b\",\n \"metric\":\"m\",\"value\":0.30000000000000004,\"id\":\"2\"} ,{\"user\":\"c\",\"metric\":\"m\"}]\n";
+        let ndjson = b"{\"user\":\"a\",\"metric\":\"m\",\"id\":\"1\"}\r\n\n  \n{\"user\":\"b\",\"metric\":\"m\",\"value\":0.30000000000000004,\"id\":\"2\"}\n{\"user\":\"c\",\"metric\":\"m\"}";
+        for body in [&array[..], &ndjson[..]] {
+            let kept = keep_events(body, &[false, true, true]).unwrap();
+            assert_eq!(ids_of(&kept), [Some("2".to_owned()), None]);
+            let all = parse_outcomes(body).unwrap();
+            let got = parse_outcomes(&kept).unwrap();
+            assert_eq!(got[0].value.map(|v| v.0), all[1].value.map(|v| v.0));
+            assert_eq!(got[1].user.as_str(), "c");
+            assert_eq!(
+                ids_of(&keep_events(body, &[true, false, false]).unwrap()),
+                [Some("1".to_owned())]
+            );
+            assert!(
+                keep_events(body, &[true, true]).is_err(),
+                "a count that does not match"
+            );
+        }
+    }
 }
