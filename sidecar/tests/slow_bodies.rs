@@ -38,7 +38,7 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
         "--ingest-body-limit".as_ref(),
         "64MiB".as_ref(),
     ];
-    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     let (child, url) = serve_support::spawn_serve(args, &log);
     Server { child, url }
 }

@@ -190,6 +190,7 @@ impl TryFrom<Args> for ServeConfig {
 
 pub fn run(args: Args) -> Result<()> {
     init_logging();
+    args.limits.apply_memory_settings();
     let config = ServeConfig::try_from(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads)
