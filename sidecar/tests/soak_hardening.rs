@@ -698,7 +698,7 @@ fn malformed_slow_and_idle_clients_do_not_hurt_the_sidecar() {
 
     // 2000 idle connections, 100 slow bodies (2 bytes of a declared
     // 512 KiB), 50 slowloris clients trickling their headers.
-    let mut idle: Vec<Conn> = (0..2000).map(|_| Conn::open(addr).unwrap()).collect();
+    let mut idle = hardening_support::open_idle(addr, pid, 2000);
     sleep(Duration::from_millis(300));
     let with_idle = rss_bytes(pid);
     let mut slow: Vec<Conn> = (0..100)

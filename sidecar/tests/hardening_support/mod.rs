@@ -24,6 +24,44 @@ pub fn rss_bytes(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// Sockets a process has open (its listener and accepted connections).
+pub fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+            })
+            .count()
+    })
+}
+
+/// Opens `n` connections that send nothing, in batches, and waits until the
+/// server (process `pid`, with no other connection open) has accepted them
+/// all: a client's `connect` returns once the kernel queued the
+/// connection, and with a full accept queue the server side completes
+/// only at a later SYN-ACK retransmit, so without the wait a timeout
+/// measured from `connect` would start late.
+pub fn open_idle(addr: SocketAddr, pid: u32, n: usize) -> Vec<Conn> {
+    let mut conns = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(100) {
+        let k = (n - chunk * 100).min(100);
+        conns.extend((0..k).map(|_| Conn::open(addr).expect("connect")));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    // The listener and the n connections.
+    while open_sockets(pid) < n + 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the server accepted {} of {n} connections",
+            open_sockets(pid).saturating_sub(1)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    conns
+}
+
 /// Raises this process's open-file limit to its hard limit (children
 /// started afterwards inherit it): the tests open thousands of sockets.
 pub fn raise_fd_limit() -> u64 {
