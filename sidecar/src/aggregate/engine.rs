@@ -1009,6 +1009,12 @@ impl Engine {
         Ok(state_info(key, &s))
     }
 
+    /// Checks that `bytes` is an exported state this version can merge
+    /// ([`Engine::inspect_state`] without what it found).
+    pub fn validate_state(bytes: &[u8]) -> Result<(), StateError> {
+        Engine::inspect_state(bytes).map(|_| ())
+    }
+
     /// Checks a state's idempotency key against the merges this state
     /// holds (see the module docs).
     pub fn merge_verdict(&self, info: &StateInfo) -> MergeVerdict {
