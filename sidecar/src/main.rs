@@ -26,7 +26,8 @@ enum Command {
     /// Run the sidecar service: host the ONNX model versions of a model
     /// repository behind the KServe v2 REST protocol, with admin endpoints
     /// and Prometheus /metrics.
-    Serve(cli::serve::Args),
+    // Boxed: serve has many flags, the other subcommands few.
+    Serve(Box<cli::serve::Args>),
     /// Evaluate statistical cases (format of shared/stats/README.md) and
     /// print their results as JSON.
     Stats(cli::stats::Args),
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Assign(args) => cli::assign::run(args),
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Stats(args) => cli::stats::run(args),
         Command::Report(args) => cli::report::run(args),
     };

@@ -515,8 +515,10 @@ fn state_seeds() -> &'static [Vec<u8>] {
 
 fn make_state_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
+    // Exported states, in the envelope `GET /admin/state` serves.
+    let exporter = abmesh_sidecar::store::SidecarId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
     let mut empty = Vec::new();
-    small_engine().encode_state(&mut empty).unwrap();
+    small_engine().export_state(exporter, 0, &mut empty).unwrap();
     out.push(empty);
     let mut engine = small_engine();
     engine.apply_exposures(&parse_exposures(EXPOSURE_SEEDS[0].as_bytes()).unwrap());
@@ -525,7 +527,7 @@ fn make_state_seeds() -> Vec<Vec<u8>> {
             .unwrap(),
     );
     let mut full = Vec::new();
-    engine.encode_state(&mut full).unwrap();
+    engine.export_state(exporter, 7, &mut full).unwrap();
     out.push(full);
     out
 }

@@ -36,9 +36,42 @@
 //! New halts, lifts and sample-ratio alarms are also sent to the notice
 //! sink ([`Engine::notice_slot`]), which is empty while a restart replays
 //! the log, so a replay notifies nobody twice.
+//!
+//! # Exported states and merges
+//!
+//! `GET /admin/state` exports the state (the snapshot encoding) in an
+//! envelope ([`Engine::export_state`]):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 8 | `ABMSTATE` |
+//! | 4 | envelope format, little-endian (1) |
+//! | 16 | the exporting sidecar's id ([`crate::store::identity`]), little-endian |
+//! | 8 | the LSN the export covers (every record up to it), little-endian |
+//! | 8 | payload length, little-endian |
+//! | n | payload: the snapshot encoding |
+//! | 4 | CRC-32C of everything before it, little-endian |
+//!
+//! The checksum covers the header too, so any damage, a single flipped bit
+//! included, is refused before anything is decoded. (It protects against
+//! accidents, not forgery: who may merge is the admin listener's business.)
+//!
+//! (sidecar id, LSN) is the export's idempotency key. The engine remembers
+//! the keys it merged, and the keys those states had merged in turn, as
+//! part of its state (snapshotted, and exported with it). A merge of a key
+//! it holds is a no-op, said as such (`"merged": false, "duplicate":
+//! true`); a state that holds records of a sidecar whose records this one
+//! already holds under another LSN (a later export of a sidecar merged
+//! before, or a sidecar that merged a third one this one merged too) is
+//! refused, since adding it would count those records twice. So is a state
+//! that holds this sidecar's own records (exported here, or by a sidecar
+//! that merged this one's state); that check needs only the request and the
+//! sidecar id and is made before appending. The state-dependent checks are
+//! made before appending and again when the record is applied, so two
+//! racing merges of one state merge it once, and replay decides the same.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -51,14 +84,21 @@ use crate::events::exposure::format_config_id;
 use crate::events::{parse_exposures, parse_outcomes, ExposureBatch, Outcome};
 use crate::guardrail::Health;
 use crate::stats::{srm, SRM_ALERT_P};
-use crate::store::{Kind, RecordRef, StateMachine};
+use crate::store::{Kind, RecordRef, SidecarId, StateMachine};
 
 /// Scope of an event without an experiment.
 const ANY: u32 = u32::MAX;
 /// Snapshot format version: 2 adds the definitions learned from filters,
-/// health, halts and overrides after the version 1 fields (version 1 is
-/// still read).
-const SNAPSHOT_VERSION: u32 = 2;
+/// health, halts and overrides after the version 1 fields; 3 adds the keys
+/// of the states merged (versions 1 and 2 are still read).
+const SNAPSHOT_VERSION: u32 = 3;
+
+/// First bytes of an exported state (see the module docs).
+const STATE_MAGIC: &[u8; 8] = b"ABMSTATE";
+/// Envelope format of exported states.
+const STATE_FORMAT: u32 = 1;
+/// Magic, format, sidecar id, LSN, payload length.
+const STATE_HEADER: usize = 8 + 4 + 16 + 8 + 8;
 /// The sample-ratio alarm needs this many expected users in every variant
 /// (the chi-square approximation's usual condition).
 const SRM_MIN_EXPECTED: f64 = 5.0;
@@ -105,7 +145,25 @@ pub enum Applied {
         config_needed: bool,
     },
     Merge {
+        /// False when nothing was merged (`duplicate`).
+        merged: bool,
+        /// The state had been merged before: a no-op.
+        duplicate: bool,
+        /// Users in the merged state (0 when nothing was merged).
         users: u64,
+        /// The exporting sidecar and the LSN its export covers (absent for
+        /// merges logged by older versions, which had no key).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sidecar: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lsn: Option<u64>,
+        /// What happened, in words.
+        message: String,
+    },
+    /// The merge would double count records (see [`MergeRefusal`]); the
+    /// state is unchanged.
+    MergeRefused {
+        error: String,
     },
     Config {
         config_id: String,
@@ -198,6 +256,11 @@ impl IdSet {
         }
     }
 
+    /// Whether `h` is remembered.
+    fn contains(&self, h: u128) -> bool {
+        self.current.contains(&h) || self.previous.contains(&h)
+    }
+
     /// True if `h` was not seen (and remembers it).
     fn insert(&mut self, h: u128) -> bool {
         if self.previous.contains(&h) || !self.current.insert(h) {
@@ -210,7 +273,8 @@ impl IdSet {
     }
 }
 
-fn id_hash(id: &str) -> u128 {
+/// The key an event id is remembered by.
+pub fn id_hash(id: &str) -> u128 {
     // Fixed keys: the hashes are stored in snapshots and compared across
     // restarts and sidecars.
     let mut h = SipHasher13::new_with_keys(0x6162_6d65_7368_2d69, 0x642d_6465_6475_7031);
@@ -247,10 +311,125 @@ impl SeqWindow {
     }
 }
 
+/// The event ids the engine remembers, readable by request handlers
+/// without going through the applier thread (which would make each
+/// request wait for the previous group's fsync): `POST /v1/events` drops
+/// the events whose ids are already known before appending, so re-sent
+/// batches do not grow the log. The applier holds the write lock only
+/// while it inserts one record's ids. A handler's answer can be stale in
+/// one direction only: an id applied after it looked is not known yet, so
+/// two concurrent requests carrying the same new id may both be appended;
+/// applying them de-duplicates the second, exactly as before.
+#[derive(Clone, Debug)]
+pub struct KnownIds(Arc<RwLock<IdSet>>);
+
+impl KnownIds {
+    fn read(&self) -> RwLockReadGuard<'_, IdSet> {
+        // The set stays consistent whatever panicked while holding it
+        // (inserts are single HashSet operations).
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, IdSet> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// For each [`id_hash`] (`None`: an event without id), whether it is
+    /// known; one read lock for the whole batch.
+    pub fn known(&self, hashes: &[Option<u128>]) -> Vec<bool> {
+        let ids = self.read();
+        hashes
+            .iter()
+            .map(|h| h.is_some_and(|h| ids.contains(h)))
+            .collect()
+    }
+}
+
+/// The idempotency key of an exported state: who exported it and the LSN
+/// it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StateKey {
+    pub sidecar: SidecarId,
+    pub lsn: u64,
+}
+
+impl std::fmt::Display for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sidecar {} at LSN {}", self.sidecar, self.lsn)
+    }
+}
+
+/// Why an exported state cannot be merged (a 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("not an exported abmesh state (it does not start with ABMSTATE); export one with GET /admin/state")]
+    NotAState,
+    #[error("a state without checksum or idempotency key, as abmesh exported it before; export it again from the sidecar (GET /admin/state)")]
+    Unkeyed,
+    #[error("the state is {got} bytes but its header says {want}: it was truncated or padded")]
+    Length { got: u64, want: u64 },
+    #[error("the state's checksum does not match (CRC-32C {got:08x}, expected {want:08x}): it was damaged in transit or storage")]
+    Checksum { got: u32, want: u32 },
+    #[error("exported-state format {0} (this abmesh reads format {STATE_FORMAT})")]
+    Format(u32),
+    #[error("{0}")]
+    Payload(String),
+}
+
+/// Why a merge is refused although the state is sound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeRefusal {
+    /// The state holds this sidecar's own records.
+    #[error(
+        "this state holds this sidecar's own records ({key}): merging it would double count them"
+    )]
+    Own { key: StateKey },
+    /// The state and this sidecar both hold a third sidecar's records.
+    #[error("this sidecar already holds the records of sidecar {sidecar} up to LSN {have}, and this state holds them up to LSN {incoming}: merging it would double count them (merge each sidecar's state once, into a sidecar that holds none of its records)")]
+    Overlap {
+        sidecar: SidecarId,
+        have: u64,
+        incoming: u64,
+    },
+}
+
+/// What the envelope of a sound exported state says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateInfo {
+    pub key: StateKey,
+    /// The keys whose records the state holds: its own, then those it
+    /// merged.
+    pub holds: Vec<StateKey>,
+    /// Users in the state.
+    pub users: usize,
+}
+
+impl StateInfo {
+    /// The refusal when the state holds the records of the sidecar `own`.
+    pub fn holds_own(&self, own: SidecarId) -> Option<MergeRefusal> {
+        self.holds
+            .iter()
+            .find(|k| k.sidecar == own)
+            .map(|&key| MergeRefusal::Own { key })
+    }
+}
+
+/// What merging a sound state would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeVerdict {
+    Merge,
+    /// Merged before: a no-op.
+    Duplicate,
+    Refused(MergeRefusal),
+}
+
 /// Per-user state, de-duplication memory, and the shared aggregates.
 pub struct Engine {
     users: HashMap<Box<str>, UserState>,
-    ids: IdSet,
+    ids: KnownIds,
+    /// The LSN up to which the records of each sidecar are held by merges
+    /// (the keys merged, and the keys they held).
+    merged: BTreeMap<SidecarId, u64>,
     batches: HashMap<Box<str>, SeqWindow>,
     shared: Arc<Mutex<Aggregates>>,
     definitions: Option<Arc<Definitions>>,
@@ -273,6 +452,7 @@ struct SnapshotOut<'a> {
     version: u32,
     base: BaseOut<'a>,
     extra: Extra,
+    merged: Vec<(u128, u64)>,
 }
 
 /// ... (the version 1 fields) ...
@@ -294,6 +474,9 @@ struct BaseOut<'a> {
 struct SnapshotIn {
     #[serde(skip)]
     extra: Extra,
+    /// Version 3: (sidecar id, LSN) of the states merged.
+    #[serde(skip)]
+    merged: Vec<(u128, u64)>,
     bucket_ms: i64,
     experiments: Vec<ExperimentRecord>,
     metrics: Vec<MetricInfo>,
@@ -357,7 +540,8 @@ impl Engine {
     pub fn new(definitions: Option<Arc<Definitions>>, options: EngineOptions) -> Engine {
         Engine {
             users: HashMap::new(),
-            ids: IdSet::new(options.dedup_capacity),
+            ids: KnownIds(Arc::new(RwLock::new(IdSet::new(options.dedup_capacity)))),
+            merged: BTreeMap::new(),
             batches: HashMap::new(),
             shared: Arc::new(Mutex::new(Aggregates::new(definitions.clone()))),
             decisions: definitions.as_ref().map(|d| d.decisions()),
@@ -398,8 +582,16 @@ impl Engine {
             None => Engine::new(definitions, options),
         };
         if let Some(s) = snapshot {
-            engine.ids.previous = s.ids_previous;
-            engine.ids.current = s.ids_current;
+            engine.merged = s
+                .merged
+                .iter()
+                .map(|&(id, lsn)| (SidecarId(id), lsn))
+                .collect();
+            {
+                let mut ids = engine.ids.write();
+                ids.previous = s.ids_previous;
+                ids.current = s.ids_current;
+            }
             engine.batches = s.batches;
             let users = s.users;
             let mut agg = engine.shared.lock().expect("aggregates lock");
@@ -448,6 +640,11 @@ impl Engine {
         self.shared.clone()
     }
 
+    /// The remembered event ids, for request handlers.
+    pub fn known_ids(&self) -> KnownIds {
+        self.ids.clone()
+    }
+
     /// Number of users with any state (exposed or not).
     pub fn users(&self) -> usize {
         self.users.len()
@@ -455,15 +652,26 @@ impl Engine {
 
     /// Applies a validated `POST /v1/events` body.
     pub fn apply_outcomes(&mut self, events: &[Outcome<'_>]) -> Applied {
+        // Hash outside the lock, insert under it (briefly: handlers read
+        // the set concurrently), then aggregate.
+        let hashes: Vec<Option<u128>> = events
+            .iter()
+            .map(|e| e.id.as_ref().map(|id| id_hash(id.as_str())))
+            .collect();
+        let fresh: Vec<bool> = {
+            let mut ids = self.ids.write();
+            hashes
+                .iter()
+                .map(|h| h.is_none_or(|h| ids.insert(h)))
+                .collect()
+        };
         let shared = self.shared.clone();
         let mut agg = shared.lock().expect("aggregates lock");
         let (mut accepted, mut duplicates) = (0u64, 0u64);
-        for ev in events {
-            if let Some(id) = &ev.id {
-                if !self.ids.insert(id_hash(id.as_str())) {
-                    duplicates += 1;
-                    continue;
-                }
+        for (ev, fresh) in events.iter().zip(fresh) {
+            if !fresh {
+                duplicates += 1;
+                continue;
             }
             accepted += 1;
             let metric = agg.metric_id(ev.metric.as_str());
@@ -732,10 +940,12 @@ impl Engine {
                 .collect(),
             guard: agg.guard.clone(),
         };
+        let ids = self.ids.read();
         let s = SnapshotOut {
             version: SNAPSHOT_VERSION,
-            base: self.base(&agg),
+            base: self.base(&agg, &ids),
             extra,
+            merged: self.merged.iter().map(|(id, &lsn)| (id.0, lsn)).collect(),
         };
         let bytes = postcard::to_stdvec(&s).map_err(|e| format!("encoding the state: {e}"))?;
         out.extend_from_slice(&bytes);
@@ -743,7 +953,7 @@ impl Engine {
     }
 
     /// The version 1 fields of the snapshot.
-    fn base<'a>(&'a self, agg: &'a Aggregates) -> BaseOut<'a> {
+    fn base<'a>(&'a self, agg: &'a Aggregates, ids: &'a IdSet) -> BaseOut<'a> {
         BaseOut {
             bucket_ms: BUCKET_MS,
             experiments: agg
@@ -761,15 +971,70 @@ impl Engine {
             counters: &agg.counters,
             applied_lsn: agg.applied_lsn,
             users: &self.users,
-            ids_previous: &self.ids.previous,
-            ids_current: &self.ids.current,
+            ids_previous: &ids.previous,
+            ids_current: &ids.current,
             batches: &self.batches,
         }
     }
 
-    /// Checks that `bytes` is an exported state this version can merge.
-    pub fn validate_state(bytes: &[u8]) -> Result<(), String> {
-        decode_snapshot(bytes).map(|_| ())
+    /// The state in its export envelope (see the module docs), as
+    /// `GET /admin/state` serves it: exported by sidecar `sidecar`,
+    /// covering every record up to `lsn`.
+    pub fn export_state(
+        &self,
+        sidecar: SidecarId,
+        lsn: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let start = out.len();
+        out.extend_from_slice(STATE_MAGIC);
+        out.extend_from_slice(&STATE_FORMAT.to_le_bytes());
+        out.extend_from_slice(&sidecar.0.to_le_bytes());
+        out.extend_from_slice(&lsn.to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
+        let payload = out.len();
+        self.encode_state(out)?;
+        let len = (out.len() - payload) as u64;
+        out[payload - 8..payload].copy_from_slice(&len.to_le_bytes());
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        Ok(())
+    }
+
+    /// Checks an exported state (envelope, checksum, then every part of
+    /// the payload) and says what it holds, without merging it.
+    pub fn inspect_state(bytes: &[u8]) -> Result<StateInfo, StateError> {
+        let (key, payload) = open_envelope(bytes)?;
+        let s = decode_snapshot(payload).map_err(StateError::Payload)?;
+        Ok(state_info(key, &s))
+    }
+
+    /// Checks that `bytes` is an exported state this version can merge
+    /// ([`Engine::inspect_state`] without what it found).
+    pub fn validate_state(bytes: &[u8]) -> Result<(), StateError> {
+        Engine::inspect_state(bytes).map(|_| ())
+    }
+
+    /// Checks a state's idempotency key against the merges this state
+    /// holds (see the module docs).
+    pub fn merge_verdict(&self, info: &StateInfo) -> MergeVerdict {
+        if info.key.lsn == 0 {
+            // An export of an empty log holds no records.
+            return MergeVerdict::Merge;
+        }
+        if self.merged.get(&info.key.sidecar) == Some(&info.key.lsn) {
+            return MergeVerdict::Duplicate;
+        }
+        for k in &info.holds {
+            if let Some(&have) = self.merged.get(&k.sidecar) {
+                return MergeVerdict::Refused(MergeRefusal::Overlap {
+                    sidecar: k.sidecar,
+                    have,
+                    incoming: k.lsn,
+                });
+            }
+        }
+        MergeVerdict::Merge
     }
 
     /// Merges another sidecar's exported state: users' totals add, the
@@ -779,8 +1044,73 @@ impl Engine {
     /// [`crate::aggregate`]). Health counters add; a variant halted on
     /// either side is halted; the other side's learned definitions are
     /// adopted when this one has none learned.
-    pub fn merge_state(&mut self, bytes: &[u8]) -> Result<Applied, String> {
-        let s = decode_snapshot(bytes)?;
+    ///
+    /// A state merged before is a no-op, and one that would double count
+    /// records is refused ([`Applied::MergeRefused`]); see the module docs.
+    /// Besides exported states (what `POST /admin/state/merge` appends),
+    /// this reads the bare snapshot encoding that older versions logged as
+    /// merge records, so their logs replay as before.
+    pub fn merge_state(&mut self, bytes: &[u8]) -> Result<Applied, StateError> {
+        let (key, s) = if bytes.starts_with(STATE_MAGIC) {
+            let (key, payload) = open_envelope(bytes)?;
+            (
+                Some(key),
+                decode_snapshot(payload).map_err(StateError::Payload)?,
+            )
+        } else {
+            (None, decode_snapshot(bytes).map_err(StateError::Payload)?)
+        };
+        let info = key.map(|k| state_info(k, &s));
+        if let Some(info) = &info {
+            match self.merge_verdict(info) {
+                MergeVerdict::Merge => {}
+                MergeVerdict::Duplicate => {
+                    return Ok(Applied::Merge {
+                        merged: false,
+                        duplicate: true,
+                        users: 0,
+                        sidecar: Some(info.key.sidecar.to_string()),
+                        lsn: Some(info.key.lsn),
+                        message: format!(
+                            "this state ({}) was merged before: nothing changed",
+                            info.key
+                        ),
+                    });
+                }
+                MergeVerdict::Refused(r) => {
+                    return Ok(Applied::MergeRefused {
+                        error: r.to_string(),
+                    })
+                }
+            }
+            if info.key.lsn > 0 {
+                for k in &info.holds {
+                    self.merged.insert(k.sidecar, k.lsn);
+                }
+            }
+        }
+        let users = self.merge_snapshot(s);
+        Ok(match key {
+            Some(k) => Applied::Merge {
+                merged: true,
+                duplicate: false,
+                users,
+                sidecar: Some(k.sidecar.to_string()),
+                lsn: Some(k.lsn),
+                message: format!("merged {users} users from {k}"),
+            },
+            None => Applied::Merge {
+                merged: true,
+                duplicate: false,
+                users,
+                sidecar: None,
+                lsn: None,
+                message: format!("merged {users} users from a state without key"),
+            },
+        })
+    }
+
+    fn merge_snapshot(&mut self, s: SnapshotIn) -> u64 {
         let mut agg = self.shared.lock().expect("aggregates lock");
         if let (false, Some(c)) = (agg.learned, &s.extra.learned) {
             if let Ok(d) = Definitions::from_json_with_id(&c.bytes, c.id) {
@@ -802,8 +1132,11 @@ impl Engine {
         add_extra(&mut agg, &s.extra, &exp_map);
         agg.guard.merge(&s.extra.guard);
         drop(agg);
-        for h in s.ids_previous.into_iter().chain(s.ids_current) {
-            self.ids.insert(h);
+        {
+            let mut ids = self.ids.write();
+            for h in s.ids_previous.into_iter().chain(s.ids_current) {
+                ids.insert(h);
+            }
         }
         let window = self.options.batch_window;
         for (inst, w) in s.batches {
@@ -819,7 +1152,7 @@ impl Engine {
         for (name, user) in &s.users {
             self.fold_user(name, user, &exp_map, &metric_map);
         }
-        Ok(Applied::Merge { users })
+        users
     }
 
     /// Adds a user's state from another id space.
@@ -863,6 +1196,67 @@ impl Engine {
     }
 }
 
+/// Checks an export envelope: its key and its payload.
+fn open_envelope(bytes: &[u8]) -> Result<(StateKey, &[u8]), StateError> {
+    if !bytes.starts_with(STATE_MAGIC) {
+        // The bare snapshot encoding (what older versions exported) starts
+        // with its version, a small varint.
+        return Err(match bytes.first() {
+            Some(1..=3) => StateError::Unkeyed,
+            _ => StateError::NotAState,
+        });
+    }
+    let le64 = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let got = bytes.len() as u64;
+    if bytes.len() < STATE_HEADER + 4 {
+        return Err(StateError::Length {
+            got,
+            want: (STATE_HEADER + 4) as u64,
+        });
+    }
+    let want = le64(STATE_HEADER - 8).saturating_add((STATE_HEADER + 4) as u64);
+    if got != want {
+        return Err(StateError::Length { got, want });
+    }
+    let body = &bytes[..bytes.len() - 4];
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&bytes[bytes.len() - 4..]);
+    let (want, got) = (u32::from_le_bytes(crc), crc32c::crc32c(body));
+    if want != got {
+        return Err(StateError::Checksum { got, want });
+    }
+    let mut format = [0u8; 4];
+    format.copy_from_slice(&bytes[8..12]);
+    let format = u32::from_le_bytes(format);
+    if format != STATE_FORMAT {
+        return Err(StateError::Format(format));
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&bytes[12..28]);
+    let key = StateKey {
+        sidecar: SidecarId(u128::from_le_bytes(id)),
+        lsn: le64(28),
+    };
+    Ok((key, &body[STATE_HEADER..]))
+}
+
+fn state_info(key: StateKey, s: &SnapshotIn) -> StateInfo {
+    let mut holds = vec![key];
+    holds.extend(s.merged.iter().map(|&(id, lsn)| StateKey {
+        sidecar: SidecarId(id),
+        lsn,
+    }));
+    StateInfo {
+        key,
+        holds,
+        users: s.users.len(),
+    }
+}
+
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, String> {
     let bad = |e: postcard::Error| format!("not an abmesh state: {e}");
     let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(bad)?;
@@ -873,7 +1267,19 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, String> {
     }
     let (mut s, rest) = postcard::take_from_bytes::<SnapshotIn>(rest).map_err(bad)?;
     if version >= 2 {
-        s.extra = postcard::from_bytes::<Extra>(rest).map_err(bad)?;
+        let (extra, rest) = postcard::take_from_bytes::<Extra>(rest).map_err(bad)?;
+        s.extra = extra;
+        if version >= 3 {
+            let (merged, rest) =
+                postcard::take_from_bytes::<Vec<(u128, u64)>>(rest).map_err(bad)?;
+            if !rest.is_empty() {
+                return Err(format!(
+                    "not an abmesh state: {} bytes after its end",
+                    rest.len()
+                ));
+            }
+            s.merged = merged;
+        }
     }
     if !s.extra.health.is_empty() {
         let fits = s.extra.health.len() == s.experiments.len()
@@ -1217,7 +1623,9 @@ impl StateMachine for Engine {
             },
             Kind::Merge => match self.merge_state(record.payload) {
                 Ok(a) => a,
-                Err(error) => Applied::Unreadable { error },
+                Err(e) => Applied::Unreadable {
+                    error: e.to_string(),
+                },
             },
             Kind::Config => match self.apply_config(record.payload) {
                 Ok(a) => a,
@@ -1332,7 +1740,8 @@ mod tests {
         apply(&mut e, &batch(1, (100, 0)), 1);
         let v1 = {
             let agg = e.shared.lock().unwrap();
-            postcard::to_stdvec(&(1u32, e.base(&agg))).unwrap()
+            let ids = e.ids.read();
+            postcard::to_stdvec(&(1u32, e.base(&agg, &ids))).unwrap()
         };
         let r = Engine::restore(Some(&v1), None, EngineOptions::default()).unwrap();
         let (users, halted, counters) = state(&r);
@@ -1349,9 +1758,9 @@ mod tests {
             "v1 has no health"
         );
         assert!(halted.is_empty());
-        let v3 = postcard::to_stdvec(&(3u32, 0u8)).unwrap();
-        let err = Engine::restore(Some(&v3), None, EngineOptions::default()).unwrap_err();
-        assert!(err.contains("state version 3"), "{err}");
+        let v4 = postcard::to_stdvec(&(4u32, 0u8)).unwrap();
+        let err = Engine::restore(Some(&v4), None, EngineOptions::default()).unwrap_err();
+        assert!(err.contains("state version 4"), "{err}");
     }
 
     #[test]
@@ -1386,5 +1795,141 @@ mod tests {
         }
         assert!(!s.insert(7));
         assert!(s.insert(0), "forgotten after two generations");
+    }
+
+    fn exported(e: &Engine, id: u128, lsn: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        e.export_state(SidecarId(id), lsn, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn every_bit_flip_of_an_export_is_caught_before_decoding() {
+        let mut e = Engine::new(None, EngineOptions::default());
+        apply(&mut e, &batch(1, (100, 0)), 1);
+        let state = exported(&e, 7, 1);
+        let info = Engine::inspect_state(&state).unwrap();
+        assert_eq!(
+            info.key,
+            StateKey {
+                sidecar: SidecarId(7),
+                lsn: 1
+            }
+        );
+        assert_eq!(info.users, 2);
+        for bit in 0..state.len() * 8 {
+            let mut bad = state.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let err = Engine::inspect_state(&bad).unwrap_err();
+            // Only the envelope's own checks answer: nothing damaged is
+            // decoded.
+            assert!(!matches!(err, StateError::Payload(_)), "bit {bit}: {err}");
+            let mut m = Engine::new(None, EngineOptions::default());
+            assert!(m.merge_state(&bad).is_err(), "bit {bit}");
+            assert_eq!(m.users(), 0);
+        }
+        // A bare snapshot (what older versions exported) is no export.
+        let mut bare = Vec::new();
+        e.encode_state(&mut bare).unwrap();
+        assert_eq!(Engine::inspect_state(&bare), Err(StateError::Unkeyed));
+        assert_eq!(Engine::inspect_state(b"hello"), Err(StateError::NotAState));
+    }
+
+    #[test]
+    fn merged_keys_are_state_and_a_repeat_is_a_no_op_when_applied() {
+        let mut a = Engine::new(None, EngineOptions::default());
+        apply(&mut a, &batch(1, (100, 0)), 1);
+        let sa = exported(&a, 1, 1);
+        let mut b = Engine::new(None, EngineOptions::default());
+        let first = b.merge_state(&sa).unwrap();
+        assert!(
+            matches!(
+                first,
+                Applied::Merge {
+                    merged: true,
+                    users: 2,
+                    ..
+                }
+            ),
+            "{first:?}"
+        );
+        let once = state(&b);
+        // Two racing merges were both appended: the second is a no-op.
+        let again = b.merge_state(&sa).unwrap();
+        assert!(
+            matches!(
+                again,
+                Applied::Merge {
+                    merged: false,
+                    duplicate: true,
+                    users: 0,
+                    ..
+                }
+            ),
+            "{again:?}"
+        );
+        assert_eq!(state(&b), once);
+        // The keys survive a snapshot, and travel with an export.
+        let mut snap = Vec::new();
+        b.encode_state(&mut snap).unwrap();
+        let mut r = Engine::restore(Some(&snap), None, EngineOptions::default()).unwrap();
+        assert!(matches!(
+            r.merge_state(&sa).unwrap(),
+            Applied::Merge {
+                duplicate: true,
+                ..
+            }
+        ));
+        let sb = exported(&b, 2, 5);
+        let info = Engine::inspect_state(&sb).unwrap();
+        assert_eq!(
+            info.holds,
+            [
+                StateKey {
+                    sidecar: SidecarId(2),
+                    lsn: 5
+                },
+                StateKey {
+                    sidecar: SidecarId(1),
+                    lsn: 1
+                }
+            ]
+        );
+        assert_eq!(
+            info.holds_own(SidecarId(1)),
+            Some(MergeRefusal::Own {
+                key: StateKey {
+                    sidecar: SidecarId(1),
+                    lsn: 1
+                }
+            })
+        );
+        // A later export of sidecar 1, into an engine that holds an
+        // earlier one.
+        let later = exported(&a, 1, 9);
+        let refused = r.merge_state(&later).unwrap();
+        assert!(
+            matches!(refused, Applied::MergeRefused { .. }),
+            "{refused:?}"
+        );
+        assert_eq!(state(&r), once);
+    }
+
+    #[test]
+    fn version_2_snapshots_are_still_read() {
+        let mut e = Engine::new(None, EngineOptions::default());
+        apply(&mut e, &batch(1, (100, 0)), 1);
+        let v2 = {
+            let agg = e.shared.lock().unwrap();
+            let ids = e.ids.read();
+            let extra = Extra {
+                guard: agg.guard.clone(),
+                ..Extra::default()
+            };
+            postcard::to_stdvec(&(2u32, e.base(&agg, &ids), extra)).unwrap()
+        };
+        let r = Engine::restore(Some(&v2), None, EngineOptions::default()).unwrap();
+        assert_eq!(state(&r).0.iter().map(|u| u.1).collect::<Vec<_>>(), [1, 1]);
+        assert!(r.merged.is_empty());
     }
 }

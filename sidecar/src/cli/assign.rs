@@ -91,7 +91,6 @@ pub fn assign_stream(plan: &Plan, mut input: impl BufRead, out: &mut impl Write)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
 
     fn run_on(input: &[u8]) -> Vec<serde_json::Value> {
         let plan = Plan::from_json(

@@ -10,6 +10,14 @@
 //! written, so it is safe beside a running sidecar, if slower), and
 //! `--state FILE` reads states exported with `GET /admin/state`. Several
 //! of either are merged first: the report of a fleet of sidecars.
+//!
+//! Sources merge like `POST /admin/state/merge` merges: a state file's
+//! checksum must hold, a source given twice (the same export, or a data
+//! directory and its own export) counts once (said on stderr), and sources
+//! that would double count records (two exports of one sidecar at
+//! different LSNs, say) are an error. A data directory is keyed by its
+//! `sidecar-id` and the last LSN of its log; one that has none yet (never
+//! opened by this version of `abmesh serve`) gets a random key for the run.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,8 +26,10 @@ use anyhow::{bail, Context, Result};
 
 use super::evaluation::{load_definitions, load_settings};
 use super::http::Client;
+use crate::aggregate::engine::Applied;
 use crate::aggregate::{Engine, EngineOptions};
 use crate::report::{html, report, text};
+use crate::store::{identity, SidecarId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -111,25 +121,41 @@ fn offline(args: &Args) -> Result<Vec<u8>> {
     let definitions = load_definitions(args.experiments.as_deref())?;
     let settings = load_settings(args.evaluation.as_deref())?;
     let opts = EngineOptions::default();
-    let mut states: Vec<Vec<u8>> = Vec::new();
+    let mut states: Vec<(String, Vec<u8>)> = Vec::new();
     for dir in &args.data_dir {
-        let (engine, _) = crate::store::load(dir, |s| Engine::restore(s, None, opts))
+        let (engine, recovery) = crate::store::load(dir, |s| Engine::restore(s, None, opts))
             .with_context(|| format!("reading {}", dir.display()))?;
+        let id = match identity::read(dir)? {
+            Some(id) => id,
+            None => SidecarId::random().map_err(anyhow::Error::msg)?,
+        };
         let mut bytes = Vec::new();
         engine
-            .encode_state(&mut bytes)
+            .export_state(id, recovery.last_lsn, &mut bytes)
             .map_err(anyhow::Error::msg)?;
-        states.push(bytes);
+        states.push((format!("--data-dir {}", dir.display()), bytes));
     }
     for f in &args.state {
-        states.push(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        states.push((format!("--state {}", f.display()), bytes));
     }
     let mut engine = Engine::new(definitions, opts);
-    for (i, s) in states.iter().enumerate() {
-        engine
+    for (source, s) in &states {
+        let applied = engine
             .merge_state(s)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("merging source {}", i + 1))?;
+            .with_context(|| format!("merging {source}"))?;
+        match applied {
+            Applied::Merge {
+                duplicate: true,
+                message,
+                ..
+            } => eprintln!("note: {source}: {message}; counted once"),
+            Applied::Merge { sidecar: None, .. } => eprintln!(
+                "note: {source}: a state exported by an older abmesh, without checksum or key (export it again to have both)"
+            ),
+            Applied::MergeRefused { error } => bail!("merging {source}: {error}"),
+            _ => {}
+        }
     }
     let agg = engine.aggregates();
     let Some(r) = report(&agg, &args.name, &settings) else {

@@ -17,6 +17,7 @@ use crate::model::dylib;
 use crate::model::metrics::HostMetrics;
 use crate::model::repository::Repository;
 use crate::model::{BatchConfig, DeviceRequest, HostConfig, ModelHost, Runtime, SessionOptions};
+use crate::server::body::BodyLimits;
 use crate::server::{self, routes, AppState, ConnectionOptions, ServerLimits};
 
 #[derive(clap::Args, Debug)]
@@ -88,6 +89,11 @@ pub struct Args {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     shutdown_grace: u64,
 
+    // Slow and idle clients: --body-read-timeout, --body-bytes-in-flight,
+    // --header-read-timeout.
+    #[command(flatten)]
+    limits: super::limits::LimitArgs,
+
     // Outcome log and reports: --data-dir, --experiments, --evaluation, ...
     #[command(flatten)]
     evaluation: super::evaluation::EvaluationArgs,
@@ -100,6 +106,12 @@ pub enum ConfigError {
     TooSmall {
         flag: &'static str,
         min: usize,
+        got: usize,
+    },
+    #[error("--{flag} must be at most {max} (got {got})")]
+    TooLarge {
+        flag: &'static str,
+        max: usize,
         got: usize,
     },
     #[error("--models {0}: not a folder")]
@@ -115,6 +127,8 @@ pub struct ServeConfig {
     pub ort_library: Option<PathBuf>,
     pub host: HostConfig,
     pub limits: ServerLimits,
+    /// Body read deadline and the cap on body bytes in flight.
+    pub body_limits: BodyLimits,
     pub connections: ConnectionOptions,
     pub http_threads: usize,
     /// Outcome log and reports (`crate::cli::evaluation`).
@@ -163,9 +177,10 @@ impl TryFrom<Args> for ServeConfig {
                 inline_budget: Duration::from_micros(a.inline_max_us),
             },
             limits: ServerLimits { body_limit },
+            body_limits: a.limits.body_limits(body_limit)?,
             connections: ConnectionOptions {
+                header_read_timeout: a.limits.header_read_timeout()?,
                 shutdown_grace: Duration::from_secs(a.shutdown_grace),
-                ..ConnectionOptions::default()
             },
             http_threads,
             evaluation: a.evaluation,
@@ -175,6 +190,7 @@ impl TryFrom<Args> for ServeConfig {
 
 pub fn run(args: Args) -> Result<()> {
     init_logging();
+    args.limits.apply_memory_settings();
     let config = ServeConfig::try_from(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads)
@@ -188,6 +204,7 @@ pub fn run(args: Args) -> Result<()> {
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<()> {
     let mut state = AppState::builder(config.limits);
+    state.body_limits(config.body_limits);
     let host = match &config.models {
         Some(dir) => {
             let host = start_model_host(&config, dir, state.registry_mut()).await?;

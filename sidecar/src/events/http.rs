@@ -9,6 +9,10 @@
 //! | 413 | body over the ingest limit |
 //! | 503 | the log stopped taking writes after an I/O error, or is shutting down |
 //!
+//! Events whose id is already known are acknowledged as duplicates and not
+//! appended again ([`post_events`]). State merges are idempotent
+//! ([`post_merge`]).
+//!
 //! A batch that brings a `config` whose id is not the current definitions'
 //! is preceded in the log by a [`Kind::Config`] record (the definitions
 //! follow it); the admin halt and lift endpoints append [`Kind::Admin`]
@@ -25,7 +29,7 @@ use serde::Deserialize;
 
 use super::exposure::format_config_id;
 use super::{parse_exposures, parse_outcomes, ValidationError};
-use crate::aggregate::engine::AdminAction;
+use crate::aggregate::engine::{id_hash, AdminAction, KnownIds, MergeVerdict};
 use crate::aggregate::{config_id, Aggregates, Applied, Definitions, Engine, EngineOptions};
 use crate::server::response::{self, clip, ApiError};
 use crate::server::router::{HandlerResult, Request, Router};
@@ -62,6 +66,8 @@ pub struct Ingest {
     pub store: Store<Engine>,
     pub aggregates: Arc<Mutex<Aggregates>>,
     pub body_limit: usize,
+    /// The engine's remembered event ids (read before appending).
+    known: KnownIds,
     metrics: IngestMetrics,
 }
 
@@ -117,13 +123,16 @@ impl Ingest {
         };
         let mut aggregates = None;
         let mut slot = None;
+        let mut known = None;
         let (store, recovery) = Store::open(dir, store_options, store_metrics, |snapshot| {
             let engine = Engine::restore(snapshot, definitions, engine_options)?;
             aggregates = Some(engine.aggregates());
             slot = Some(engine.notice_slot());
+            known = Some(engine.known_ids());
             Ok(engine)
         })?;
         let aggregates = aggregates.expect("restore ran");
+        let known = known.expect("restore ran");
         // Recovery is over: from now on, halts and alarms are news.
         let (halts, lifts) = (metrics.halts.clone(), metrics.lifts.clone());
         *slot.expect("restore ran").lock().expect("notices lock") =
@@ -147,6 +156,7 @@ impl Ingest {
                 store,
                 aggregates,
                 body_limit,
+                known,
                 metrics,
             },
             recovery,
@@ -207,8 +217,47 @@ async fn validate<T: Send + 'static>(
     .map_err(|e| ApiError::internal(format!("validating the body: {e}")))?
 }
 
-fn count_events(body: &[u8]) -> Result<usize, ValidationError> {
-    parse_outcomes(body).map(|v| v.len())
+/// The [`id_hash`] of each event's id (`None`: no id), in body order.
+fn event_ids(body: &[u8]) -> Result<Vec<Option<u128>>, ValidationError> {
+    Ok(parse_outcomes(body)?
+        .iter()
+        .map(|e| e.id.as_ref().map(|id| id_hash(id.as_str())))
+        .collect())
+}
+
+/// The events of a validated body whose `keep` flag is set, as a JSON
+/// array of their original bytes (so they parse exactly as they did).
+/// `keep` is in body order: array elements, or the non-blank NDJSON lines.
+fn keep_events(body: &[u8], keep: &[bool]) -> Result<Vec<u8>, ApiError> {
+    let first = body.iter().position(|b| !b.is_ascii_whitespace());
+    let elements: Vec<&[u8]> = if first.map(|i| body[i]) == Some(b'[') {
+        serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body)
+            .map_err(|e| ApiError::internal(format!("re-reading a validated body: {e}")))?
+            .into_iter()
+            .map(|r| r.get().as_bytes())
+            .collect()
+    } else {
+        body.split(|&b| b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .collect()
+    };
+    if elements.len() != keep.len() {
+        return Err(ApiError::internal(format!(
+            "re-reading a validated body found {} events, not {}",
+            elements.len(),
+            keep.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(body.len());
+    out.push(b'[');
+    for (e, _) in elements.iter().zip(keep).filter(|(_, k)| **k) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.push(b']');
+    Ok(out)
 }
 
 /// What `POST /v1/exposures` needs from a validated batch.
@@ -233,36 +282,60 @@ fn check_exposures(body: &[u8]) -> Result<BatchInfo, ValidationError> {
 }
 
 /// `POST /v1/events`: outcome events, a JSON array or NDJSON.
+///
+/// Events whose id the engine already knows are acknowledged as
+/// duplicates without being appended again (a client re-sending a batch
+/// after a 503, say, does not grow the log); when none is new, nothing is
+/// appended at all. Otherwise the new ones are appended: the body as it
+/// came when nothing was dropped, else a JSON array of the kept events'
+/// original bytes. Known ids are read from the engine's set directly
+/// ([`KnownIds`]), so the check costs no round trip through the applier.
 pub async fn post_events(mut req: Request, state: AppState) -> HandlerResult {
     let ingest = ingest(&state)?;
     let body = req.body(ingest.body_limit.min(state.body_limit())).await?;
-    let (body, n) = match validate(body, count_events).await {
+    let (body, ids) = match validate(body, event_ids).await {
         Ok(v) => v,
         Err(e) => {
             ingest.metrics.rejected.inc();
             return Err(e);
         }
     };
-    if n == 0 {
-        return Ok(response::json(&Applied::Events {
-            accepted: 0,
-            duplicates: 0,
-        }));
-    }
-    let applied = ingest
-        .store
-        .append(Kind::Outcomes, body)
-        .await
-        .map_err(store_error)?;
-    if let Applied::Events {
+    let known = ingest.known.known(&ids);
+    let dropped = known.iter().filter(|k| **k).count() as u64;
+    let (accepted, duplicates) = if dropped == ids.len() as u64 {
+        // Nothing new (or an empty body): nothing to append.
+        (0, dropped)
+    } else {
+        let payload = if dropped == 0 {
+            body
+        } else {
+            let keep: Vec<bool> = known.iter().map(|k| !k).collect();
+            Bytes::from(keep_events(&body, &keep)?)
+        };
+        match ingest
+            .store
+            .append(Kind::Outcomes, payload)
+            .await
+            .map_err(store_error)?
+        {
+            Applied::Events {
+                accepted,
+                duplicates,
+            } => (accepted, duplicates + dropped),
+            Applied::Unreadable { error } => return Err(ApiError::internal(error)),
+            other => {
+                return Err(ApiError::internal(format!(
+                    "applying events answered {other:?}"
+                )))
+            }
+        }
+    };
+    ingest.metrics.events.inc_by(accepted);
+    ingest.metrics.duplicate_events.inc_by(duplicates);
+    Ok(response::json(&Applied::Events {
         accepted,
         duplicates,
-    } = &applied
-    {
-        ingest.metrics.events.inc_by(*accepted);
-        ingest.metrics.duplicate_events.inc_by(*duplicates);
-    }
-    Ok(response::json(&applied))
+    }))
 }
 
 /// `POST /v1/exposures`: one batch from a filter instance.
@@ -313,15 +386,18 @@ pub async fn post_exposures(mut req: Request, state: AppState) -> HandlerResult 
     Ok(response::json(&applied))
 }
 
-/// `GET /admin/state`: the whole state (the snapshot format, binary), for
-/// merging into another sidecar or `abmesh report --state`.
+/// `GET /admin/state`: the whole state in its export envelope (checksum,
+/// this sidecar's id and the LSN the export covers; see
+/// `crate::aggregate::engine`), binary, for merging into another sidecar
+/// or `abmesh report --state`.
 pub async fn get_state(_req: Request, state: AppState) -> HandlerResult {
     let ingest = ingest(&state)?;
+    let id = ingest.store.sidecar_id();
     let bytes = ingest
         .store
-        .with_state(|engine, _| {
+        .with_state(move |engine, lsn| {
             let mut out = Vec::new();
-            engine.encode_state(&mut out).map(|()| out)
+            engine.export_state(id, lsn, &mut out).map(|()| out)
         })
         .await
         .map_err(store_error)?
@@ -335,19 +411,59 @@ pub async fn get_state(_req: Request, state: AppState) -> HandlerResult {
 
 /// `POST /admin/state/merge`: merges another sidecar's `GET /admin/state`
 /// into this one, durably (the state is appended to the log like events).
+///
+/// | status | when |
+/// |---|---|
+/// | 200 | merged: `{"merged": true, "duplicate": false, "users": n, "sidecar": id, "lsn": n, "message": ...}` |
+/// | 200 | merged before: `{"merged": false, "duplicate": true, ...}`; nothing is appended or changed |
+/// | 400 | not a sound exported state (damaged: the checksum; truncated; an older export without key), or one holding this sidecar's own records ("would double count") |
+/// | 409 | this sidecar already holds records the state holds too (a later export of a sidecar merged before, say) |
 pub async fn post_merge(mut req: Request, state: AppState) -> HandlerResult {
     let ingest = ingest(&state)?;
     let body = req.body(state.body_limit()).await?;
-    let body = tokio::task::spawn_blocking(move || Engine::validate_state(&body).map(|()| body))
+    let (body, info) =
+        tokio::task::spawn_blocking(move || Engine::inspect_state(&body).map(|i| (body, i)))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    if let Some(r) = info.holds_own(ingest.store.sidecar_id()) {
+        return Err(ApiError::bad_request(r.to_string()));
+    }
+    let key = info.key;
+    let verdict = ingest
+        .store
+        .with_state(move |engine, _| engine.merge_verdict(&info))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
-    let applied = ingest
+        .map_err(store_error)?;
+    match verdict {
+        MergeVerdict::Merge => {}
+        MergeVerdict::Duplicate => {
+            return Ok(response::json(&Applied::Merge {
+                merged: false,
+                duplicate: true,
+                users: 0,
+                sidecar: Some(key.sidecar.to_string()),
+                lsn: Some(key.lsn),
+                message: format!("this state ({key}) was merged before: nothing changed"),
+            }))
+        }
+        MergeVerdict::Refused(r) => return Err(ApiError::new(StatusCode::CONFLICT, r.to_string())),
+    }
+    // Checked again when applied: a merge of the same state racing this
+    // one may have been appended meanwhile.
+    match ingest
         .store
         .append(Kind::Merge, body)
         .await
-        .map_err(store_error)?;
-    Ok(response::json(&applied))
+        .map_err(store_error)?
+    {
+        applied @ Applied::Merge { .. } => Ok(response::json(&applied)),
+        Applied::MergeRefused { error } => Err(ApiError::new(StatusCode::CONFLICT, error)),
+        Applied::Unreadable { error } => Err(ApiError::internal(error)),
+        other => Err(ApiError::internal(format!(
+            "applying a merge answered {other:?}"
+        ))),
+    }
 }
 
 /// The optional body of a halt or lift.
@@ -471,4 +587,39 @@ pub async fn get_halts(_req: Request, state: AppState) -> HandlerResult {
             .collect()
     };
     Ok(response::json(&halts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids_of(body: &[u8]) -> Vec<Option<String>> {
+        parse_outcomes(body)
+            .unwrap()
+            .iter()
+            .map(|e| e.id.as_ref().map(|i| i.as_str().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn kept_events_parse_exactly_as_they_came() {
+        let array = b" [ {\"user\":\"a\",\"metric\":\"m\",\"id\":\"1\"},\n  {\"user\":\"b\",\n \"metric\":\"m\",\"value\":0.30000000000000004,\"id\":\"2\"} ,{\"user\":\"c\",\"metric\":\"m\"}]\n";
+        let ndjson = b"{\"user\":\"a\",\"metric\":\"m\",\"id\":\"1\"}\r\n\n  \n{\"user\":\"b\",\"metric\":\"m\",\"value\":0.30000000000000004,\"id\":\"2\"}\n{\"user\":\"c\",\"metric\":\"m\"}";
+        for body in [&array[..], &ndjson[..]] {
+            let kept = keep_events(body, &[false, true, true]).unwrap();
+            assert_eq!(ids_of(&kept), [Some("2".to_owned()), None]);
+            let all = parse_outcomes(body).unwrap();
+            let got = parse_outcomes(&kept).unwrap();
+            assert_eq!(got[0].value.map(|v| v.0), all[1].value.map(|v| v.0));
+            assert_eq!(got[1].user.as_str(), "c");
+            assert_eq!(
+                ids_of(&keep_events(body, &[true, false, false]).unwrap()),
+                [Some("1".to_owned())]
+            );
+            assert!(
+                keep_events(body, &[true, true]).is_err(),
+                "a count that does not match"
+            );
+        }
+    }
 }

@@ -54,17 +54,32 @@ pub async fn live(_: Request, _: AppState) -> HandlerResult {
     Ok(response::json(&serde_json::json!({ "live": true })))
 }
 
+/// `GET /v2/health/ready`: 200 `{"ready": true}` when every part of the
+/// service can do its work; otherwise 503 `{"ready": false, "reason":
+/// "..."}`, so orchestrators stop sending traffic: while the model host
+/// drains for shutdown, or once the outcome log has stopped taking writes
+/// (a failed write or fsync, such as a full disk: every ingest request
+/// would get a 503 until a restart). `/v2/health/live` stays 200 in both
+/// cases: the process is alive and still serves reports and models.
 pub async fn ready(_: Request, state: AppState) -> HandlerResult {
-    let ready = state.models().is_none_or(|h| h.is_ready());
-    let status = if ready {
-        StatusCode::OK
+    let reason = if state.models().is_some_and(|h| !h.is_ready()) {
+        Some("the model host is shutting down".to_owned())
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        state
+            .get::<crate::events::http::Ingest>()
+            .and_then(|i| i.store.failure().map(str::to_owned))
+            .map(|e| format!("the outcome log refuses writes until a restart: {e}"))
     };
-    Ok(response::json_status(
-        status,
-        &Readiness { name: None, ready },
-    ))
+    Ok(match reason {
+        None => response::json(&Readiness {
+            name: None,
+            ready: true,
+        }),
+        Some(reason) => response::json_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "ready": false, "reason": reason }),
+        ),
+    })
 }
 
 pub async fn server_metadata(_: Request, _: AppState) -> HandlerResult {

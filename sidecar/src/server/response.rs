@@ -2,7 +2,7 @@
 //! `{"error": "..."}` with the status that says whose fault it is.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::StatusCode;
 use http_body_util::Full;
 use serde::Serialize;
@@ -54,6 +54,8 @@ pub struct ApiError {
     /// read to its end, so the connection cannot carry another request).
     close: bool,
     allow: Option<String>,
+    /// `Retry-After` in seconds (a 503 the client may retry).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -67,6 +69,7 @@ impl ApiError {
             message: bound_to(message.into(), MAX_ERROR_BYTES),
             close: false,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -110,6 +113,12 @@ impl ApiError {
         self
     }
 
+    /// Tells the client to retry after `seconds` (`Retry-After`).
+    pub fn retry_after(mut self, seconds: u32) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -131,6 +140,9 @@ impl ApiError {
         if self.close {
             r.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
         }
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             r.headers_mut().insert(ALLOW, allow);

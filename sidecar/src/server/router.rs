@@ -266,7 +266,10 @@ impl Router {
         let request = Request {
             head,
             params,
-            body: Some(body.map_err(Into::into).boxed_unsync()),
+            body: Some(Body::new(
+                body.map_err(Into::into).boxed_unsync(),
+                state.bodies(),
+            )),
         };
         // The handler's state after a panic is not looked at again: its
         // future is dropped, and what it shares (`AppState`) is behind

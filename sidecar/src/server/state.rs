@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
+use super::body::{Bodies, BodyLimits};
 use crate::model::ModelHost;
 
 /// Limits and settings of the HTTP layer.
@@ -43,6 +44,7 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     limits: ServerLimits,
+    bodies: Bodies,
     registry: Registry,
     models: Option<Arc<ModelHost>>,
     extensions: http::Extensions,
@@ -63,6 +65,7 @@ impl AppState {
     pub fn builder(limits: ServerLimits) -> AppStateBuilder {
         AppStateBuilder {
             limits,
+            body_limits: BodyLimits::default(),
             registry: Registry::with_prefix("abmesh"),
             models: None,
             extensions: http::Extensions::new(),
@@ -76,6 +79,12 @@ impl AppState {
     /// The body limit for handlers that read a body.
     pub fn body_limit(&self) -> usize {
         self.0.limits.body_limit
+    }
+
+    /// The deadline and the shared memory budget of request bodies
+    /// (`server::body`).
+    pub fn bodies(&self) -> &Bodies {
+        &self.0.bodies
     }
 
     /// All the metrics of the process, for `/metrics`.
@@ -97,6 +106,7 @@ impl AppState {
 /// Collects the parts of an [`AppState`].
 pub struct AppStateBuilder {
     limits: ServerLimits,
+    body_limits: BodyLimits,
     registry: Registry,
     models: Option<Arc<ModelHost>>,
     extensions: http::Extensions,
@@ -107,6 +117,13 @@ impl AppStateBuilder {
     /// `sub_registry_with_prefix` per component (`abmesh_model_*`, ...).
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
+    }
+
+    /// The body read deadline and the cap on body bytes in flight
+    /// (default [`BodyLimits::default`]: 60 s, 256 MiB).
+    pub fn body_limits(&mut self, limits: BodyLimits) -> &mut Self {
+        self.body_limits = limits;
+        self
     }
 
     pub fn models(&mut self, host: Arc<ModelHost>) -> &mut Self {
@@ -121,9 +138,15 @@ impl AppStateBuilder {
         self
     }
 
-    pub fn build(self) -> AppState {
+    /// Finishes the state; registers `abmesh_http_body_*`.
+    pub fn build(mut self) -> AppState {
+        let bodies = Bodies::registered(
+            self.body_limits,
+            self.registry.sub_registry_with_prefix("http"),
+        );
         AppState(Arc::new(Inner {
             limits: self.limits,
+            bodies,
             registry: self.registry,
             models: self.models,
             extensions: self.extensions,

@@ -40,7 +40,22 @@
 //! crash mid-write; never acknowledged, since acknowledgment follows the
 //! sync) is truncated with a warning; a bad record anywhere else is
 //! corruption and stops the start with the file and offset.
+//!
+//! # Temporary files
+//!
+//! A snapshot is written to `snapshot-<LSN>.tmp` and renamed; the sidecar
+//! id to `sidecar-id.<pid>.tmp` and linked. A write that fails (a full
+//! disk, say, including the final snapshot of a SIGTERM) removes its
+//! temporary file at once, and every start removes any that a crash left,
+//! before recovery: they are never complete and never read.
+//!
+//! # The sidecar id
+//!
+//! Every data directory has a random 128-bit id, created atomically at the
+//! first start and kept in its `sidecar-id` file ([`identity`]). Exported
+//! states carry it with the LSN they cover, as their idempotency key.
 
+pub mod identity;
 pub mod record;
 
 use std::fs::{self, File, OpenOptions};
@@ -57,6 +72,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+pub use identity::SidecarId;
 pub use record::{Kind, RecordRef};
 
 /// What the log feeds: applies records in order and can write itself out.
@@ -138,6 +154,8 @@ pub struct Recovery {
     pub last_lsn: u64,
     /// Segment files present after recovery.
     pub segments: usize,
+    /// Temporary files of interrupted writes removed before recovery.
+    pub temp_files_removed: usize,
 }
 
 /// Prometheus metrics of the log (`abmesh_log_*`).
@@ -237,6 +255,7 @@ enum Item<S: StateMachine> {
 
 struct Shared {
     dir: PathBuf,
+    id: SidecarId,
     failed: OnceLock<String>,
     /// (first LSN, path) of every segment, oldest first.
     segments: Mutex<Vec<(u64, PathBuf)>>,
@@ -334,20 +353,49 @@ fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>), String> {
 fn write_snapshot_file(dir: &Path, lsn: u64, payload: &[u8]) -> Result<PathBuf, StoreError> {
     let path = snapshot_path(dir, lsn);
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
     let mut head = Vec::with_capacity(28);
     head.extend_from_slice(SNAPSHOT_MAGIC);
     head.extend_from_slice(&lsn.to_le_bytes());
     head.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     head.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    f.write_all(&head)
-        .and_then(|()| f.write_all(payload))
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io_err(&tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    let written = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&head)?;
+            f.write_all(payload)?;
+            f.sync_all()
+        })
+        .map_err(|e| io_err(&tmp, e))
+        .and_then(|()| fs::rename(&tmp, &path).map_err(|e| io_err(&path, e)));
+    if written.is_err() {
+        // A full disk, typically: leave no partial file behind.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     sync_dir(dir)?;
     Ok(path)
+}
+
+/// Whether a file name is one of the temporary files this module writes.
+fn is_temp_file(name: &str) -> bool {
+    name.ends_with(".tmp") && (name.starts_with("snapshot-") || name.starts_with(identity::FILE))
+}
+
+/// Removes the temporary files a crash left (see the module docs); returns
+/// how many.
+fn remove_temp_files(dir: &Path) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(is_temp_file) {
+            continue;
+        }
+        let path = entry.path();
+        fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+        tracing::warn!(file = %path.display(), "removed a temporary file left by an interrupted write");
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
@@ -546,10 +594,10 @@ impl<S: StateMachine> Store<S> {
     ) -> Result<(Store<S>, Recovery), StoreError> {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let lock = lock_dir(dir)?;
-        for (_, tmp) in numbered(dir, "snapshot-", ".tmp")? {
-            let _ = fs::remove_file(tmp);
-        }
+        let temp_files = remove_temp_files(dir)?;
+        let id = identity::load_or_create(dir)?;
         let (state, mut rec, tail, mut segments) = recover(dir, true, restore)?;
+        rec.temp_files_removed = temp_files;
         let (file, path, seg_len) = match tail.last {
             Some((_, path, len)) => {
                 let f = OpenOptions::new()
@@ -567,6 +615,7 @@ impl<S: StateMachine> Store<S> {
         };
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
+            id,
             failed: OnceLock::new(),
             segments: Mutex::new(segments),
             options,
@@ -610,6 +659,11 @@ impl<S: StateMachine> Store<S> {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// The data directory's id ([`identity`]).
+    pub fn sidecar_id(&self) -> SidecarId {
+        self.shared.id
     }
 
     /// Appends a record received now; resolves once it is durable and
