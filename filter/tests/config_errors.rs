@@ -604,5 +604,7 @@ fn the_shipped_configuration_leaves_the_token_out() {
     // What cannot be read as a configuration is not vouched for.
     assert!(carries_token(b"{not json"));
     assert!(carries_token(br#"{"sidecar": "c"}"#));
+    assert!(carries_token(br#"["sidecar"]"#));
+    assert!(!carries_token(br#"{"sidecar": null}"#));
     assert!(shipped_config(b"{not json").is_err());
 }

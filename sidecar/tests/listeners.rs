@@ -381,6 +381,17 @@ fn ingestion_needs_the_token_and_only_an_authenticated_filter_changes_definition
         );
         assert_eq!(r.status, 401, "{}", r.text());
     }
+    // A doubled slash is routed like a single one, and gated like one.
+    for path in ["//v1/events", "/v1//events", "/v1/events/"] {
+        let r = call(
+            server.port,
+            "POST",
+            path,
+            None,
+            br#"[{"user":"u1","metric":"m"}]"#,
+        );
+        assert_eq!(r.status, 401, "{path}: {}", r.text());
+    }
     assert_eq!(lsn(), before, "a refused request wrote nothing");
     assert_eq!(
         definitions(server.admin_port),

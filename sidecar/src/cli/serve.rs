@@ -1,9 +1,13 @@
 //! `abmesh serve`: the sidecar service.
 //!
-//! Today it hosts ONNX models behind the KServe v2 protocol
-//! (`crate::model`, `crate::kserve`) with admin endpoints and `/metrics`
-//! (`crate::server`). Flags are parsed by clap into [`Args`], then validated
-//! once into a [`ServeConfig`]; nothing past that point re-checks them.
+//! It hosts ONNX models behind the KServe v2 protocol (`crate::model`,
+//! `crate::kserve`), keeps the outcome log (`crate::cli::evaluation`), and
+//! serves them on two listeners (`crate::server::routes`,
+//! `crate::server::auth`): the data plane (`--listen`) and admin
+//! (`--admin-listen`), each with its optional bearer token. Flags are parsed
+//! by clap into [`Args`], then validated once into a [`ServeConfig`] (which
+//! also refuses listeners beyond loopback without a token); nothing past
+//! that point re-checks them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -23,8 +23,9 @@ use subtle::ConstantTimeEq;
 
 use super::response::{ApiError, Response};
 
-/// A bearer token: the trimmed contents of a token file.
-#[derive(Clone, PartialEq, Eq)]
+/// A bearer token: the trimmed contents of a token file. No `PartialEq`:
+/// the one comparison is [`Token::matches`], in constant time.
+#[derive(Clone)]
 pub struct Token(Box<[u8]>);
 
 impl std::fmt::Debug for Token {
@@ -124,8 +125,6 @@ pub fn listens_on_loopback(addr: SocketAddr) -> bool {
 /// What a listener lets through to its router.
 #[derive(Debug, Clone)]
 pub enum Gate {
-    /// Everything (in-process test servers that serve every route).
-    Open,
     /// The admin listener: every request needs the token, when there is
     /// one.
     Admin { token: Option<Token> },
@@ -142,39 +141,33 @@ impl Gate {
     /// `Some(response)` when the request is answered here (401, or a 404
     /// for `/admin/*` on the data plane); `None` lets it through.
     pub fn check(&self, path: &str, headers: &HeaderMap) -> Option<Response> {
-        let refused = match self {
-            Gate::Open => return None,
-            Gate::Admin { token } => {
-                let token = token.as_ref()?;
-                authenticate(
+        let mut response = match self {
+            Gate::Admin { token } => token.as_ref().and_then(|token| {
+                refuse_unless_authenticated(
                     token,
                     headers,
                     ADMIN_REALM,
                     "the admin API",
                     "--admin-token-file",
                 )
-            }
-            Gate::Data { ingest_token } => {
-                if is_admin_path(path) {
-                    Err(ApiError::not_found(format!(
-                        "no endpoint {path} on the data-plane listener: /admin/* is served on the admin listener (`abmesh serve --admin-listen`, default 127.0.0.1:8001)"
-                    ))
-                    .into_response())
-                } else {
-                    match ingest_token {
-                        Some(token) if is_ingest_path(path) => authenticate(
-                            token,
-                            headers,
-                            INGEST_REALM,
-                            "ingestion (/v1/*)",
-                            "--ingest-token-file",
-                        ),
-                        _ => return None,
-                    }
-                }
-            }
-        };
-        let mut response = refused.err()?;
+            }),
+            Gate::Data { .. } if is_admin_path(path) => Some(
+                ApiError::not_found(format!(
+                    "no endpoint {path} on the data-plane listener: /admin/* is served on the admin listener (`abmesh serve --admin-listen`, default 127.0.0.1:8001)"
+                ))
+                .into_response(),
+            ),
+            Gate::Data {
+                ingest_token: Some(token),
+            } if is_ingest_path(path) => refuse_unless_authenticated(
+                token,
+                headers,
+                INGEST_REALM,
+                "ingestion (/v1/*)",
+                "--ingest-token-file",
+            ),
+            Gate::Data { .. } => None,
+        }?;
         // The body was not read, so the connection cannot carry another
         // request after this answer.
         if declares_body(headers) {
@@ -186,12 +179,19 @@ impl Gate {
     }
 }
 
+/// The first segment of a path as the router sees it: it skips empty
+/// segments (`//v1/events` is routed like `/v1/events`), so this must too,
+/// or a doubled slash would walk past the gate.
+fn first_segment(path: &str) -> &str {
+    path.split('/').find(|s| !s.is_empty()).unwrap_or_default()
+}
+
 fn is_admin_path(path: &str) -> bool {
-    path == "/admin" || path.starts_with("/admin/")
+    first_segment(path) == "admin"
 }
 
 fn is_ingest_path(path: &str) -> bool {
-    path == "/v1" || path.starts_with("/v1/")
+    first_segment(path) == "v1"
 }
 
 fn declares_body(headers: &HeaderMap) -> bool {
@@ -201,40 +201,44 @@ fn declares_body(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// Checks `Authorization: Bearer TOKEN`; the error is the 401 to send.
-fn authenticate(
+/// Checks `Authorization: Bearer TOKEN`: `None` when it is `token`, else
+/// the 401 to send.
+fn refuse_unless_authenticated(
     token: &Token,
     headers: &HeaderMap,
     realm: &str,
     what: &str,
     flag: &str,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
-    let (first, second) = (values.next(), values.next());
-    let presented = match (first, second) {
-        (None, _) => return Err(unauthorized(
-            format!(
+    let presented = match (values.next(), values.next()) {
+        (None, _) => {
+            let message = format!(
                 "{what} needs `Authorization: Bearer TOKEN` (the token of `abmesh serve {flag}`)"
-            ),
-            format!("Bearer realm=\"{realm}\""),
-        )),
+            );
+            return Some(unauthorized(message, format!("Bearer realm=\"{realm}\"")));
+        }
+        // Two credentials: neither is taken.
         (Some(_), Some(_)) => None,
         (Some(v), None) => bearer_token(v.as_bytes()),
     };
-    match presented {
-        Some(t) if token.matches(t) => Ok(()),
-        _ => Err(unauthorized(
-            format!("{what}: the bearer token is not valid (send one `Authorization: Bearer TOKEN` header with the token of `abmesh serve {flag}`)"),
-            format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
-        )),
+    if presented.is_some_and(|t| token.matches(t)) {
+        return None;
     }
+    let message = format!(
+        "{what}: the bearer token is not valid (send one `Authorization: Bearer TOKEN` header with the token of `abmesh serve {flag}`)"
+    );
+    Some(unauthorized(
+        message,
+        format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
+    ))
 }
 
 /// The token of a `Bearer TOKEN` value (the scheme is case-insensitive,
 /// RFC 7235), if it is one.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(6)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.first().is_some_and(|b| *b == b' ') {
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
         return None;
     }
     let t = rest.trim_ascii();
@@ -382,6 +386,23 @@ mod tests {
         let gate = Gate::Data {
             ingest_token: Some(t),
         };
+        // However the router would read the path.
+        for p in [
+            "/v1/events",
+            "//v1/events",
+            "/v1//exposures",
+            "/v1/events/",
+            "/v1",
+        ] {
+            let r = gate.check(p, &headers(&[])).expect("401");
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{p}");
+        }
+        for p in ["//admin/state", "/admin//halts"] {
+            let r = Gate::Data { ingest_token: None }
+                .check(p, &headers(&[]))
+                .expect("404");
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{p}");
+        }
         let r = gate.check("/v1/events", &headers(&[])).expect("401");
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
