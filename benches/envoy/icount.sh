@@ -78,7 +78,7 @@ if [[ " $CONFIGS " =~ \ wasm_ship[0-9]*\  ]]; then
       [[ $BUILD == 1 ]] && cargo build --quiet --release -p abmesh-sidecar --bin abmesh
       rm -rf "$WORK/sidecar-data"
       target/release/abmesh serve --listen "127.0.0.1:${SIDECAR_PORT:-18000}" \
-        --data-dir "$WORK/sidecar-data" 2>"$WORK/sidecar.log" &
+        --admin-listen 127.0.0.1:0 --data-dir "$WORK/sidecar-data" 2>"$WORK/sidecar.log" &
       ;;
     stub) python3 benches/envoy/stub_sidecar.py "${SIDECAR_PORT:-18000}" 2>"$WORK/sidecar.log" & ;;
     *) echo "icount.sh: SIDECAR must be real or stub" >&2; exit 1 ;;

@@ -100,7 +100,7 @@ if [[ " $CONFIGS " =~ \ wasm_ship[0-9]*\  ]]; then
   cargo build --quiet --release -p abmesh-sidecar --bin abmesh
   rm -rf "$WORK/sidecar-data"
   target/release/abmesh serve --listen "127.0.0.1:${SIDECAR_PORT:-18000}" \
-    --data-dir "$WORK/sidecar-data" 2>"$WORK/sidecar.log" &
+    --admin-listen 127.0.0.1:0 --data-dir "$WORK/sidecar-data" 2>"$WORK/sidecar.log" &
   sidecar_pid=$!
 fi
 cleanup() {

@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 use abmesh_sidecar::cli::http::Client;
 
 struct Args {
+    /// The data plane: /v1/exposures, /v1/events.
     url: String,
+    /// The admin listener: the reports.
+    admin_url: String,
     clients: usize,
     batch: usize,
     events: u64,
@@ -34,6 +37,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut a = Args {
         url: "http://127.0.0.1:8091".into(),
+        admin_url: "http://127.0.0.1:8092".into(),
         clients: 16,
         batch: 1000,
         events: 10_000_000,
@@ -47,6 +51,7 @@ fn parse_args() -> Args {
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--url" => a.url = val(),
+            "--admin-url" => a.admin_url = val(),
             "--clients" => a.clients = val().parse().expect("--clients N"),
             "--batch" => a.batch = val().parse().expect("--batch N"),
             "--events" => a.events = val().parse().expect("--events N"),
@@ -203,8 +208,9 @@ fn main() {
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort_by(f64::total_cmp);
 
-    // Report latency at this volume, JSON and HTML, over keep-alive HTTP.
-    let mut c = Client::new(&a.url).unwrap();
+    // Report latency at this volume, JSON and HTML, over keep-alive HTTP
+    // to the admin listener.
+    let mut c = Client::new(&a.admin_url).unwrap();
     let mut report_ms = |q: &str| {
         let mut v: Vec<f64> = (0..a.report_samples)
             .map(|_| {

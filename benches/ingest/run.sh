@@ -20,6 +20,7 @@ USERS=${USERS:-1000000}
 CLIENTS=${CLIENTS:-16}
 BATCH=${BATCH:-1000}
 PORT=${PORT:-8091}
+ADMIN_PORT=${ADMIN_PORT:-8092}
 OUT=${OUT:-$(mktemp -d /tmp/abmesh-ingest-bench.XXXXXX)}
 mkdir -p "$OUT"
 
@@ -40,11 +41,12 @@ trap cleanup EXIT
 start_server() {
     local log=$1 t0 t1
     t0=$(date +%s.%N)
-    "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$OUT/data" --experiments "$OUT/experiments.json" \
+    "$BIN" serve --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+        --data-dir "$OUT/data" --experiments "$OUT/experiments.json" \
         >/dev/null 2>"$log" &
     PID=$!
     for _ in $(seq 1 60000); do
-        if grep -q "listening on" "$log"; then
+        if grep -q "admin listening on" "$log"; then
             t1=$(date +%s.%N)
             STARTUP_S=$(python3 -c "print(round($t1 - $t0, 3))")
             return 0
@@ -58,7 +60,7 @@ start_server() {
 
 start_server "$OUT/serve-1.log"
 echo "ingesting $EVENTS events from $CLIENTS clients in batches of $BATCH (data in $OUT/data)" >&2
-"$LOAD" --url "http://127.0.0.1:$PORT" --clients "$CLIENTS" --batch "$BATCH" --events "$EVENTS" --users "$USERS" \
+"$LOAD" --url "http://127.0.0.1:$PORT" --admin-url "http://127.0.0.1:$ADMIN_PORT" --clients "$CLIENTS" --batch "$BATCH" --events "$EVENTS" --users "$USERS" \
     > "$OUT/load.json"
 RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
 LOG_BYTES=$(du -sb "$OUT/data" | cut -f1)
@@ -69,7 +71,7 @@ wait "$PID" 2>/dev/null || true
 start_server "$OUT/serve-2.log"
 RECOVERY_S=$STARTUP_S
 RECOVERED=$(grep "outcome log recovered" "$OUT/serve-2.log" | sed 's/.*recovered //')
-"$LOAD" --url "http://127.0.0.1:$PORT" --events 0 --skip-exposures --report-samples 50 > "$OUT/after-restart.json"
+"$LOAD" --url "http://127.0.0.1:$PORT" --admin-url "http://127.0.0.1:$ADMIN_PORT" --events 0 --skip-exposures --report-samples 50 > "$OUT/after-restart.json"
 
 python3 - "$OUT" "$RSS_KB" "$LOG_BYTES" "$RECOVERY_S" "$RECOVERED" <<'EOF'
 import json, sys

@@ -189,7 +189,11 @@ def suite(args, clients, model, version, repo, tmp):
     # "abmesh_queued": --inline-max-us 0, every request through the session
     # worker threads.
     binary = os.path.join(TARGET, "release", "abmesh")
-    variants = [("abmesh", binary, []), ("abmesh_queued", binary, ["--inline-max-us", "0"])]
+    # A free admin port too (this build's admin listener defaults to :8001,
+    # which another sidecar on the machine may hold); the benchmark only
+    # uses the data plane.
+    admin = ["--admin-listen", "127.0.0.1:0"]
+    variants = [("abmesh", binary, admin), ("abmesh_queued", binary, admin + ["--inline-max-us", "0"])]
     selected = args.abmesh_variants.split(",")
     for spec in args.variant:
         # NAME=BINARY[:FLAGS], e.g. base=/tmp/abmesh-old:--inline-max-us 100

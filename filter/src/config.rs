@@ -87,6 +87,136 @@ pub struct SidecarConfig {
     /// exposures. Default: 8192.
     #[serde(default = "default_recent_exposures")]
     pub recent_exposures: usize,
+    /// The sidecar's ingest token (`abmesh serve --ingest-token-file`),
+    /// sent as `authorization: Bearer TOKEN` on every batch. Needed when the
+    /// sidecar's data-plane listener is not on loopback. Visible ASCII, 16
+    /// to 4096 bytes. It never appears in the filter's logs, and the
+    /// configuration the filter ships to the sidecar leaves it out
+    /// ([`shipped_config`]). Default: none.
+    #[serde(default)]
+    pub token: Option<SidecarToken>,
+}
+
+/// A credential: compared and sent, never printed (`Debug` shows
+/// `SidecarToken(<redacted>)`, so a config dumped with `{:?}` does not leak
+/// it).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SidecarToken(String);
+
+impl SidecarToken {
+    /// The shortest token accepted, in bytes: 16 visible ASCII characters
+    /// leave ~100 bits even when drawn from a small alphabet.
+    pub const MIN_LEN: usize = 16;
+    /// The longest token accepted, in bytes (it is sent on every batch).
+    pub const MAX_LEN: usize = 4096;
+
+    /// The token itself, for the `authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SidecarToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SidecarToken(<redacted>)")
+    }
+}
+
+/// Whether a configuration document sets `sidecar.token` (to anything but
+/// `null`). A document that cannot be read as a configuration counts as
+/// carrying one: the sidecar, which asks this before it stores a learned
+/// configuration, refuses what it cannot tell apart from a credential.
+pub fn carries_token(raw: &[u8]) -> bool {
+    // A `Value`, which the filter parses anyway (the sidecar's replies), so
+    // this adds no parser of its own to the module.
+    match serde_json::from_slice::<serde_json::Value>(raw) {
+        Ok(v) if !v.is_object() => true,
+        Ok(v) => match v.get("sidecar") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Object(s)) => s.get("token").is_some_and(|t| !t.is_null()),
+            Some(_) => true,
+        },
+        Err(_) => true,
+    }
+}
+
+/// The configuration as the filter ships it to the sidecar, which stores
+/// it in its log and snapshots, exports it with its state, and shows its
+/// id in reports: the bytes the proxy gave, unchanged, unless they set
+/// `sidecar.token`. Then it is the same document without that member: the
+/// other members (and every value, byte for byte) stay in their order, but
+/// the whitespace between members goes, so its [`crate::config_id`]
+/// differs from that of the raw bytes. The token is a credential of the
+/// filter alone; the sidecar never needs it in a configuration and must
+/// never keep it.
+///
+/// `raw` must be a valid configuration ([`crate::Plan::from_json`]
+/// accepted it); anything else is an error.
+pub fn shipped_config(raw: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, serde_json::Error> {
+    use serde_json::value::RawValue;
+    if !carries_token(raw) {
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
+    let top: Members<'_> = serde_json::from_slice(raw)?;
+    let mut out = Vec::with_capacity(raw.len());
+    out.push(b'{');
+    for (i, (key, value)) in top.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key)?;
+        out.push(b':');
+        if key == "sidecar" {
+            let inner: Members<'_> = serde_json::from_str(value.get())?;
+            out.push(b'{');
+            let kept = inner.0.iter().filter(|(k, _)| k != "token");
+            for (j, (k, v)) in kept.enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut out, k)?;
+                out.push(b':');
+                out.extend_from_slice(v.get().as_bytes());
+            }
+            out.push(b'}');
+        } else {
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+    // What it removed is the token and nothing else.
+    debug_assert!(!carries_token(&out));
+    let _: &RawValue = serde_json::from_slice(&out)?;
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// A JSON object's members in document order, values unparsed.
+struct Members<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(entry) =
+                    m.next_entry::<String, &'de serde_json::value::RawValue>()?
+                {
+                    members.push(entry);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// One place a user id may be found.

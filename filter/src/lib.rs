@@ -30,8 +30,10 @@ pub use halts::Halts;
 pub use plan::{ConfigError, Experiment, Plan, Slot, Variant};
 
 /// Identifies one version of the plugin configuration: 16 lowercase hex
-/// digits of SipHash-1-3 (64-bit, all-zero key) over the raw configuration
-/// bytes exactly as the proxy handed them to the filter.
+/// digits of SipHash-1-3 (64-bit, all-zero key) over the configuration
+/// bytes the filter ships ([`config::shipped_config`]): exactly as the
+/// proxy handed them to the filter, or, when they set `sidecar.token`,
+/// the same document without the token.
 ///
 /// The filter sends it with every exposure batch (`config_id`), and the
 /// configuration itself only when the sidecar asks for it, so the sidecar

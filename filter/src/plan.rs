@@ -634,6 +634,29 @@ fn check_sidecar(
             "must be at least 1 (1 records every request)",
         ));
     }
+    if let Some(t) = &s.token {
+        // The message never quotes the token: configuration errors are
+        // logged by Envoy.
+        use crate::config::SidecarToken;
+        let t = t.expose();
+        if !(SidecarToken::MIN_LEN..=SidecarToken::MAX_LEN).contains(&t.len()) {
+            return Err(ConfigError::invalid(
+                "sidecar.token",
+                format!(
+                    "must be {} to {} bytes long, got {} (the token of `abmesh serve --ingest-token-file`)",
+                    SidecarToken::MIN_LEN,
+                    SidecarToken::MAX_LEN,
+                    t.len()
+                ),
+            ));
+        }
+        if let Some(i) = t.bytes().position(|b| !b.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(
+                "sidecar.token",
+                format!("must be visible ASCII (no spaces or control characters); byte {i} is not"),
+            ));
+        }
+    }
     Ok(s.clone())
 }
 

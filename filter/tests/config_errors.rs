@@ -490,3 +490,121 @@ fn recent_exposures() {
         );
     }
 }
+
+fn with_sidecar(s: &str) -> String {
+    format!(r#"{{"sidecar": {s}, "experiments": [{{"name": "e", "variants": {TWO}}}]}}"#)
+}
+
+#[test]
+fn sidecar_token_is_validated_without_being_quoted() {
+    let good = "Zq3-_.~+/=AbCdEf0123";
+    let p = Plan::from_json(
+        with_sidecar(&format!(r#"{{"cluster": "c", "token": "{good}"}}"#)).as_bytes(),
+    )
+    .unwrap();
+    let s = p.sidecar().unwrap();
+    assert_eq!(s.token.as_ref().map(|t| t.expose()), Some(good));
+    // A config printed for debugging does not show it.
+    let dumped = format!("{s:?}");
+    assert!(!dumped.contains(good), "{dumped}");
+    assert!(dumped.contains("<redacted>"), "{dumped}");
+    // Absent or null: no token.
+    for t in ["", r#", "token": null"#] {
+        let p =
+            Plan::from_json(with_sidecar(&format!(r#"{{"cluster": "c"{t}}}"#)).as_bytes()).unwrap();
+        assert!(p.sidecar().unwrap().token.is_none());
+    }
+    // Exactly 16 and 4096 bytes are fine.
+    for n in [16, 4096] {
+        let t = "k".repeat(n);
+        Plan::from_json(with_sidecar(&format!(r#"{{"cluster": "c", "token": "{t}"}}"#)).as_bytes())
+            .unwrap();
+    }
+    let refused = [
+        (
+            "\"0123456789abcde\"".to_owned(),
+            "16 to 4096 bytes long, got 15",
+        ),
+        (
+            format!("\"{}\"", "k".repeat(4097)),
+            "16 to 4096 bytes long, got 4097",
+        ),
+        ("\"\"".to_owned(), "got 0"),
+        ("\"secret with spaces 01\"".to_owned(), "visible ASCII"),
+        ("\"secret\\twith-a-tab-01\"".to_owned(), "byte 6 is not"),
+        (
+            "\"s\u{e9}cr\u{e9}t-non-ascii-0123\"".to_owned(),
+            "visible ASCII",
+        ),
+    ];
+    for (token, words) in refused {
+        let json = with_sidecar(&format!(r#"{{"cluster": "c", "token": {token}}}"#));
+        assert_refused(&json, "sidecar.token", words);
+        let msg = err(&json).to_string();
+        let secret = token.trim_matches('"');
+        if secret.len() >= 4 {
+            assert!(!msg.contains(secret), "the error quotes the token: {msg}");
+        }
+    }
+    assert_refused(
+        &with_sidecar(r#"{"cluster": "c", "token": 1234567890123456}"#),
+        "sidecar.token",
+        "invalid type",
+    );
+}
+
+#[test]
+fn the_shipped_configuration_leaves_the_token_out() {
+    use abmesh_filter::config::{carries_token, shipped_config};
+    use std::borrow::Cow;
+
+    // Without a token: the very bytes, so the config id is unchanged.
+    let plain = with_sidecar(r#"{"cluster": "c"}"#);
+    let shipped = shipped_config(plain.as_bytes()).unwrap();
+    assert!(matches!(shipped, Cow::Borrowed(b) if b == plain.as_bytes()));
+    assert!(!carries_token(plain.as_bytes()));
+    let null = with_sidecar(r#"{"cluster": "c", "token": null}"#);
+    assert!(!carries_token(null.as_bytes()));
+    assert!(matches!(
+        shipped_config(null.as_bytes()).unwrap(),
+        Cow::Borrowed(_)
+    ));
+
+    // With one, even spelled with an escape: the same document without it,
+    // every other member in order, values byte for byte.
+    let token = "tok-0123456789abcdef";
+    for key in ["token", "t\\u006fken"] {
+        let raw = format!(
+            r#"{{
+              "identity": [{{"header": "x-user-id"}}],
+              "sidecar": {{"cluster": "abmesh_sidecar", "{key}": "{token}", "flush_interval_ms": 200}},
+              "experiments": [{{"name": "e", "variants": [{{"name": "a", "weight": 1.50}}, {{"name": "b", "weight": 1e0}}]}}]
+            }}"#
+        );
+        assert!(carries_token(raw.as_bytes()));
+        Plan::from_json(raw.as_bytes()).unwrap();
+        let shipped = shipped_config(raw.as_bytes()).unwrap();
+        let text = std::str::from_utf8(&shipped).unwrap();
+        assert!(matches!(shipped, Cow::Owned(_)));
+        assert!(!text.contains(token), "{text}");
+        assert!(!carries_token(&shipped), "{text}");
+        assert_eq!(
+            text,
+            r#"{"identity":[{"header": "x-user-id"}],"sidecar":{"cluster":"abmesh_sidecar","flush_interval_ms":200},"experiments":[{"name": "e", "variants": [{"name": "a", "weight": 1.50}, {"name": "b", "weight": 1e0}]}]}"#
+        );
+        // It is still a valid configuration, the same one less the token.
+        let p = Plan::from_json(&shipped).unwrap();
+        assert!(p.sidecar().unwrap().token.is_none());
+        assert_eq!(p.sidecar().unwrap().flush_interval_ms, 200);
+        assert_ne!(
+            abmesh_filter::config_id(&shipped),
+            abmesh_filter::config_id(raw.as_bytes())
+        );
+    }
+    // What cannot be read as a configuration is not vouched for.
+    assert!(carries_token(b"{not json"));
+    assert!(carries_token(br#"{"sidecar": "c"}"#));
+    assert!(carries_token(br#"["sidecar"]"#));
+    assert!(!carries_token(br#"{"sidecar": null}"#));
+    assert!(shipped_config(b"{not json").is_err());
+}

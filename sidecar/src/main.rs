@@ -24,9 +24,10 @@ enum Command {
     /// filter assigns it.
     Assign(cli::assign::Args),
     /// Run the sidecar service: host the ONNX model versions of a model
-    /// repository behind the KServe v2 REST protocol, with admin endpoints
-    /// and Prometheus /metrics.
-    // Boxed: serve has many flags, the other subcommands few.
+    /// repository behind the KServe v2 REST protocol and keep the outcome
+    /// log, with Prometheus /metrics on the data plane and the admin
+    /// endpoints on their own listener.
+    // Boxed: its many flags make it far larger than the other commands.
     Serve(Box<cli::serve::Args>),
     /// Evaluate statistical cases (format of shared/stats/README.md) and
     /// print their results as JSON.

@@ -457,10 +457,16 @@ fn sidecars_merge_over_http_durably() {
         LocalServer::start(db.path(), opts()).unwrap(),
         LocalServer::start(dc.path(), opts()).unwrap(),
     );
+    // Data-plane clients for ingestion, admin clients for reports and state.
     let (mut ca, mut cb, mut cc) = (
         Client::new(&sa.url).unwrap(),
         Client::new(&sb.url).unwrap(),
         Client::new(&sc.url).unwrap(),
+    );
+    let (mut aa, mut ab, mut ac) = (
+        Client::new(&sa.admin_url).unwrap(),
+        Client::new(&sb.admin_url).unwrap(),
+        Client::new(&sc.admin_url).unwrap(),
     );
     let all: Vec<&Record> = records.iter().map(|r| &r.1).collect();
     send(&mut cc, &all);
@@ -476,21 +482,21 @@ fn sidecars_merge_over_http_durably() {
         .collect();
     send(&mut ca, &half);
     send(&mut cb, &other);
-    let want = get_report(&mut cc);
-    assert_ne!(get_report(&mut cb)["variants"], want["variants"]);
+    let want = get_report(&mut ac);
+    assert_ne!(get_report(&mut ab)["variants"], want["variants"]);
 
-    let state = ca.get("/admin/state", &[]).unwrap();
+    let state = aa.get("/admin/state", &[]).unwrap();
     assert_eq!(state.status, 200);
     assert_eq!(
         state.header("content-type"),
         Some("application/octet-stream")
     );
-    let merged = post(&mut cb, "/admin/state/merge", &state.body);
+    let merged = post(&mut ab, "/admin/state/merge", &state.body);
     assert!(merged["users"].as_u64().unwrap() > 100, "{merged}");
-    assert_close(&get_report(&mut cb), &want, "merged over HTTP");
+    assert_close(&get_report(&mut ab), &want, "merged over HTTP");
 
     // Garbage is refused and changes nothing.
-    let bad = cb
+    let bad = ab
         .post(
             "/admin/state/merge",
             "application/octet-stream",
@@ -500,9 +506,9 @@ fn sidecars_merge_over_http_durably() {
     assert_eq!(bad.status, 400, "{}", bad.text());
 
     // The merge is in B's log: it survives a restart.
-    drop(cb);
+    drop((cb, ab));
     sb.stop();
     let sb = LocalServer::start(db.path(), opts()).unwrap();
-    let mut cb = Client::new(&sb.url).unwrap();
-    assert_close(&get_report(&mut cb), &want, "merged, after a restart");
+    let mut ab = Client::new(&sb.admin_url).unwrap();
+    assert_close(&get_report(&mut ab), &want, "merged, after a restart");
 }

@@ -70,7 +70,8 @@ impl Server {
             "--experiments".as_ref(),
             config.as_os_str(),
         ];
-        let (child, url) = serve_support::spawn_serve(args, log);
+        let (child, urls) = serve_support::spawn_serve(args, log);
+        let url = urls.data;
         Server { child, url }
     }
 

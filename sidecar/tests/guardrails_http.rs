@@ -4,7 +4,7 @@
 //! batch response, manual halts and lifts, metric overrides, and the 400s
 //! of malformed health and config fields.
 
-use abmesh_sidecar::cli::http::Client;
+use abmesh_sidecar::cli::http::{Client, Response};
 use abmesh_sidecar::events::local::{LocalOptions, LocalServer};
 use serde_json::{json, Value};
 
@@ -23,21 +23,49 @@ fn id(config: &str) -> String {
     abmesh_filter::config_id(config.as_bytes())
 }
 
-fn start(dir: &std::path::Path) -> (LocalServer, Client) {
+/// Clients of the two listeners; [`Clients::to`] picks the one that
+/// serves a path: `/admin/*` on the admin listener, the rest (ingestion,
+/// `/metrics`) on the data plane.
+struct Clients {
+    data: Client,
+    admin: Client,
+}
+
+impl Clients {
+    fn to(&mut self, path: &str) -> &mut Client {
+        if path.starts_with("/admin/") {
+            &mut self.admin
+        } else {
+            &mut self.data
+        }
+    }
+
+    fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+        self.to(path).get(path, headers)
+    }
+}
+
+fn start(dir: &std::path::Path) -> (LocalServer, Clients) {
     let s = LocalServer::start(dir, LocalOptions::default()).unwrap();
-    let c = Client::new(&s.url).unwrap();
+    let c = Clients {
+        data: Client::new(&s.url).unwrap(),
+        admin: Client::new(&s.admin_url).unwrap(),
+    };
     (s, c)
 }
 
-fn post(c: &mut Client, path: &str, body: &str) -> (u16, Value) {
-    let r = c.post(path, "application/json", body.as_bytes()).unwrap();
+fn post(c: &mut Clients, path: &str, body: &str) -> (u16, Value) {
+    let r = c
+        .to(path)
+        .post(path, "application/json", body.as_bytes())
+        .unwrap();
     (
         r.status,
         serde_json::from_slice(&r.body).unwrap_or(Value::Null),
     )
 }
 
-fn get(c: &mut Client, path: &str) -> Value {
+fn get(c: &mut Clients, path: &str) -> Value {
     let r = c.get(path, &[]).unwrap();
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     serde_json::from_slice(&r.body).unwrap()
@@ -70,11 +98,11 @@ fn health(e: usize, v: usize, requests: u64, responses: u64, errors: u64, bucket
     json!([e, v, requests, [0, responses - errors, 0, 0, errors], lat])
 }
 
-fn report(c: &mut Client, name: &str) -> Value {
+fn report(c: &mut Clients, name: &str) -> Value {
     get(c, &format!("/admin/experiments/{name}"))
 }
 
-fn metric(c: &mut Client, name: &str) -> f64 {
+fn metric(c: &mut Clients, name: &str) -> f64 {
     let text = c.get("/metrics", &[]).unwrap().text();
     text.lines()
         .find(|l| l.starts_with(name))

@@ -69,7 +69,7 @@ fn receiver() -> (String, Received) {
 }
 
 /// Starts `abmesh serve` and waits for its "listening on" line.
-fn spawn(dir: &Path, webhook: &str, log: &Path) -> (Child, String) {
+fn spawn(dir: &Path, webhook: &str, log: &Path) -> (Child, serve_support::Urls) {
     let args: [&std::ffi::OsStr; 4] = [
         "--webhook".as_ref(),
         webhook.as_ref(),
@@ -140,8 +140,8 @@ fn halts_reach_the_webhook_and_survive_sigkill_and_restarts() {
     let data = dir.path().join("data");
     let log = dir.path().join("serve.log");
     let (hook, got) = receiver();
-    let (mut child, url) = spawn(&data, &hook, &log);
-    let mut c = Client::new(&url).unwrap();
+    let (mut child, urls) = spawn(&data, &hook, &log);
+    let mut c = Client::new(&urls.data).unwrap();
 
     // scorer v3 fails 30% of requests; ranker's split is 900/100 against
     // configured 50/50.
@@ -216,9 +216,10 @@ fn halts_reach_the_webhook_and_survive_sigkill_and_restarts() {
     // same halt again, silently.
     child.kill().unwrap();
     let _ = child.wait();
-    let (c2, url) = spawn(&data, &hook, &log);
+    let (c2, urls) = spawn(&data, &hook, &log);
     child = c2;
-    let mut c = Client::new(&url).unwrap();
+    let mut c = Client::new(&urls.data).unwrap();
+    let mut admin = Client::new(&urls.admin).unwrap();
     let (status, v) = post(
         &mut c,
         "/v1/exposures",
@@ -229,7 +230,8 @@ fn halts_reach_the_webhook_and_survive_sigkill_and_restarts() {
         v["halted"],
         json!([{"experiment": "scorer", "variant": "v3"}])
     );
-    let halts: Value = serde_json::from_slice(&c.get("/admin/halts", &[]).unwrap().body).unwrap();
+    let halts: Value =
+        serde_json::from_slice(&admin.get("/admin/halts", &[]).unwrap().body).unwrap();
     assert_eq!(halts.as_array().unwrap().len(), 1, "{halts}");
     assert_eq!(halts[0]["rule"], "error_rate");
     assert_eq!(
@@ -246,7 +248,7 @@ fn halts_reach_the_webhook_and_survive_sigkill_and_restarts() {
 
     // A manual halt is notified too.
     let (status, v) = post(
-        &mut c,
+        &mut admin,
         "/admin/experiments/scorer/variants/v2/halt",
         r#"{"reason": "canary looks wrong"}"#,
     );
@@ -266,9 +268,10 @@ fn halts_reach_the_webhook_and_survive_sigkill_and_restarts() {
 
     // SIGTERM and a restart from the final snapshot: both halts are there.
     terminate(&mut child);
-    let (c3, url) = spawn(&data, &hook, &log);
+    let (c3, urls) = spawn(&data, &hook, &log);
     child = c3;
-    let mut c = Client::new(&url).unwrap();
+    let mut c = Client::new(&urls.data).unwrap();
+    let mut admin = Client::new(&urls.admin).unwrap();
     let (_, v) = post(
         &mut c,
         "/v1/exposures",
@@ -279,7 +282,7 @@ fn halts_reach_the_webhook_and_survive_sigkill_and_restarts() {
         json!([{"experiment": "scorer", "variant": "v3"}, {"experiment": "scorer", "variant": "v2"}])
     );
     let r: Value =
-        serde_json::from_slice(&c.get("/admin/experiments/scorer", &[]).unwrap().body).unwrap();
+        serde_json::from_slice(&admin.get("/admin/experiments/scorer", &[]).unwrap().body).unwrap();
     assert_eq!(r["decision"]["decision"], "stop-harm");
     assert_eq!(r["definitions"], "filter config");
     terminate(&mut child);

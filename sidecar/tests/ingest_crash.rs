@@ -22,7 +22,7 @@ const USERS: usize = 2000;
 const CLIENTS: usize = 8;
 
 /// Starts `abmesh serve` and waits for its "listening on" line.
-fn spawn(dir: &Path, config: &Path, log: &Path) -> (Child, String) {
+fn spawn(dir: &Path, config: &Path, log: &Path) -> (Child, serve_support::Urls) {
     let args: [&std::ffi::OsStr; 5] = [
         "--snapshot-every".as_ref(),
         "1MiB".as_ref(),
@@ -57,9 +57,9 @@ fn every_acknowledged_event_survives_sigkill() {
     std::fs::write(&config, CONFIG).unwrap();
     let log = dir.path().join("serve.log");
 
-    let (mut child, mut url) = spawn(&data, &config, &log);
+    let (mut child, mut urls) = spawn(&data, &config, &log);
     {
-        let mut c = Client::new(&url).unwrap();
+        let mut c = Client::new(&urls.data).unwrap();
         let rows: Vec<Value> = (0..USERS)
             .map(|u| json!([1_000_000 + u as i64, 0, u % 2, format!("u{u}")]))
             .collect();
@@ -81,7 +81,7 @@ fn every_acknowledged_event_survives_sigkill() {
         let stop = Arc::new(AtomicBool::new(false));
         let threads: Vec<_> = (0..CLIENTS)
             .map(|k| {
-                let (url, stop, acked) = (url.clone(), stop.clone(), acked.clone());
+                let (url, stop, acked) = (urls.data.clone(), stop.clone(), acked.clone());
                 let mut rng = 0x9E37_79B9_7F4A_7C15 ^ ((round as u64 + 1) << 8) ^ k as u64;
                 std::thread::spawn(move || {
                     let mut c = Client::new(&url).unwrap().timeout(Duration::from_secs(20));
@@ -116,7 +116,7 @@ fn every_acknowledged_event_survives_sigkill() {
         for t in threads {
             t.join().unwrap();
         }
-        let (c2, url2) = spawn(&data, &config, &log);
+        let (c2, urls2) = spawn(&data, &config, &log);
         child = c2;
         let n_acked = acked.lock().unwrap().len();
         assert!(
@@ -125,7 +125,8 @@ fn every_acknowledged_event_survives_sigkill() {
         );
 
         // Every acknowledged event is present: resending finds them all.
-        let mut c = Client::new(&url2).unwrap();
+        let mut c = Client::new(&urls2.data).unwrap();
+        let mut admin = Client::new(&urls2.admin).unwrap();
         let mut events = 0u64;
         for (body, n) in acked.lock().unwrap().iter() {
             let r = c
@@ -141,7 +142,7 @@ fn every_acknowledged_event_survives_sigkill() {
             events += *n as u64;
         }
         let listing: Value =
-            serde_json::from_slice(&c.get("/admin/experiments", &[]).unwrap().body).unwrap();
+            serde_json::from_slice(&admin.get("/admin/experiments", &[]).unwrap().body).unwrap();
         assert!(
             listing["ingest"]["events"].as_u64().unwrap() >= events,
             "{listing}"
@@ -159,7 +160,7 @@ fn every_acknowledged_event_survives_sigkill() {
             m.contains("abmesh_ingest_events_total") && m.contains("abmesh_log_syncs_total"),
             "{m}"
         );
-        url = url2;
+        urls = urls2;
     }
     child.kill().unwrap();
     let _ = child.wait();

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 
 const CONFIG: &str = r#"{"experiments":[{"name":"ranker","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
 
-fn start(dir: &std::path::Path, body_limit: Option<usize>) -> (LocalServer, Client) {
+/// The server, a client of its data plane and one of its admin listener.
+fn start(dir: &std::path::Path, body_limit: Option<usize>) -> (LocalServer, Client, Client) {
     let s = LocalServer::start(
         dir,
         LocalOptions {
@@ -23,7 +24,8 @@ fn start(dir: &std::path::Path, body_limit: Option<usize>) -> (LocalServer, Clie
     )
     .unwrap();
     let c = Client::new(&s.url).unwrap();
-    (s, c)
+    let a = Client::new(&s.admin_url).unwrap();
+    (s, c, a)
 }
 
 fn post(c: &mut Client, path: &str, body: &str) -> (u16, Value) {
@@ -34,8 +36,9 @@ fn post(c: &mut Client, path: &str, body: &str) -> (u16, Value) {
     )
 }
 
-fn listing(c: &mut Client) -> Value {
-    let r = c.get("/admin/experiments", &[]).unwrap();
+/// `GET /admin/experiments` on the admin listener.
+fn listing(admin: &mut Client) -> Value {
+    let r = admin.get("/admin/experiments", &[]).unwrap();
     assert_eq!(r.status, 200);
     serde_json::from_slice(&r.body).unwrap()
 }
@@ -50,8 +53,8 @@ fn exposures(seq: u64, rows: Value) -> String {
 #[test]
 fn invalid_batches_are_refused_whole_with_the_index_and_field() {
     let dir = tempfile::tempdir().unwrap();
-    let (_s, mut c) = start(dir.path(), None);
-    let before = listing(&mut c);
+    let (_s, mut c, mut a) = start(dir.path(), None);
+    let before = listing(&mut a);
 
     let body = r#"[{"user":"a","metric":"m"},{"user":"b","metric":"m"},{"user":"c","metric":"m","value":2},{"user":"d","metric":"m","value":"NaN"}]"#;
     let (status, v) = post(&mut c, "/v1/events", body);
@@ -111,7 +114,7 @@ fn invalid_batches_are_refused_whole_with_the_index_and_field() {
     );
 
     // Nothing of any refused batch was written or counted.
-    let after = listing(&mut c);
+    let after = listing(&mut a);
     assert_eq!(after["ingest"], before["ingest"]);
     assert_eq!(after["applied_lsn"], before["applied_lsn"]);
     assert_eq!(after["ingest"]["events"], 0);
@@ -120,7 +123,7 @@ fn invalid_batches_are_refused_whole_with_the_index_and_field() {
 #[test]
 fn bodies_over_the_limit_get_413() {
     let dir = tempfile::tempdir().unwrap();
-    let (_s, mut c) = start(dir.path(), Some(8 << 10));
+    let (_s, mut c, _) = start(dir.path(), Some(8 << 10));
     let events: Vec<Value> = (0..400)
         .map(|i| json!({"user": format!("u{i}"), "metric": "m"}))
         .collect();
@@ -145,7 +148,7 @@ fn bodies_over_the_limit_get_413() {
 #[test]
 fn events_and_batches_are_deduplicated() {
     let dir = tempfile::tempdir().unwrap();
-    let (_s, mut c) = start(dir.path(), None);
+    let (_s, mut c, mut a) = start(dir.path(), None);
     let body = r#"[{"user":"a","metric":"buy","value":3,"id":"o-1"},{"user":"a","metric":"buy","value":3,"id":"o-1"},{"user":"b","metric":"buy","value":4,"id":"o-2"},{"user":"b","metric":"click"}]"#;
     let (status, v) = post(&mut c, "/v1/events", body);
     assert_eq!(
@@ -170,7 +173,7 @@ fn events_and_batches_are_deduplicated() {
         v,
         json!({"accepted": 0, "duplicate_batch": true, "halted": [], "config_needed": false})
     );
-    let l = listing(&mut c);
+    let l = listing(&mut a);
     assert_eq!(l["ingest"]["duplicate_batches"], 1);
     assert_eq!(l["ingest"]["exposure_rows"], 2);
 }
@@ -178,13 +181,13 @@ fn events_and_batches_are_deduplicated() {
 #[test]
 fn ndjson_and_outcomes_before_their_exposures() {
     let dir = tempfile::tempdir().unwrap();
-    let (s, mut c) = start(dir.path(), None);
+    let (s, mut c, mut a) = start(dir.path(), None);
     // Outcomes first: users are not exposed yet, so nothing counts.
     let nd = "{\"user\":\"u1\",\"metric\":\"buy\",\"value\":10}\n\n{\"user\":\"u2\",\"metric\":\"buy\",\"value\":20,\"experiment\":\"ranker\"}\r\n{\"user\":\"u3\",\"metric\":\"buy\",\"value\":30,\"timestamp\":\"2026-05-01T12:00:00Z\"}\n";
     let (status, v) = post(&mut c, "/v1/events", nd);
     assert_eq!((status, v["accepted"].as_u64()), (200, Some(3)));
     let r: Value =
-        serde_json::from_slice(&c.get("/admin/experiments/ranker", &[]).unwrap().body).unwrap();
+        serde_json::from_slice(&a.get("/admin/experiments/ranker", &[]).unwrap().body).unwrap();
     assert!(r["metrics"].as_array().unwrap().is_empty(), "{r}");
     assert_eq!(r["decision"]["decision"], "keep-running");
 
@@ -204,7 +207,7 @@ fn ndjson_and_outcomes_before_their_exposures() {
     );
     assert_eq!(status, 200);
     let r: Value =
-        serde_json::from_slice(&c.get("/admin/experiments/ranker", &[]).unwrap().body).unwrap();
+        serde_json::from_slice(&a.get("/admin/experiments/ranker", &[]).unwrap().body).unwrap();
     let buy = &r["metrics"][0];
     assert_eq!(buy["name"], "buy");
     assert_eq!(buy["kind"], "value");
@@ -222,21 +225,21 @@ fn ndjson_and_outcomes_before_their_exposures() {
     assert_eq!(by["treatment"]["converted"], 1);
 
     // Unknown experiments are a 404 that names what is known.
-    let r = c.get("/admin/experiments/nope", &[]).unwrap();
+    let r = a.get("/admin/experiments/nope", &[]).unwrap();
     assert_eq!(r.status, 404);
     assert!(r.text().contains("known: ranker"), "{}", r.text());
     // An empty body is fine and writes nothing.
-    let lsn = listing(&mut c)["applied_lsn"].clone();
+    let lsn = listing(&mut a)["applied_lsn"].clone();
     let (status, v) = post(&mut c, "/v1/events", "\n");
     assert_eq!((status, v["accepted"].as_u64()), (200, Some(0)));
-    assert_eq!(listing(&mut c)["applied_lsn"], lsn);
-    drop(c);
+    assert_eq!(listing(&mut a)["applied_lsn"], lsn);
+    drop((c, a));
     s.stop();
 
     // Everything is still there after a restart.
-    let (_s, mut c) = start(dir.path(), None);
+    let (_s, _, mut a) = start(dir.path(), None);
     let r: Value =
-        serde_json::from_slice(&c.get("/admin/experiments/ranker", &[]).unwrap().body).unwrap();
+        serde_json::from_slice(&a.get("/admin/experiments/ranker", &[]).unwrap().body).unwrap();
     assert_eq!(r["metrics"][0]["variants"][0]["users"], 2);
     assert_eq!(r["metrics"][0]["variants"][1]["mean"], 15.0);
 }

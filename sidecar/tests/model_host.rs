@@ -723,7 +723,7 @@ fn reload_under_traffic(extra: &[&str]) {
     }
 
     let admin = |action: &str, version: u64| {
-        server.send(
+        server.admin_send(
             "POST",
             &format!("/admin/models/scorer/versions/{version}/{action}"),
             b"",
@@ -759,7 +759,7 @@ fn reload_under_traffic(extra: &[&str]) {
     let r = admin("unload", 2);
     assert_eq!(r.status, 404);
     assert_eq!(r.error(), "model 'scorer' version 2 is not loaded");
-    let listed = server.get("/admin/models").json();
+    let listed = server.admin_get("/admin/models").json();
     let state_of = |v: u64| {
         listed["models"]
             .as_array()
@@ -808,12 +808,12 @@ fn reload_under_traffic(extra: &[&str]) {
     assert_eq!(admin("load", 9).status, 404);
     assert_eq!(
         server
-            .send("POST", "/admin/models/..%2Fx/versions/1/load", b"")
+            .admin_send("POST", "/admin/models/..%2Fx/versions/1/load", b"")
             .status,
         400
     );
     let html = server
-        .client()
+        .admin_client()
         .send("GET", "/admin/models", &[("Accept", "text/html")], b"")
         .unwrap();
     assert!(html
@@ -876,7 +876,7 @@ fn device_auto_falls_back_to_cpu_and_says_so() {
     assert!(logs.contains("models run on cpu"), "{logs}");
     let r = server.post_json("/v2/models/scorer/versions/1/infer", &scorer_request(&[1]));
     assert_eq!(r.status, 200);
-    assert_eq!(server.get("/admin/models").json()["device"], "cpu");
+    assert_eq!(server.admin_get("/admin/models").json()["device"], "cpu");
 }
 
 #[test]

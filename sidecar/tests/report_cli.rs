@@ -8,6 +8,7 @@ use std::sync::Arc;
 use abmesh_sidecar::aggregate::Definitions;
 use abmesh_sidecar::cli::http::Client;
 use abmesh_sidecar::events::local::{LocalOptions, LocalServer};
+use abmesh_sidecar::server::Token;
 use serde_json::{json, Value};
 
 const CONFIG: &str = r#"{"experiments":[{"name":"ranker","variants":[{"name":"control","weight":1},{"name":"treatment","weight":1}]}]}"#;
@@ -75,8 +76,8 @@ fn report_from_a_server_a_directory_and_merged_states() {
     let a = start(&da);
     feed(&a.url, 0, 800, 1);
 
-    // From the running sidecar.
-    let (ok, text, err) = abmesh(&["report", "ranker", "--url", &a.url]);
+    // From the running sidecar's admin listener.
+    let (ok, text, err) = abmesh(&["report", "ranker", "--url", &a.admin_url]);
     assert!(ok, "{err}");
     assert!(text.starts_with("Experiment ranker: "), "{text}");
     assert!(
@@ -87,15 +88,28 @@ fn report_from_a_server_a_directory_and_merged_states() {
         text.contains("treatment vs control:") && text.contains("always-valid interval"),
         "{text}"
     );
-    let (ok, json_out, err) = abmesh(&["report", "ranker", "--url", &a.url, "--format", "json"]);
+    let (ok, json_out, err) = abmesh(&[
+        "report",
+        "ranker",
+        "--url",
+        &a.admin_url,
+        "--format",
+        "json",
+    ]);
     assert!(ok, "{err}");
     let live: Value = serde_json::from_str(&json_out).unwrap();
     assert_eq!(live["variants"][0]["users"], 400);
-    let (ok, _, err) = abmesh(&["report", "nope", "--url", &a.url]);
+    let (ok, _, err) = abmesh(&["report", "nope", "--url", &a.admin_url]);
     assert!(!ok && err.contains("no experiment"), "{err}");
     let (ok, _, err) = abmesh(&["report", "ranker", "--url", "http://127.0.0.1:9"]);
     assert!(
-        !ok && err.contains("is `abmesh serve --data-dir ...` running?"),
+        !ok && err.contains("is `abmesh serve --data-dir ...` running"),
+        "{err}"
+    );
+    // The data-plane port does not serve reports, and says where they are.
+    let (ok, _, err) = abmesh(&["report", "ranker", "--url", &a.url]);
+    assert!(
+        !ok && err.contains("404") && err.contains("served on the admin listener"),
         "{err}"
     );
 
@@ -104,7 +118,7 @@ fn report_from_a_server_a_directory_and_merged_states() {
     feed(&b.url, 800, 1500, 1);
     let (sa, sb) = (tmp.path().join("a.state"), tmp.path().join("b.state"));
     for (srv, f) in [(&a, &sa), (&b, &sb)] {
-        let r = Client::new(&srv.url)
+        let r = Client::new(&srv.admin_url)
             .unwrap()
             .get("/admin/state", &[])
             .unwrap();
@@ -115,7 +129,7 @@ fn report_from_a_server_a_directory_and_merged_states() {
     feed(&all.url, 0, 800, 1);
     feed(&all.url, 800, 1500, 2);
     let want: Value = serde_json::from_slice(
-        &Client::new(&all.url)
+        &Client::new(&all.admin_url)
             .unwrap()
             .get("/admin/experiments/ranker", &[])
             .unwrap()
@@ -166,5 +180,70 @@ fn report_from_a_server_a_directory_and_merged_states() {
     assert!(
         out.contains("control (control)") && out.contains("400"),
         "{out}"
+    );
+}
+
+#[test]
+fn report_from_a_sidecar_whose_admin_needs_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, bad) = (
+        tmp.path().join("admin.token"),
+        tmp.path().join("other.token"),
+    );
+    std::fs::write(&good, "admin-token-0123456789abcdef\n").unwrap();
+    std::fs::write(&bad, "not-the-admin-token-0123456789").unwrap();
+    let server = LocalServer::start(
+        &tmp.path().join("data"),
+        LocalOptions {
+            definitions: Some(Arc::new(Definitions::from_json(CONFIG.as_bytes()).unwrap())),
+            admin_token: Some(Token::from_file("--admin-token-file", &good).unwrap()),
+            ..LocalOptions::default()
+        },
+    )
+    .unwrap();
+    feed(&server.url, 0, 100, 1);
+    let url = server.admin_url.as_str();
+
+    let (ok, _, err) = abmesh(&["report", "ranker", "--url", url]);
+    assert!(
+        !ok && err.contains("401") && err.contains("--token-file FILE"),
+        "{err}"
+    );
+    let (ok, _, err) = abmesh(&[
+        "report",
+        "ranker",
+        "--url",
+        url,
+        "--token-file",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("401") && err.contains("is not it"),
+        "{err}"
+    );
+    let (ok, text, err) = abmesh(&[
+        "report",
+        "ranker",
+        "--url",
+        url,
+        "--token-file",
+        good.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(text.starts_with("Experiment ranker: "), "{text}");
+    // A token file that cannot be a token is refused before any request.
+    let short = tmp.path().join("short.token");
+    std::fs::write(&short, "abc").unwrap();
+    let (ok, _, err) = abmesh(&[
+        "report",
+        "ranker",
+        "--url",
+        url,
+        "--token-file",
+        short.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("--token-file") && err.contains("at least 16"),
+        "{err}"
     );
 }

@@ -125,7 +125,7 @@ fn populated(dir: &Path) -> LocalServer {
 fn html_report_renders_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let server = populated(&dir.path().join("data"));
-    let mut c = Client::new(&server.url).unwrap();
+    let mut c = Client::new(&server.admin_url).unwrap();
 
     // Content negotiation: Accept: text/html or ?format=html.
     let r = c
@@ -153,7 +153,7 @@ fn html_report_renders_in_headless_chromium() {
         eprintln!("\n\n!!!!!!!! SKIPPED html_report_renders_in_headless_chromium: chromium not found on PATH (apt-get install -y chromium) !!!!!!!!\n\n");
         return;
     };
-    let url = format!("{}/admin/experiments/ranker?format=html", server.url);
+    let url = format!("{}/admin/experiments/ranker?format=html", server.admin_url);
 
     let shot = dir.path().join("report.png");
     run_chromium(

@@ -22,7 +22,8 @@ use abmesh_sidecar::cli::http::{Client, Response};
 mod serve_support;
 
 fn spawn(dir: &Path, log: &Path) -> (Child, String) {
-    serve_support::spawn_serve(["--data-dir".as_ref(), dir.as_os_str()], log)
+    let (child, urls) = serve_support::spawn_serve(["--data-dir".as_ref(), dir.as_os_str()], log);
+    (child, urls.data)
 }
 
 fn json(r: &Response) -> serde_json::Value {

@@ -39,7 +39,8 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
         "64MiB".as_ref(),
     ];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
-    let (child, url) = serve_support::spawn_serve(args, &log);
+    let (child, urls) = serve_support::spawn_serve(args, &log);
+    let url = urls.data;
     Server { child, url }
 }
 

@@ -623,7 +623,8 @@ fn start(dir: &Path, models: bool) -> Server {
             "1".into(),
         ]);
     }
-    let (child, url) = serve_support::spawn_serve(args, &dir.join("serve.log"));
+    let (child, urls) = serve_support::spawn_serve(args, &dir.join("serve.log"));
+    let url = urls.data;
     Server { child, url }
 }
 

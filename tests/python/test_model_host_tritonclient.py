@@ -69,7 +69,8 @@ def repo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(repo):
     proc = subprocess.Popen(
-        [abmesh_binary(), "serve", "--listen", "127.0.0.1:0", "--models", str(repo), "--device", "cpu"],
+        [abmesh_binary(), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--models", str(repo), "--device", "cpu"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -84,7 +85,8 @@ def server(repo):
         if not line:
             break
         log.append(line)
-        m = re.search(r"listening on http://[\d.]+:(\d+)", line)
+        # The data plane's line (the admin listener's says "admin listening").
+        m = re.search(r"(?<!admin )listening on http://[\d.]+:(\d+)", line)
         if m:
             port = int(m.group(1))
             break

@@ -12,16 +12,22 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug)]
 pub struct Ports {
     pub proxy: u16,
+    /// Envoy's admin interface.
     pub admin: u16,
+    /// The sidecar's data plane (models, /v1/*), the port Envoy calls.
     pub sidecar: u16,
+    /// The sidecar's admin listener (/admin/*), which Envoy never calls.
+    pub sidecar_admin: u16,
 }
 
 impl Ports {
-    /// The ports `envoy/closed-loop.yaml` names (10000, 9901, 8000).
+    /// The ports `envoy/closed-loop.yaml` names (10000, 9901, 8000), and
+    /// the sidecar's default admin port (8001).
     pub const DEMO: Ports = Ports {
         proxy: 10000,
         admin: 9901,
         sidecar: 8000,
+        sidecar_admin: 8001,
     };
 
     /// Free ports, for tests running side by side.
@@ -30,6 +36,7 @@ impl Ports {
             proxy: crate::free_port(),
             admin: crate::free_port(),
             sidecar: crate::free_port(),
+            sidecar_admin: crate::free_port(),
         }
     }
 }
@@ -109,13 +116,7 @@ impl ClosedLoop {
         std::fs::create_dir_all(&ecds.dir).expect("create ECDS dir");
         ecds.write(&opts.plugin.unwrap_or_else(demo_plugin));
         let sidecar_log = scratch.join("sidecar.log");
-        let sidecar = start_sidecar(
-            opts.ports.sidecar,
-            &data_dir,
-            &opts.sidecar_args,
-            &sidecar_log,
-        )
-        .await;
+        let sidecar = start_sidecar(opts.ports, &data_dir, &opts.sidecar_args, &sidecar_log).await;
 
         let bootstrap = render(
             &read_repo_file("envoy/closed-loop.yaml"),
@@ -152,7 +153,7 @@ impl ClosedLoop {
     pub async fn restart_sidecar(&mut self) {
         self.sidecar = Some(
             start_sidecar(
-                self.ports.sidecar,
+                self.ports,
                 &self.data_dir,
                 &self.sidecar_args,
                 &self.sidecar_log,
@@ -170,8 +171,14 @@ impl ClosedLoop {
         Client::new(self.ports.proxy)
     }
 
+    /// The sidecar's data plane (inference, /v1/*).
     pub fn sidecar_client(&self) -> Client {
         Client::new(self.ports.sidecar)
+    }
+
+    /// The sidecar's admin listener (/admin/*).
+    pub fn sidecar_admin(&self) -> Client {
+        Client::new(self.ports.sidecar_admin)
     }
 
     pub fn sidecar_log(&self) -> String {
@@ -183,11 +190,17 @@ impl ClosedLoop {
     }
 }
 
-async fn start_sidecar(port: u16, data_dir: &Path, extra: &[String], log: &Path) -> Sidecar {
+async fn start_sidecar(ports: Ports, data_dir: &Path, extra: &[String], log: &Path) -> Sidecar {
     let models = crate::repo_root().join("examples/models/repo");
-    let mut args = vec!["--models", models.to_str().expect("UTF-8 repo path")];
+    let admin = format!("127.0.0.1:{}", ports.sidecar_admin);
+    let mut args = vec![
+        "--models",
+        models.to_str().expect("UTF-8 repo path"),
+        "--admin-listen",
+        &admin,
+    ];
     args.extend(extra.iter().map(String::as_str));
-    Sidecar::start_with(port, data_dir, &args, Some(log)).await
+    Sidecar::start_with(ports.sidecar, data_dir, &args, Some(log)).await
 }
 
 /// A KServe v2 request for the example scorer: one row of 16 features.

@@ -76,7 +76,7 @@ async fn a_faulty_variant_is_halted_by_its_guardrail_and_its_users_go_to_control
     let p = plugin(|_| {});
     let lp = start(p.clone()).await;
     let mut proxy = lp.proxy();
-    let mut sidecar = lp.sidecar_client();
+    let mut sidecar = lp.sidecar_admin();
 
     // Traffic from many users until the sidecar halts something.
     let started = Instant::now();
@@ -140,7 +140,7 @@ async fn manual_halt_and_lift_reach_the_filter_within_two_ticks() {
     });
     let lp = start(p.clone()).await;
     let mut proxy = lp.proxy();
-    let mut sidecar = lp.sidecar_client();
+    let mut sidecar = lp.sidecar_admin();
     let user = users_in(&p, "v2", 1).remove(0);
     let x = features(7);
     let served = |s: &abmesh_e2e::closed_loop::Served| s.model_version.clone();
@@ -241,7 +241,7 @@ async fn a_plugin_config_change_applies_live_and_the_sidecar_learns_it() {
     }
 
     // The sidecar learns the new version from the filter's next batches.
-    let mut sidecar = lp.sidecar_client();
+    let mut sidecar = lp.sidecar_admin();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = sidecar.get("/admin/experiments/scorer", &[]).await.json();

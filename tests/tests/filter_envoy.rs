@@ -226,6 +226,12 @@ async fn invalid_config_makes_envoy_refuse_the_plugin() {
             r#"{"name": "control", "weight": 50,"#,
             "`experiments[0].variants[1].name` duplicates variant name",
         ),
+        // The error names the field and never quotes the token.
+        (
+            r#""echo_header": "x-abmesh-assignment","#,
+            r#""sidecar": {"cluster": "abmesh_sidecar", "token": "sh0rt-s3cret"}, "echo_header": "x-abmesh-assignment","#,
+            "`sidecar.token` must be 16 to 4096 bytes long, got 12",
+        ),
     ];
     for (from, to, message) in cases {
         assert!(good.contains(from), "demo config changed: {from}");
@@ -237,6 +243,10 @@ async fn invalid_config_makes_envoy_refuse_the_plugin() {
         assert!(
             log.contains(message),
             "log does not name the problem {message:?}:\n{log}"
+        );
+        assert!(
+            !log.contains("sh0rt-s3cret"),
+            "the token is in the log:\n{log}"
         );
     }
 }

@@ -105,6 +105,22 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
             return 0;
         }
     };
+    // What the sidecar gets (and what the config id names): the bytes as
+    // given, or without `sidecar.token` when they carry one.
+    let redacted = match crate::config::shipped_config(&bytes) {
+        Ok(std::borrow::Cow::Borrowed(_)) => None,
+        Ok(std::borrow::Cow::Owned(redacted)) => Some(redacted),
+        Err(e) => {
+            abi::log(
+                LogLevel::Error,
+                &format!(
+                    "abmesh: invalid configuration: cannot leave sidecar.token out of it: {e}"
+                ),
+            );
+            return 0;
+        }
+    };
+    let bytes = redacted.unwrap_or(bytes);
     abi::log(
         LogLevel::Info,
         &format!(

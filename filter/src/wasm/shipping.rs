@@ -43,7 +43,8 @@ pub struct Shipper {
     instance: String,
     /// The batch's experiments table, written once at configure time.
     experiments: String,
-    /// The raw plugin configuration, sent when the sidecar needs it.
+    /// The plugin configuration as shipped ([`crate::config::shipped_config`]:
+    /// the raw bytes, less `sidecar.token`), sent when the sidecar needs it.
     config: Vec<u8>,
     config_id: String,
     /// Whether the next batch carries `config`: true after configure and
@@ -70,6 +71,23 @@ pub struct Shipper {
     unpacked: Box<[u16]>,
 }
 
+/// The headers of every batch request, serialized once. With
+/// `sidecar.token`, `authorization: Bearer TOKEN`: the serialized map is
+/// only handed to `dispatch_http_call`, never logged.
+fn batch_headers(cfg: &SidecarConfig, authority: &str) -> Vec<u8> {
+    let bearer = cfg.token.as_ref().map(|t| format!("Bearer {}", t.expose()));
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", cfg.path.as_str()),
+        (":authority", authority),
+        ("content-type", "application/json"),
+    ];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    abi::serialize_map(&headers)
+}
+
 impl Shipper {
     pub fn new(cfg: &SidecarConfig, plan: &Plan, root_context_id: u32, config: Vec<u8>) -> Self {
         let now = abi::now_ms();
@@ -79,12 +97,7 @@ impl Shipper {
             ring: ExposureRing::new(cfg.max_pending_exposures),
             recent: RecentExposures::new(cfg.recent_exposures),
             cluster: cfg.cluster.clone(),
-            headers: abi::serialize_map(&[
-                (":method", "POST"),
-                (":path", &cfg.path),
-                (":authority", authority),
-                ("content-type", "application/json"),
-            ]),
+            headers: batch_headers(cfg, authority),
             timeout_ms: cfg.timeout_ms,
             max_batch: cfg.max_batch,
             // Unique per VM lifetime: seq restarts at 0 in a new VM.

@@ -1,9 +1,11 @@
 //! `abmesh report NAME`: an experiment's report in the terminal.
 //!
-//! By default it asks a running sidecar (`--url`, default
-//! `http://127.0.0.1:8000`): the report is then exactly what
-//! `/admin/experiments/NAME` serves, computed from the live aggregates in
-//! milliseconds, and the CLI needs no access to the data directory.
+//! By default it asks a running sidecar's admin listener (`--url`,
+//! default `http://127.0.0.1:8001`, `abmesh serve --admin-listen`; with
+//! `--token-file` when the sidecar has `--admin-token-file`): the report is
+//! then exactly what `/admin/experiments/NAME` serves, computed from the
+//! live aggregates in milliseconds, and the CLI needs no access to the data
+//! directory.
 //!
 //! Offline, `--data-dir DIR` rebuilds the state from a data directory
 //! (read-only: snapshot plus log tail, a torn tail is skipped, nothing is
@@ -30,6 +32,10 @@ use crate::aggregate::engine::Applied;
 use crate::aggregate::{Engine, EngineOptions};
 use crate::report::{html, report, text};
 use crate::store::{identity, SidecarId};
+use crate::server::Token;
+
+/// Where `abmesh serve --admin-listen` listens by default.
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8001";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -53,10 +59,16 @@ pub struct Args {
     /// The experiment.
     pub name: String,
 
-    /// A running sidecar to ask [default: http://127.0.0.1:8000 unless
-    /// --data-dir or --state is given].
+    /// The admin listener of a running sidecar to ask (`abmesh serve
+    /// --admin-listen`) [default: http://127.0.0.1:8001 unless --data-dir
+    /// or --state is given].
     #[arg(long, value_name = "URL", conflicts_with_all = ["data_dir", "state"])]
     pub url: Option<String>,
+
+    /// A file holding the sidecar's admin bearer token (the file given to
+    /// `abmesh serve --admin-token-file`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data_dir", "state"])]
+    pub token_file: Option<PathBuf>,
 
     /// Read this data directory directly (read-only). Repeat to merge.
     #[arg(long = "data-dir", value_name = "DIR")]
@@ -97,16 +109,36 @@ fn from_server(args: &Args) -> Result<Vec<u8>> {
     if args.experiments.is_some() || args.evaluation.is_some() {
         bail!("--experiments and --evaluation apply offline (--data-dir, --state); a running sidecar uses its own");
     }
-    let url = args.url.as_deref().unwrap_or("http://127.0.0.1:8000");
+    let url = args.url.as_deref().unwrap_or(DEFAULT_ADMIN_URL);
+    let bearer = args
+        .token_file
+        .as_deref()
+        .map(|p| Token::from_file("--token-file", p).map(|t| t.bearer()))
+        .transpose()?;
     let mut client = Client::new(url)?;
     let path = format!(
         "/admin/experiments/{}?format={}",
         args.name,
         args.format.as_str()
     );
-    let resp = client.get(&path, &[]).with_context(|| {
-        format!("asking the sidecar at {url} (is `abmesh serve --data-dir ...` running?)")
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| ("authorization", b))
+        .into_iter()
+        .collect();
+    let resp = client.get(&path, &headers).with_context(|| {
+        format!("asking the sidecar's admin listener at {url} (is `abmesh serve --data-dir ...` running, with this --admin-listen?)")
     })?;
+    if resp.status == 401 {
+        bail!(
+            "{url}{path}: 401: the sidecar wants its admin token: {}",
+            if bearer.is_some() {
+                "the one in --token-file is not it"
+            } else {
+                "give it with --token-file FILE"
+            }
+        );
+    }
     if resp.status != 200 {
         let msg = serde_json::from_slice::<serde_json::Value>(&resp.body)
             .ok()

@@ -1,9 +1,13 @@
 //! `abmesh serve`: the sidecar service.
 //!
-//! Today it hosts ONNX models behind the KServe v2 protocol
-//! (`crate::model`, `crate::kserve`) with admin endpoints and `/metrics`
-//! (`crate::server`). Flags are parsed by clap into [`Args`], then validated
-//! once into a [`ServeConfig`]; nothing past that point re-checks them.
+//! It hosts ONNX models behind the KServe v2 protocol (`crate::model`,
+//! `crate::kserve`), keeps the outcome log (`crate::cli::evaluation`), and
+//! serves them on two listeners (`crate::server::routes`,
+//! `crate::server::auth`): the data plane (`--listen`) and admin
+//! (`--admin-listen`), each with its optional bearer token. Flags are parsed
+//! by clap into [`Args`], then validated once into a [`ServeConfig`] (which
+//! also refuses listeners beyond loopback without a token); nothing past
+//! that point re-checks them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,15 +21,46 @@ use crate::model::dylib;
 use crate::model::metrics::HostMetrics;
 use crate::model::repository::Repository;
 use crate::model::{BatchConfig, DeviceRequest, HostConfig, ModelHost, Runtime, SessionOptions};
+use crate::server::auth::listens_on_loopback;
 use crate::server::body::BodyLimits;
-use crate::server::{self, routes, AppState, ConnectionOptions, ServerLimits};
+use crate::server::{self, routes, AppState, ConnectionOptions, Gate, ServerLimits, Token};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Address to listen on. Port 0 picks a free port; the log line
-    /// "listening on http://..." says which.
+    /// The data-plane listener: KServe v2 inference, /v1/events,
+    /// /v1/exposures and /metrics (never /admin/*). Port 0 picks a free
+    /// port; the log line "listening on http://..." says which. Beyond
+    /// loopback with --data-dir it needs --ingest-token-file (or
+    /// --allow-unauthenticated-ingest).
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
+
+    /// The admin listener: all of /admin/* (reports, state export and
+    /// merge, halts and lifts, model load/unload). Port 0 picks a free
+    /// port; the log line "admin listening on http://..." says which.
+    /// Beyond loopback it needs --admin-token-file.
+    #[arg(long, default_value = "127.0.0.1:8001", value_name = "ADDR")]
+    admin_listen: SocketAddr,
+
+    /// A file holding the admin bearer token (its contents, trimmed; 16 to
+    /// 4096 visible ASCII characters). When given, every admin request
+    /// needs `Authorization: Bearer TOKEN`, from loopback too.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+
+    /// A file holding the ingest token (as --admin-token-file). When given,
+    /// POST /v1/events and /v1/exposures need `Authorization: Bearer
+    /// TOKEN`; the filter sends it when its config has `sidecar.token`.
+    #[arg(long, value_name = "FILE")]
+    ingest_token_file: Option<PathBuf>,
+
+    /// Serve /v1/events and /v1/exposures without a token on a
+    /// non-loopback --listen: only when the network already decides who
+    /// may call them (e.g. Istio mTLS with an AuthorizationPolicy). Every
+    /// peer that reaches the port is then trusted, the configuration its
+    /// batches carry included.
+    #[arg(long, conflicts_with = "ingest_token_file")]
+    allow_unauthenticated_ingest: bool,
 
     /// Model repository: DIR/{name}/{version}/model.onnx, versions being
     /// integers. Every version found is loaded at startup. Without it the
@@ -116,12 +151,25 @@ pub enum ConfigError {
     },
     #[error("--models {0}: not a folder")]
     NotAFolder(PathBuf),
+    #[error("--admin-listen {0} is not a loopback address, and the admin API (reports with user data, state export and merge, halts, model unload) must not be open beyond this host: give --admin-token-file FILE (a bearer token of at least 16 characters), or listen on 127.0.0.1")]
+    AdminNeedsToken(SocketAddr),
+    #[error("--listen {0} is not a loopback address and --data-dir is given, so anyone who reaches the port could write exposures, outcomes and experiment definitions: give --ingest-token-file FILE (and the same token as `sidecar.token` in the filter's config), or --allow-unauthenticated-ingest if the mesh already authenticates callers (e.g. Istio mTLS with an AuthorizationPolicy)")]
+    IngestNeedsToken(SocketAddr),
+    #[error("--listen and --admin-listen are both {0}: the data plane and admin need a port each")]
+    SameAddress(SocketAddr),
+    #[error(transparent)]
+    Token(#[from] crate::server::auth::TokenError),
 }
 
 /// The validated configuration of `abmesh serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Needed on every admin request when set.
+    pub admin_token: Option<Token>,
+    /// Needed on every /v1/* request when set.
+    pub ingest_token: Option<Token>,
     pub models: Option<PathBuf>,
     pub device: DeviceRequest,
     pub ort_library: Option<PathBuf>,
@@ -158,8 +206,34 @@ impl TryFrom<Args> for ServeConfig {
                 return Err(ConfigError::NotAFolder(dir.clone()));
             }
         }
+        if a.listen == a.admin_listen && a.listen.port() != 0 {
+            return Err(ConfigError::SameAddress(a.listen));
+        }
+        let admin_token = a
+            .admin_token_file
+            .as_deref()
+            .map(|p| Token::from_file("--admin-token-file", p))
+            .transpose()?;
+        let ingest_token = a
+            .ingest_token_file
+            .as_deref()
+            .map(|p| Token::from_file("--ingest-token-file", p))
+            .transpose()?;
+        if admin_token.is_none() && !listens_on_loopback(a.admin_listen) {
+            return Err(ConfigError::AdminNeedsToken(a.admin_listen));
+        }
+        if ingest_token.is_none()
+            && !a.allow_unauthenticated_ingest
+            && a.evaluation.data_dir.is_some()
+            && !listens_on_loopback(a.listen)
+        {
+            return Err(ConfigError::IngestNeedsToken(a.listen));
+        }
         Ok(ServeConfig {
             listen: a.listen,
+            admin_listen: a.admin_listen,
+            admin_token,
+            ingest_token,
             models: a.models,
             device: a.device,
             ort_library: a
@@ -221,19 +295,67 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let ingest = super::evaluation::install(&config.evaluation, &mut state)?;
     let state = state.build();
 
-    let listener = TcpListener::bind(config.listen)
+    // Both ports are bound before either is announced, so whoever reads
+    // the "listening on" lines can use both.
+    let data = TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!("listening on http://{addr}");
-    server::serve(
-        listener,
-        Arc::new(routes::router()),
+        .with_context(|| format!("listening on {} (--listen)", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("listening on {} (--admin-listen)", config.admin_listen))?;
+    let (data_addr, admin_addr) = (data.local_addr()?, admin.local_addr()?);
+    // The address ends each "listening on" line (scripts and tests read
+    // it from there); what the listeners require goes on lines of its own.
+    tracing::info!(
+        "data plane: ingestion {}",
+        match (&config.ingest_token, listens_on_loopback(data_addr)) {
+            (Some(_), _) => "needs the --ingest-token-file bearer token",
+            (None, true) => "is open to this host (loopback)",
+            (None, false) => "is unauthenticated (--allow-unauthenticated-ingest)",
+        }
+    );
+    tracing::info!("listening on http://{data_addr}");
+    tracing::info!(
+        "admin: {}",
+        if config.admin_token.is_some() {
+            "every request needs the --admin-token-file bearer token"
+        } else {
+            "no token; open to this host only (loopback)"
+        }
+    );
+    tracing::info!("admin listening on http://{admin_addr}");
+    // One signal stops both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal(host).await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let data_plane = server::serve(
+        data,
+        Arc::new(routes::data_router()),
+        state.clone(),
+        config.connections,
+        Gate::Data {
+            ingest_token: config.ingest_token.clone(),
+        },
+        until_stopped(stopped.clone()),
+    );
+    let admin_plane = server::serve(
+        admin,
+        Arc::new(routes::admin_router()),
         state,
         config.connections,
-        shutdown_signal(host),
-    )
-    .await?;
+        Gate::Admin {
+            token: config.admin_token.clone(),
+        },
+        until_stopped(stopped),
+    );
+    let (d, a) = tokio::join!(data_plane, admin_plane);
+    d.context("the data-plane listener")?;
+    a.context("the admin listener")?;
     super::evaluation::shutdown(ingest).await;
     Ok(())
 }
@@ -364,5 +486,92 @@ mod tests {
         let e = ServeConfig::try_from(cli.args).unwrap_err();
         assert_eq!(e.to_string(), "--instances must be at least 1 (got 0)");
         assert!(Cli::try_parse_from(["x", "--device", "gpu"]).is_err());
+    }
+
+    fn config(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).unwrap();
+        ServeConfig::try_from(cli.args)
+    }
+
+    #[test]
+    fn listeners_and_their_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("t");
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        let token = token.to_str().unwrap();
+        let data = dir.path().join("data");
+        let data = data.to_str().unwrap();
+
+        // Defaults: both on loopback, no tokens.
+        let c = config(&[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:8001".parse().unwrap());
+        assert!(c.admin_token.is_none() && c.ingest_token.is_none());
+
+        let e = config(&["--admin-listen", "0.0.0.0:8001"]).unwrap_err();
+        assert!(matches!(e, ConfigError::AdminNeedsToken(_)), "{e}");
+        let e = config(&["--admin-listen", "[::]:8001"]).unwrap_err();
+        assert!(matches!(e, ConfigError::AdminNeedsToken(_)), "{e}");
+        let c = config(&[
+            "--admin-listen",
+            "0.0.0.0:8001",
+            "--admin-token-file",
+            token,
+        ])
+        .unwrap();
+        assert_eq!(
+            c.admin_token.unwrap().bearer(),
+            "Bearer 0123456789abcdef0123"
+        );
+
+        let e = config(&["--listen", "0.0.0.0:8000", "--data-dir", data]).unwrap_err();
+        assert!(matches!(e, ConfigError::IngestNeedsToken(_)), "{e}");
+        config(&["--listen", "0.0.0.0:8000"]).unwrap();
+        config(&[
+            "--listen",
+            "0.0.0.0:8000",
+            "--data-dir",
+            data,
+            "--allow-unauthenticated-ingest",
+        ])
+        .unwrap();
+        let c = config(&[
+            "--listen",
+            "0.0.0.0:8000",
+            "--data-dir",
+            data,
+            "--ingest-token-file",
+            token,
+        ])
+        .unwrap();
+        assert!(c.ingest_token.is_some());
+        // A token on loopback is fine too, and then required.
+        assert!(config(&["--ingest-token-file", token])
+            .unwrap()
+            .ingest_token
+            .is_some());
+
+        let e = config(&[
+            "--listen",
+            "127.0.0.1:9000",
+            "--admin-listen",
+            "127.0.0.1:9000",
+        ])
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::SameAddress(_)), "{e}");
+        config(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).unwrap();
+        let e = config(&["--admin-token-file", "/nonexistent/abmesh.token"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--admin-token-file /nonexistent/abmesh.token: cannot read it"),
+            "{e}"
+        );
+        assert!(Cli::try_parse_from([
+            "x",
+            "--ingest-token-file",
+            token,
+            "--allow-unauthenticated-ingest"
+        ])
+        .is_err());
     }
 }

@@ -164,12 +164,19 @@ impl Ingest {
     }
 }
 
-/// Every route of the outcome log and the reports, for `server::routes`:
-/// ingestion, state export/merge, and the experiment reports.
-pub fn routes() -> Router {
+/// The data-plane routes of the outcome log, for `server::routes`:
+/// ingestion (`/v1/events`, `/v1/exposures`).
+pub fn data_routes() -> Router {
     Router::new()
         .route(Method::POST, "/v1/events", post_events)
         .route(Method::POST, "/v1/exposures", post_exposures)
+}
+
+/// The admin routes of the outcome log and the reports, for
+/// `server::routes` (the admin listener only): state export/merge, halts
+/// and lifts, and the experiment reports.
+pub fn admin_routes() -> Router {
+    Router::new()
         .route(Method::GET, "/admin/state", get_state)
         .route(Method::POST, "/admin/state/merge", post_merge)
         .route(
@@ -269,6 +276,17 @@ struct BatchInfo {
 
 fn check_exposures(body: &[u8]) -> Result<BatchInfo, ValidationError> {
     let b = parse_exposures(body)?;
+    // A learned configuration is logged, snapshotted and exported with the
+    // state: it must not hold the filter's credential (filters leave it
+    // out, `abmesh_filter::config::shipped_config`).
+    if b.config
+        .is_some_and(|c| abmesh_filter::config::carries_token(c.get().as_bytes()))
+    {
+        return Err(ValidationError::new(
+            "config.sidecar.token",
+            "a configuration with a token is not stored: the sidecar keeps no credentials (filters of this version leave the token out of the configuration they send)",
+        ));
+    }
     let config = b.config.map(|raw| {
         let s = raw.get();
         // Borrowed from the body (a RawValue always is).

@@ -1,6 +1,7 @@
-//! An in-process sidecar with only the outcome log and reports, on a free
-//! loopback port: what the tests, the benchmark's checks and tools that
-//! embed the evaluation use instead of spawning `abmesh serve`.
+//! An in-process sidecar with only the outcome log and reports, on two free
+//! loopback ports (data plane and admin, as `abmesh serve` splits them):
+//! what the tests, the benchmark's checks and tools that embed the
+//! evaluation use instead of spawning `abmesh serve`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,10 +11,10 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 
-use super::http::{routes, Ingest, DEFAULT_INGEST_BODY_LIMIT};
+use super::http::{admin_routes, data_routes, Ingest, DEFAULT_INGEST_BODY_LIMIT};
 use crate::aggregate::{Definitions, EngineOptions};
 use crate::report::{ReportSettings, Settings};
-use crate::server::{self, AppState, ConnectionOptions, ServerLimits};
+use crate::server::{self, AppState, ConnectionOptions, Gate, ServerLimits, Token};
 use crate::store::{Recovery, StoreOptions};
 use crate::webhook::Webhook;
 
@@ -28,14 +29,21 @@ pub struct LocalOptions {
     pub body_limit: Option<usize>,
     /// Where to POST notices of new halts and SRM alarms.
     pub webhook: Option<http::Uri>,
+    /// Required on every admin request when set (`--admin-token-file`).
+    pub admin_token: Option<Token>,
+    /// Required on `/v1/*` when set (`--ingest-token-file`).
+    pub ingest_token: Option<Token>,
 }
 
 /// A running in-process server; stopped (with a final snapshot) on
 /// [`LocalServer::stop`] or drop.
 pub struct LocalServer {
-    /// `http://127.0.0.1:PORT`.
+    /// The data plane, `http://127.0.0.1:PORT`: `/v1/*` and `/metrics`.
     pub url: String,
     pub addr: SocketAddr,
+    /// The admin listener, `http://127.0.0.1:PORT`: `/admin/*`.
+    pub admin_url: String,
+    pub admin_addr: SocketAddr,
     pub ingest: Ingest,
     pub recovery: Recovery,
     stop: Option<oneshot::Sender<()>>,
@@ -43,8 +51,9 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
-    /// Opens `dir` and serves it on 127.0.0.1 (a free port), with the
-    /// outcome-log, report and admin routes and `/metrics`.
+    /// Opens `dir` and serves it on 127.0.0.1 (two free ports): ingestion
+    /// and `/metrics` on the data plane, the report, state and halt routes
+    /// on the admin listener, each behind its [`Gate`].
     pub fn start(dir: &Path, options: LocalOptions) -> Result<LocalServer> {
         let limit = options.body_limit.unwrap_or(DEFAULT_INGEST_BODY_LIMIT);
         let mut builder = AppState::builder(ServerLimits {
@@ -75,33 +84,76 @@ impl LocalServer {
         builder.insert(ingest.clone());
         builder.insert(ReportSettings(Arc::new(options.settings)));
         let state = builder.build();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let bind = || -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.set_nonblocking(true)?;
+            let a = l.local_addr()?;
+            Ok((l, a))
+        };
+        let (data, addr) = bind()?;
+        let (admin, admin_addr) = bind()?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let gates = (
+            Gate::Data {
+                ingest_token: options.ingest_token,
+            },
+            Gate::Admin {
+                token: options.admin_token,
+            },
+        );
         let thread = std::thread::Builder::new()
             .name("abmesh-local-server".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                    let shutdown = async {
-                        let _ = stopped.await;
-                    };
+                    let (stop_admin, admin_stopped) = oneshot::channel::<()>();
                     let opts = ConnectionOptions {
                         shutdown_grace: std::time::Duration::from_secs(5),
                         ..ConnectionOptions::default()
                     };
-                    let router = routes().route(
+                    let data_router = data_routes().route(
                         http::Method::GET,
                         "/metrics",
                         server::metrics_endpoint::metrics,
                     );
-                    let _ = server::serve(listener, Arc::new(router), state, opts, shutdown).await;
+                    let (data, admin) = match (
+                        tokio::net::TcpListener::from_std(data),
+                        tokio::net::TcpListener::from_std(admin),
+                    ) {
+                        (Ok(d), Ok(a)) => (d, a),
+                        (Err(e), _) | (_, Err(e)) => {
+                            tracing::error!(error = %e, "local server: cannot register the listeners");
+                            return;
+                        }
+                    };
+                    let data_plane = server::serve(
+                        data,
+                        Arc::new(data_router),
+                        state.clone(),
+                        opts,
+                        gates.0,
+                        async {
+                            let _ = stopped.await;
+                            let _ = stop_admin.send(());
+                        },
+                    );
+                    let admin_plane = server::serve(
+                        admin,
+                        Arc::new(admin_routes()),
+                        state,
+                        opts,
+                        gates.1,
+                        async {
+                            let _ = admin_stopped.await;
+                        },
+                    );
+                    let _ = tokio::join!(data_plane, admin_plane);
                 });
             })?;
         Ok(LocalServer {
             url: format!("http://{addr}"),
             addr,
+            admin_url: format!("http://{admin_addr}"),
+            admin_addr,
             ingest,
             recovery,
             stop: Some(stop),

@@ -11,7 +11,7 @@ use crate::server::response::{self, clip, ApiError};
 use crate::server::router::{HandlerResult, Request, Router};
 use crate::server::state::AppState;
 
-/// The report routes (merged into the ingest routes).
+/// The report routes (merged into the outcome log's admin routes).
 pub fn routes() -> Router {
     Router::new()
         .route(Method::GET, "/admin/experiments", list_experiments)

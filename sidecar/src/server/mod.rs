@@ -1,6 +1,10 @@
 //! The HTTP server of `abmesh serve`: hyper 1.x over tokio, HTTP/1.1.
 //!
-//! - [`router`]: method + path pattern → handler; [`routes`]: the table.
+//! - [`router`]: method + path pattern → handler; [`routes`]: the tables
+//!   of the two listeners, data plane and admin.
+//! - [`auth`]: the [`Gate`] each listener puts before its router: the
+//!   admin bearer token, the ingest token, `/admin/*` kept off the data
+//!   plane.
 //! - [`state`]: [`AppState`], what handlers share (model host, metrics
 //!   registry, components added later).
 //! - [`body`], [`response`]: size-limited bodies; JSON responses and errors.
@@ -8,6 +12,7 @@
 //!   The KServe v2 handlers live in `crate::kserve::handlers`.
 
 mod admin_models;
+pub mod auth;
 pub mod body;
 pub mod metrics_endpoint;
 pub mod response;
@@ -26,6 +31,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+pub use auth::{Gate, Token};
 pub use response::{ApiError, Response};
 pub use router::{HandlerResult, Request, Router};
 pub use state::{AppState, AppStateBuilder, ServerLimits};
@@ -50,14 +56,18 @@ impl Default for ConnectionOptions {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits (up to the grace period) for open requests.
+/// accepting and waits (up to the grace period) for open requests. Every
+/// request passes `gate` first (authentication, paths this listener does
+/// not serve).
 pub async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
     state: AppState,
     options: ConnectionOptions,
+    gate: Gate,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let gate = Arc::new(gate);
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -82,10 +92,17 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let state = state.clone();
-        let service = service_fn(move |req| {
+        let gate = gate.clone();
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let router = router.clone();
             let state = state.clone();
-            async move { Ok::<_, Infallible>(router.handle(req, state).await) }
+            let refused = gate.check(req.uri().path(), req.headers());
+            async move {
+                if let Some(r) = refused {
+                    return Ok::<_, Infallible>(r);
+                }
+                Ok::<_, Infallible>(router.handle(req, state).await)
+            }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

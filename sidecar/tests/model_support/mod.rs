@@ -101,17 +101,44 @@ pub fn scratch_repo() -> TempDir {
 /// A running `abmesh serve`, killed on drop.
 pub struct Server {
     child: Child,
+    /// The data plane (KServe v2, /v1/*, /metrics).
     pub port: u16,
+    /// The admin listener (/admin/*).
+    pub admin_port: u16,
     logs: Arc<Mutex<String>>,
 }
 
+/// `--listen 127.0.0.1:0` and `--admin-listen 127.0.0.1:0`, for each the
+/// caller does not give: free ports, so tests run side by side.
+fn listen_args(args: &[&str]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for flag in ["--listen", "--admin-listen"] {
+        if !args.contains(&flag) {
+            out.extend([flag, "127.0.0.1:0"]);
+        }
+    }
+    out
+}
+
+/// The port at the end of a "listening on http://HOST:PORT" line.
+fn port_of(line: &str, marker: &str) -> Option<u16> {
+    let i = line.find(marker)?;
+    line[i + marker.len()..]
+        .trim()
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
 impl Server {
-    /// Starts `abmesh serve --listen 127.0.0.1:0 <args>` and waits for it to
-    /// listen. Panics with the server's log if it exits or takes too long.
+    /// Starts `abmesh serve <args>` (on free loopback ports unless `args`
+    /// say `--listen` / `--admin-listen`) and waits for both listeners.
+    /// Panics with the server's log if it exits or takes too long.
     pub fn start(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_abmesh"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(listen_args(args))
             .args(args)
             .env("RUST_LOG", "info,ort=warn")
             .stdin(Stdio::null())
@@ -126,18 +153,16 @@ impl Server {
         std::thread::spawn(move || {
             // Keeps draining after startup so the server never blocks on a
             // full pipe.
+            let (mut data, mut admin) = (None, None);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(i) = line.find("listening on http://") {
-                    let addr = &line[i + "listening on http://".len()..];
-                    let port = addr
-                        .trim()
-                        .rsplit(':')
-                        .next()
-                        .unwrap()
-                        .parse::<u16>()
-                        .unwrap();
-                    let _ = tx.send(port);
+                if let Some(p) = port_of(&line, "admin listening on http://") {
+                    admin = Some(p);
+                } else if let Some(p) = port_of(&line, "listening on http://") {
+                    data = Some(p);
+                }
+                if let (Some(d), Some(a)) = (data, admin) {
+                    let _ = tx.send((d, a));
                 }
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
@@ -146,8 +171,13 @@ impl Server {
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(port) = rx.recv_timeout(Duration::from_millis(50)) {
-                return Server { child, port, logs };
+            if let Ok((port, admin_port)) = rx.recv_timeout(Duration::from_millis(50)) {
+                return Server {
+                    child,
+                    port,
+                    admin_port,
+                    logs,
+                };
             }
             if let Some(status) = child.try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -186,6 +216,20 @@ impl Server {
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Resp {
         self.send("POST", path, body.to_string().as_bytes())
     }
+
+    /// A connection to the admin listener.
+    pub fn admin_client(&self) -> Client {
+        Client::connect(self.admin_port)
+    }
+
+    /// One admin request on a fresh connection.
+    pub fn admin_send(&self, method: &str, path: &str, body: &[u8]) -> Resp {
+        self.admin_client().send(method, path, &[], body).unwrap()
+    }
+
+    pub fn admin_get(&self, path: &str) -> Resp {
+        self.admin_send("GET", path, b"")
+    }
 }
 
 impl Drop for Server {
@@ -195,8 +239,9 @@ impl Drop for Server {
     }
 }
 
-/// Runs `abmesh serve` expecting it to fail at startup; returns its exit
-/// code and log, or `None` if it started listening after all.
+/// Runs `abmesh serve` expecting it to fail at startup (on free loopback
+/// ports unless `args` say otherwise); returns its exit code and log, or
+/// `None` if it started listening after all.
 pub fn start_expecting_failure(
     args: &[&str],
     env: &[(&str, &str)],
@@ -204,7 +249,7 @@ pub fn start_expecting_failure(
 ) -> Option<(i32, String)> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_abmesh"));
     cmd.arg("serve")
-        .args(["--listen", "127.0.0.1:0"])
+        .args(listen_args(args))
         .args(args)
         .env("RUST_LOG", "info,ort=warn")
         .stdin(Stdio::null())

@@ -1,6 +1,8 @@
-//! Running the real `abmesh serve` binary in a test: started on a free
-//! port, its log appended to a file, and its address read from the
-//! "listening on" line it prints.
+//! Running the real `abmesh serve` binary in a test: started on free
+//! ports, its log appended to a file, and its addresses read from the
+//! "listening on" lines it prints.
+
+#![allow(dead_code)] // each test binary uses part of it
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
@@ -8,16 +10,26 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Starts `abmesh serve --listen 127.0.0.1:0 ARGS…`, copies its stderr to
-/// `log`, and returns the child and its base URL (`http://127.0.0.1:PORT`)
-/// once it listens.
-pub fn spawn_serve<I, S>(args: I, log: &Path) -> (Child, String)
+/// The base URLs of a running `abmesh serve`.
+#[derive(Debug, Clone)]
+pub struct Urls {
+    /// The data plane (`--listen`): KServe v2, /v1/*, /metrics.
+    pub data: String,
+    /// The admin listener (`--admin-listen`): /admin/*.
+    pub admin: String,
+}
+
+/// Starts `abmesh serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+/// ARGS…`, copies its stderr to `log`, and returns the child and its base
+/// URLs (`http://127.0.0.1:PORT`) once both listeners are up.
+pub fn spawn_serve<I, S>(args: I, log: &Path) -> (Child, Urls)
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
     let mut child = Command::new(env!("CARGO_BIN_EXE_abmesh"))
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -33,19 +45,33 @@ where
             .append(true)
             .open(log)
             .expect("open the serve log");
+        let (mut data, mut admin) = (None, None);
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = writeln!(out, "{line}");
-            if !sent {
-                if let Some(i) = line.find("listening on http://") {
-                    let _ = tx.send(line[i + "listening on ".len()..].trim().to_owned());
-                    sent = true;
-                }
+            if sent {
+                continue;
+            }
+            let url = |marker: &str| {
+                line.find(marker)
+                    .map(|i| line[i + marker.len() - "http://".len()..].trim().to_owned())
+            };
+            if let Some(u) = url("admin listening on http://") {
+                admin = Some(u);
+            } else if let Some(u) = url("listening on http://") {
+                data = Some(u);
+            }
+            if let (Some(d), Some(a)) = (&data, &admin) {
+                let _ = tx.send(Urls {
+                    data: d.clone(),
+                    admin: a.clone(),
+                });
+                sent = true;
             }
         }
     });
-    let url = rx
+    let urls = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("abmesh serve did not start listening");
-    (child, url)
+    (child, urls)
 }

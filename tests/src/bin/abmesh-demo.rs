@@ -81,18 +81,20 @@ async fn main() {
     })
     .await;
     let side = lp.ports.sidecar;
+    let side_admin = lp.ports.sidecar_admin;
     println!("abmesh closed-loop demo");
     println!(
         "  Envoy 1.40 + abmesh filter  http://127.0.0.1:{}  (admin :{})",
         lp.ports.proxy, lp.ports.admin
     );
     println!("  abmesh sidecar              http://127.0.0.1:{side}  (models: scorer v1, v2, v3; outcome log {})", lp.data_dir.display());
+    println!("  abmesh sidecar admin        http://127.0.0.1:{side_admin}  (reports, halts)");
     println!("  experiment \"scorer\": v1 (control) 40 %, v2 40 %, v3 20 %, guardrails on 5xx share, p95 latency, purchases");
     println!("\n{users} simulated users at ~{rate:.0}/s; each calls /v2/models/scorer/infer through Envoy once.\n");
 
     let started = Instant::now();
     let halted_at: Arc<Mutex<Option<(Duration, String)>>> = Arc::default();
-    let watcher = tokio::spawn(watch_halts(side, started, halted_at.clone()));
+    let watcher = tokio::spawn(watch_halts(side_admin, started, halted_at.clone()));
 
     let next_user = Arc::new(AtomicU64::new(0));
     let workers = 8;
@@ -185,7 +187,7 @@ async fn main() {
         println!("  {when:<12} {variant:<8} {version:<14} {status:>7} {n:>8}");
     }
 
-    let mut sidecar = Client::new(side);
+    let mut sidecar = Client::new(side_admin);
     let report = sidecar
         .get("/admin/experiments/scorer?format=text", &[])
         .await;
@@ -233,7 +235,7 @@ async fn main() {
         decision.trim() == "ship v2",
         format!("report decision: {}", decision.trim()),
     );
-    println!("\nHTML report: http://127.0.0.1:{side}/admin/experiments/scorer?format=html");
+    println!("\nHTML report: http://127.0.0.1:{side_admin}/admin/experiments/scorer?format=html");
     if keep_running {
         println!("Envoy and the sidecar keep running; Ctrl-C to stop.");
         println!(
@@ -263,7 +265,8 @@ async fn post_events(client: &mut Client, events: &mut Vec<Value>) {
     );
 }
 
-/// Polls the sidecar's halts and prints the first one.
+/// Polls the sidecar's halts (on its admin listener, `port`) and prints
+/// the first one.
 async fn watch_halts(port: u16, started: Instant, out: Arc<Mutex<Option<(Duration, String)>>>) {
     let mut client = Client::new(port);
     loop {
