@@ -60,6 +60,7 @@ impl Drop for Tmpfs {
 struct Server {
     child: Child,
     url: String,
+    admin: String,
 }
 
 impl Server {
@@ -71,8 +72,16 @@ impl Server {
             config.as_os_str(),
         ];
         let (child, urls) = serve_support::spawn_serve(args, log);
-        let url = urls.data;
-        Server { child, url }
+        Server {
+            child,
+            url: urls.data,
+            admin: urls.admin,
+        }
+    }
+
+    /// A client of the admin listener (reports).
+    fn admin(&self) -> Client {
+        Client::new(&self.admin).unwrap()
     }
 
     fn client(&self) -> Client {
@@ -255,7 +264,7 @@ fn a_full_disk_is_reported_and_re_sent_events_are_not_appended_again() {
         mixed.len()
     );
     let listing: Value =
-        serde_json::from_slice(&c.get("/admin/experiments", &[]).unwrap().body).unwrap();
+        serde_json::from_slice(&srv.admin().get("/admin/experiments", &[]).unwrap().body).unwrap();
     let events_before_restart = listing["ingest"]["events"].as_u64().unwrap();
     assert_eq!(events_before_restart, (acked.len() * 200 + 100) as u64);
     drop(c);
@@ -266,7 +275,7 @@ fn a_full_disk_is_reported_and_re_sent_events_are_not_appended_again() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v, json!({"accepted": 0, "duplicates": 200}));
     let listing: Value =
-        serde_json::from_slice(&c.get("/admin/experiments", &[]).unwrap().body).unwrap();
+        serde_json::from_slice(&srv.admin().get("/admin/experiments", &[]).unwrap().body).unwrap();
     assert_eq!(
         listing["ingest"]["events"].as_u64().unwrap(),
         events_before_restart

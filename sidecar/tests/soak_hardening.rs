@@ -553,6 +553,7 @@ fn run_case(addr: SocketAddr, case: &Case, tally: &Mutex<Tally>) -> Option<Strin
 struct Server {
     child: Child,
     url: String,
+    admin: String,
 }
 
 impl Drop for Server {
@@ -624,8 +625,11 @@ fn start(dir: &Path, models: bool) -> Server {
         ]);
     }
     let (child, urls) = serve_support::spawn_serve(args, &dir.join("serve.log"));
-    let url = urls.data;
-    Server { child, url }
+    Server {
+        child,
+        url: urls.data,
+        admin: urls.admin,
+    }
 }
 
 #[test]
@@ -639,6 +643,7 @@ fn malformed_slow_and_idle_clients_do_not_hurt_the_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(dir.path(), models);
     let addr = addr_of(&srv.url);
+    let admin = addr_of(&srv.admin);
     let pid = srv.child.id();
     let started = Instant::now();
     // Warm up (models loaded, first requests served), then the baseline.
@@ -732,8 +737,18 @@ fn malformed_slow_and_idle_clients_do_not_hurt_the_sidecar() {
                 if i >= cases.len() {
                     return;
                 }
-                if let Some(f) = run_case(addr, &cases[i], &tally) {
+                // Requests for /admin/* go to the admin listener, and every
+                // other one of them to the data plane too (which must
+                // answer them with a JSON 404).
+                let is_admin = cases[i].name.contains(" /admin");
+                let target = if is_admin { admin } else { addr };
+                if let Some(f) = run_case(target, &cases[i], &tally) {
                     failures.lock().unwrap().push(format!("case {i}: {f}"));
+                }
+                if is_admin && i.is_multiple_of(2) {
+                    if let Some(f) = run_case(addr, &cases[i], &tally) {
+                        failures.lock().unwrap().push(format!("case {i} (data plane): {f}"));
+                    }
                 }
                 if i.is_multiple_of(50) {
                     if let Err(e) = good_round(addr, 100 + i as u64, models) {
