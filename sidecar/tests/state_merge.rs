@@ -103,10 +103,10 @@ fn every_single_bit_flip_of_an_exported_state_is_refused() {
     let (a, b) = (start(da.path()), start(db.path()));
     feed(&a.url, "a", 0, 4, 1);
     feed(&b.url, "b", 4, 10, 1);
-    let state = export(&a.url);
-    let want = report(&b.url);
+    let state = export(&a.admin_url);
+    let want = report(&b.admin_url);
     let log_before = log_bytes(db.path());
-    let mut c = Client::new(&b.url).unwrap();
+    let mut c = Client::new(&b.admin_url).unwrap();
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
     let mut not_refused = Vec::new();
     for bit in 0..state.len() * 8 {
@@ -138,7 +138,7 @@ fn every_single_bit_flip_of_an_exported_state_is_refused() {
         state.len()
     );
     // Nothing was merged or logged.
-    assert_eq!(report(&b.url), want);
+    assert_eq!(report(&b.admin_url), want);
     assert_eq!(log_bytes(db.path()), log_before);
     // Truncated and padded states too.
     for bad in [
@@ -153,7 +153,7 @@ fn every_single_bit_flip_of_an_exported_state_is_refused() {
     let (status, v) = post(&mut c, "/admin/state/merge", &state);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["merged"], true);
-    assert_eq!(users(&report(&b.url)), [5, 5]);
+    assert_eq!(users(&report(&b.admin_url)), [5, 5]);
 }
 
 #[test]
@@ -162,18 +162,18 @@ fn a_state_merged_twice_counts_once() {
     let (a, b) = (start(da.path()), start(db.path()));
     feed(&a.url, "a", 0, 300, 1);
     feed(&b.url, "b", 300, 500, 1);
-    let state = export(&a.url);
-    let mut c = Client::new(&b.url).unwrap();
+    let state = export(&a.admin_url);
+    let mut c = Client::new(&b.admin_url).unwrap();
     let (status, first) = post(&mut c, "/admin/state/merge", &state);
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["users"], 300);
-    let merged = report(&b.url);
+    let merged = report(&b.admin_url);
     assert_eq!(users(&merged), [250, 250]);
     let log_after_first = log_bytes(db.path());
 
     let (status, again) = post(&mut c, "/admin/state/merge", &state);
     assert_eq!(status, 200, "{again}");
-    assert_eq!(report(&b.url), merged, "a re-merge changed the report");
+    assert_eq!(report(&b.admin_url), merged, "a re-merge changed the report");
     assert_eq!(first["merged"], true);
     assert_eq!(first["duplicate"], false);
     assert_eq!(again["merged"], false, "{again}");
@@ -198,12 +198,12 @@ fn a_state_merged_twice_counts_once() {
     let (dc, dd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (cc, d) = (start(dc.path()), start(dd.path()));
     feed(&cc.url, "c", 1000, 1100, 1);
-    let state_c = export(&cc.url);
+    let state_c = export(&cc.admin_url);
     let results: Vec<Value> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..8)
             .map(|_| {
                 s.spawn(|| {
-                    let mut c = Client::new(&d.url).unwrap();
+                    let mut c = Client::new(&d.admin_url).unwrap();
                     let (status, v) = post(&mut c, "/admin/state/merge", &state_c);
                     assert_eq!(status, 200, "{v}");
                     v
@@ -217,18 +217,18 @@ fn a_state_merged_twice_counts_once() {
     assert!(results
         .iter()
         .all(|v| v["merged"] == true || v["duplicate"] == true));
-    assert_eq!(users(&report(&d.url)), [50, 50]);
+    assert_eq!(users(&report(&d.admin_url)), [50, 50]);
 
     // The merge and its key are durable: after a restart a re-merge is
     // still a no-op and the report is the same.
     drop(c);
     b.stop();
     let b = start(db.path());
-    assert_eq!(report(&b.url), merged, "after a restart");
-    let mut c = Client::new(&b.url).unwrap();
+    assert_eq!(report(&b.admin_url), merged, "after a restart");
+    let mut c = Client::new(&b.admin_url).unwrap();
     let (status, v) = post(&mut c, "/admin/state/merge", &state);
     assert_eq!((status, &v["duplicate"]), (200, &json!(true)), "{v}");
-    assert_eq!(report(&b.url), merged);
+    assert_eq!(report(&b.admin_url), merged);
 }
 
 #[test]
@@ -242,48 +242,48 @@ fn states_that_would_double_count_are_refused() {
     feed(&a.url, "a", 0, 100, 1);
     feed(&b.url, "b", 100, 200, 1);
     feed(&c3.url, "c", 200, 300, 1);
-    let mut ca = Client::new(&a.url).unwrap();
-    let mut cb = Client::new(&b.url).unwrap();
-    let mut cc = Client::new(&c3.url).unwrap();
+    let mut ca = Client::new(&a.admin_url).unwrap();
+    let mut cb = Client::new(&b.admin_url).unwrap();
+    let mut cc = Client::new(&c3.admin_url).unwrap();
 
     // Into itself.
-    let own = export(&a.url);
-    let before = report(&a.url);
+    let own = export(&a.admin_url);
+    let before = report(&a.admin_url);
     let (status, v) = post(&mut ca, "/admin/state/merge", &own);
     assert_eq!(status, 400, "{v}");
     assert!(
         v["error"].as_str().unwrap().contains("would double count"),
         "{v}"
     );
-    assert_eq!(report(&a.url), before);
+    assert_eq!(report(&a.admin_url), before);
 
     // A into B; then B (which holds A's records) back into A.
     let (status, v) = post(&mut cb, "/admin/state/merge", &own);
     assert_eq!(status, 200, "{v}");
-    let b_with_a = export(&b.url);
+    let b_with_a = export(&b.admin_url);
     let (status, v) = post(&mut ca, "/admin/state/merge", &b_with_a);
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("own records"), "{v}");
-    assert_eq!(report(&a.url), before);
+    assert_eq!(report(&a.admin_url), before);
 
     // A into C as well; then C (holding A) into B (holding A): A's
     // records would count twice.
     let (status, v) = post(&mut cc, "/admin/state/merge", &own);
     assert_eq!(status, 200, "{v}");
-    let b_before = report(&b.url);
-    let (status, v) = post(&mut cb, "/admin/state/merge", &export(&c3.url));
+    let b_before = report(&b.admin_url);
+    let (status, v) = post(&mut cb, "/admin/state/merge", &export(&c3.admin_url));
     assert_eq!(status, 409, "{v}");
     assert!(
         v["error"].as_str().unwrap().contains("would double count"),
         "{v}"
     );
-    assert_eq!(report(&b.url), b_before);
+    assert_eq!(report(&b.admin_url), b_before);
 
     // A later export of A, into B which merged an earlier one.
     feed(&a.url, "a", 1000, 1010, 2);
-    let (status, v) = post(&mut cb, "/admin/state/merge", &export(&a.url));
+    let (status, v) = post(&mut cb, "/admin/state/merge", &export(&a.admin_url));
     assert_eq!(status, 409, "{v}");
-    assert_eq!(report(&b.url), b_before);
+    assert_eq!(report(&b.admin_url), b_before);
 
     // Offline, `abmesh report --state` follows the same rules.
     let tmp = tempfile::tempdir().unwrap();
@@ -292,7 +292,7 @@ fn states_that_would_double_count_are_refused() {
     let fa = tmp.path().join("a.state");
     let fb = tmp.path().join("b.state");
     std::fs::write(&fa, &own).unwrap();
-    std::fs::write(&fb, export(&b.url)).unwrap();
+    std::fs::write(&fb, export(&b.admin_url)).unwrap();
     let run = |args: &[&Path]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_abmesh"));
         cmd.args(["report", "ranker", "--format", "json", "--experiments"])
