@@ -298,7 +298,11 @@ fn the_cookie_is_found_in_any_of_several_cookie_headers() {
     ];
     let (_, a, _) = decide(&p, &split);
     assert_eq!(a[0], expect);
-    let joined = [base[0], base[1], ("cookie", &b"theme=dark; lang=en; uid=in-second"[..])];
+    let joined = [
+        base[0],
+        base[1],
+        ("cookie", &b"theme=dark; lang=en; uid=in-second"[..]),
+    ];
     assert_eq!(decide(&p, &joined).1[0], expect);
     // The first occurrence wins, as in the joined HTTP/2 form.
     let twice = [

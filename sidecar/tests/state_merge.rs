@@ -173,7 +173,11 @@ fn a_state_merged_twice_counts_once() {
 
     let (status, again) = post(&mut c, "/admin/state/merge", &state);
     assert_eq!(status, 200, "{again}");
-    assert_eq!(report(&b.admin_url), merged, "a re-merge changed the report");
+    assert_eq!(
+        report(&b.admin_url),
+        merged,
+        "a re-merge changed the report"
+    );
     assert_eq!(first["merged"], true);
     assert_eq!(first["duplicate"], false);
     assert_eq!(again["merged"], false, "{again}");
