@@ -16,6 +16,6 @@ if [[ ${1:-} == --split ]]; then
   shift
   exec cargo run --quiet -p abmesh-e2e --bin abmesh-split-demo -- "$@"
 fi
-cargo build --quiet --release -p abmesh-sidecar
+cargo build --quiet --release -p abmesh --bin abmesh
 export ABMESH_BIN=${ABMESH_BIN:-$PWD/target/release/abmesh}
 exec cargo run --quiet --release -p abmesh-e2e --bin abmesh-demo -- "$@"

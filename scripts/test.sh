@@ -14,7 +14,7 @@ step() { printf '\n\033[1;34m[test]\033[0m %s\n' "$*"; }
 
 step "build the filter (release wasm) and the abmesh binary"
 cargo build --release --target wasm32-wasip1 -p abmesh-filter
-cargo build -p abmesh-sidecar --bin abmesh
+cargo build -p abmesh --bin abmesh
 
 step "workspace tests"
 cargo test --workspace

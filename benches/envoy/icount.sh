@@ -75,7 +75,7 @@ trap cleanup EXIT
 if [[ " $CONFIGS " =~ \ wasm_ship[0-9]*\  ]]; then
   case ${SIDECAR:-real} in
     real)
-      [[ $BUILD == 1 ]] && cargo build --quiet --release -p abmesh-sidecar --bin abmesh
+      [[ $BUILD == 1 ]] && cargo build --quiet --release -p abmesh --bin abmesh
       rm -rf "$WORK/sidecar-data"
       target/release/abmesh serve --listen "127.0.0.1:${SIDECAR_PORT:-18000}" \
         --admin-listen 127.0.0.1:0 --data-dir "$WORK/sidecar-data" 2>"$WORK/sidecar.log" &

@@ -97,7 +97,7 @@ sidecar_pid=
 if [[ " $CONFIGS " =~ \ wasm_ship[0-9]*\  ]]; then
   # The sidecar that wasm_ship's filter sends exposure batches to; it runs
   # during every round, so it loads the machine the same for all configs.
-  cargo build --quiet --release -p abmesh-sidecar --bin abmesh
+  cargo build --quiet --release -p abmesh --bin abmesh
   rm -rf "$WORK/sidecar-data"
   target/release/abmesh serve --listen "127.0.0.1:${SIDECAR_PORT:-18000}" \
     --admin-listen 127.0.0.1:0 --data-dir "$WORK/sidecar-data" 2>"$WORK/sidecar.log" &

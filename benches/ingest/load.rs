@@ -3,7 +3,7 @@
 //! events, then the report latency at that volume.
 //!
 //! ```text
-//! cargo run --release -p abmesh-sidecar --example ingest_load -- \
+//! cargo run --release -p abmesh --example ingest_load -- \
 //!     --url http://127.0.0.1:8091 --clients 16 --batch 1000 --events 10000000 --users 1000000
 //! ```
 //!
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abmesh_sidecar::cli::http::Client;
+use abmesh_testkit::http::Client;
 
 struct Args {
     /// The data plane: /v1/exposures, /v1/events.

@@ -24,7 +24,7 @@ ADMIN_PORT=${ADMIN_PORT:-8092}
 OUT=${OUT:-$(mktemp -d /tmp/abmesh-ingest-bench.XXXXXX)}
 mkdir -p "$OUT"
 
-cargo build --release -p abmesh-sidecar --bin abmesh --example ingest_load >&2
+cargo build --release -p abmesh --bin abmesh --example ingest_load >&2
 BIN=./target/release/abmesh
 LOAD=./target/release/examples/ingest_load
 

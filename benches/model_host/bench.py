@@ -309,8 +309,10 @@ def main():
     if not shutil.which("wrk"):
         sys.exit("wrk not found: run benches/setup.sh (or apt-get install wrk)")
     if not args.skip_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "abmesh-sidecar", "--bin", "abmesh",
-                        "--example", "raw_ort"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "-p", "abmesh", "--bin", "abmesh"],
+                       cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "-p", "abmesh-model-host", "--example", "raw_ort"],
+                       cwd=ROOT, check=True)
 
     tmp = tempfile.mkdtemp(prefix="abmesh-bench-")
     repo = os.path.join(tmp, "repo")

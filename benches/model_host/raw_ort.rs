@@ -2,7 +2,7 @@
 //! loop, with nothing around it.
 //!
 //! Each of `--clients` threads owns a session (created exactly as `abmesh
-//! serve` creates its sessions, through `abmesh_sidecar::model::Runtime`)
+//! serve` creates its sessions, through `abmesh_model_host::Runtime`)
 //! and an input tensor built once, and calls `run` back to back for
 //! `--seconds`, copying the first output out as a caller would. Prints one
 //! JSON line per client count:
@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Usage (from the repository root, after
-//! `cargo build --release -p abmesh-sidecar --example raw_ort`):
+//! `cargo build --release -p abmesh-model-host --example raw_ort`):
 //!
 //! ```text
 //! target/release/examples/raw_ort --model examples/models/repo/scorer/1/model.onnx \
@@ -24,9 +24,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use abmesh_sidecar::model::dylib;
-use abmesh_sidecar::model::signature::Signature;
-use abmesh_sidecar::model::{DataType, DeviceRequest, Runtime, SessionOptions};
+use abmesh_model_host::dylib;
+use abmesh_model_host::signature::Signature;
+use abmesh_model_host::{DataType, DeviceRequest, Runtime, SessionOptions};
 use ort::memory::Allocator;
 use ort::session::SessionInputValue;
 use ort::value::DynTensor;

@@ -5,11 +5,11 @@ tritonclient is used with its defaults: `InferInput.set_data_from_numpy`
 sends binary tensors (the binary tensor extension) and, when no outputs are
 named, asks for every output as binary data.
 
-Run directly (after `cargo build -p abmesh-sidecar`):
+Run directly (after `cargo build -p abmesh --bin abmesh`):
 
     python3 -m pytest -q tests/python
 
-or through `cargo test -p abmesh-sidecar --test model_tritonclient`, which
+or through `cargo test -p abmesh --test model_tritonclient`, which
 passes the freshly built binary in ABMESH_BIN. Needs:
     pip install onnxruntime==1.31.1 onnx numpy 'tritonclient[http]' pytest
 """
@@ -50,7 +50,7 @@ def abmesh_binary():
     candidates = [ROOT / "target" / p / "abmesh" for p in ("debug", "release")]
     existing = [c for c in candidates if c.exists()]
     if not existing:
-        pytest.fail("abmesh is not built: run `cargo build -p abmesh-sidecar` or set ABMESH_BIN")
+        pytest.fail("abmesh is not built: run `cargo build -p abmesh --bin abmesh` or set ABMESH_BIN")
     return str(max(existing, key=lambda p: p.stat().st_mtime))
 
 

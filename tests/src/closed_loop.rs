@@ -4,8 +4,8 @@
 //! Shared by the closed-loop tests and the demo.
 
 use crate::envoy::{plugin_json, read_repo_file, render, scratch_dir, with_plugin_json, Envoy};
-use crate::http::{Client, Reply};
 use crate::sidecar::Sidecar;
+use abmesh_testkit::http::{AsyncClient as Client, Response as Reply};
 use std::path::{Path, PathBuf};
 
 /// The ports the loop listens on.
@@ -33,10 +33,10 @@ impl Ports {
     /// Free ports, for tests running side by side.
     pub fn free() -> Ports {
         Ports {
-            proxy: crate::free_port(),
-            admin: crate::free_port(),
-            sidecar: crate::free_port(),
-            sidecar_admin: crate::free_port(),
+            proxy: abmesh_testkit::free_port(),
+            admin: abmesh_testkit::free_port(),
+            sidecar: abmesh_testkit::free_port(),
+            sidecar_admin: abmesh_testkit::free_port(),
         }
     }
 }
@@ -191,7 +191,7 @@ impl ClosedLoop {
 }
 
 async fn start_sidecar(ports: Ports, data_dir: &Path, extra: &[String], log: &Path) -> Sidecar {
-    let models = crate::repo_root().join("examples/models/repo");
+    let models = abmesh_testkit::repo_root().join("examples/models/repo");
     let admin = format!("127.0.0.1:{}", ports.sidecar_admin);
     let mut args = vec![
         "--models",
@@ -245,7 +245,7 @@ impl Served {
                 .as_bool()
         });
         Served {
-            status: r.status.as_u16(),
+            status: r.status,
             variant,
             model_version,
             label,

@@ -1,7 +1,7 @@
 //! Running a real Envoy on a config from `envoy/`, with ports and the wasm
 //! path rewritten for the test.
 
-use crate::http::Client;
+use abmesh_testkit::http::AsyncClient as Client;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,7 +13,7 @@ pub fn envoy_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
         return p.into();
     }
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(abmesh_testkit::python())
         .args([
             "-c",
             "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
@@ -31,7 +31,7 @@ pub fn envoy_bin() -> PathBuf {
 
 /// Reads a file of the repository (e.g. `envoy/demo.yaml`).
 pub fn read_repo_file(rel: &str) -> String {
-    let p = crate::repo_root().join(rel);
+    let p = abmesh_testkit::repo_root().join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 

@@ -7,8 +7,8 @@
 //! tests/src/lib.rs).
 
 use abmesh_e2e::closed_loop::{demo_plugin, infer, ClosedLoop, Options, Ports};
-use abmesh_e2e::http::Client;
 use abmesh_filter::Plan;
+use abmesh_testkit::http::AsyncClient as Client;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 

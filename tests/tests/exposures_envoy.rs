@@ -4,9 +4,10 @@
 //! copy of the token (issue 9).
 
 use abmesh_e2e::envoy::{plugin_json, read_repo_file, render, with_plugin_json, Envoy};
-use abmesh_e2e::http::Client;
 use abmesh_e2e::sidecar::Sidecar;
-use abmesh_e2e::{free_port, upstream, wasm_path};
+use abmesh_e2e::{upstream, wasm_path};
+use abmesh_testkit::free_port;
+use abmesh_testkit::http::AsyncClient as Client;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,9 @@
 //! routing users through `cluster_header` to two real upstreams.
 
 use abmesh_e2e::envoy::{plugin_json, read_repo_file, render, with_plugin_json, Envoy};
-use abmesh_e2e::http::Client;
-use abmesh_e2e::{abmesh_bin, free_port, upstream, wasm_path};
+use abmesh_e2e::{upstream, wasm_path};
+use abmesh_testkit::http::AsyncClient as Client;
+use abmesh_testkit::{abmesh_bin, free_port};
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};

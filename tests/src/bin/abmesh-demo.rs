@@ -22,7 +22,7 @@
 //! the report deciding to ship v2.
 
 use abmesh_e2e::closed_loop::{infer, ClosedLoop, Options, Ports};
-use abmesh_e2e::http::Client;
+use abmesh_testkit::http::AsyncClient as Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,8 +6,8 @@
 //! (scripts/demo.sh builds the filter first).
 
 use abmesh_e2e::envoy::{read_repo_file, render, Envoy};
-use abmesh_e2e::http::Client;
 use abmesh_e2e::{upstream, wasm_path};
+use abmesh_testkit::http::AsyncClient as Client;
 use std::collections::BTreeMap;
 use std::time::Instant;
 

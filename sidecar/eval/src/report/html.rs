@@ -1,0 +1,520 @@
+//! The report as an HTML page for people, with the cumulative-lift charts
+//! drawn by the sidecar as inline SVG (plotters): no JavaScript, no
+//! external assets, so the page works offline and from a saved file.
+
+use std::fmt::Write as _;
+
+use plotters::prelude::*;
+
+use super::model::{pct, Comparison, LiftPoint, MetricReport, Report, Stat};
+use super::ListEntry;
+use crate::aggregate::HaltSource;
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1150px}\
+table{border-collapse:collapse;margin:8px 0 16px}td,th{padding:3px 10px;text-align:right;border-bottom:1px solid #ddd}\
+td:first-child,th:first-child{text-align:left}h2{margin-top:32px}.muted{color:#777}\
+.decision{padding:12px 16px;border-radius:6px;margin:12px 0;font-size:1.05em}\
+.ship{background:#e3f6e5;border-left:6px solid #2e7d32}.stop-harm{background:#fde7e7;border-left:6px solid #c62828}\
+.keep-running{background:#eef3fb;border-left:6px solid #1565c0}.inconclusive{background:#f4f1e6;border-left:6px solid #8d6e00}\
+.warn{color:#8d3b00}figure{margin:8px 0}code{background:#f4f4f4;padding:1px 4px}";
+
+/// Line colours of the treatments, in order.
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(21, 101, 192),
+    RGBColor(198, 40, 40),
+    RGBColor(46, 125, 50),
+    RGBColor(142, 36, 170),
+    RGBColor(239, 108, 0),
+    RGBColor(0, 131, 143),
+];
+
+fn num(x: Option<f64>, digits: usize) -> String {
+    match x {
+        Some(v) if v.is_finite() => format!("{v:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+fn p(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v < 0.0001 => format!("{v:.1e}"),
+        Some(v) => format!("{v:.4}"),
+        None => "–".into(),
+    }
+}
+
+fn stat_cell<T>(s: &Stat<T>, f: impl Fn(&T) -> String) -> String {
+    match s {
+        Stat::Ok(v) => f(v),
+        Stat::Err { error } => format!(
+            "<span class=muted title=\"{}\">n/a</span>",
+            escape_html(error)
+        ),
+    }
+}
+
+/// The page of one experiment.
+pub fn report_page(r: &Report) -> String {
+    let mut h = String::with_capacity(64 << 10);
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=utf-8><title>abmesh · {name}</title><style>{STYLE}</style></head><body>\
+         <p class=muted><a href=\"/admin/experiments?format=html\">all experiments</a></p>\
+         <h1>Experiment <code>{name}</code></h1>",
+        name = escape_html(&r.experiment)
+    );
+    let d = &r.decision;
+    let _ = write!(
+        h,
+        "<div class=\"decision {kind}\" id=decision><strong>{upper}</strong> — {reason}</div>",
+        kind = d.decision.as_str(),
+        upper = d.decision.as_str().to_uppercase(),
+        reason = escape_html(&d.reason)
+    );
+    // Variants and SRM.
+    h.push_str("<h2>Variants</h2><table><tr><th>variant</th><th>users</th><th>expected share</th><th>observed share</th></tr>");
+    let total: u64 = r.variants.iter().map(|v| v.users).sum();
+    for v in &r.variants {
+        let _ = write!(
+            h,
+            "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape_html(&v.name),
+            if v.control {
+                " <span class=muted>(control)</span>"
+            } else {
+                ""
+            },
+            v.users,
+            v.expected_share
+                .map_or("–".into(), |s| format!("{:.1}%", s * 100.0)),
+            if total > 0 {
+                format!("{:.1}%", v.users as f64 * 100.0 / total as f64)
+            } else {
+                "–".into()
+            }
+        );
+    }
+    h.push_str("</table>");
+    match &r.srm {
+        Stat::Ok(s) => {
+            let _ = write!(
+                h,
+                "<p>Sample ratio check: χ² = {:.2}, df = {}, p = {}{}{}</p>",
+                s.chi2,
+                s.df,
+                p(Some(s.p_value)),
+                if s.alarm {
+                    " — <strong class=warn>MISMATCH</strong>"
+                } else {
+                    " (no mismatch)"
+                },
+                if s.weights_configured {
+                    ""
+                } else {
+                    " <span class=muted>(equal split assumed: no definitions)</span>"
+                }
+            );
+        }
+        Stat::Err { error } => {
+            let _ = write!(
+                h,
+                "<p class=muted>Sample ratio check: {}</p>",
+                escape_html(error)
+            );
+        }
+    }
+    for w in &r.data_quality.warnings {
+        let _ = write!(h, "<p class=warn>⚠ {}</p>", escape_html(w));
+    }
+    guardrail_sections(&mut h, r);
+    // Metrics, primary first.
+    let mut metrics: Vec<&MetricReport> = r.metrics.iter().collect();
+    metrics.sort_by_key(|m| !m.primary);
+    if metrics.is_empty() {
+        h.push_str("<p class=muted>No outcome events from exposed users yet.</p>");
+    }
+    let level = format!("{:.0}%", (1.0 - r.settings.alpha) * 100.0);
+    for m in metrics {
+        metric_section(&mut h, m, &level, r.settings.target_lift);
+    }
+    let _ = write!(
+        h,
+        "<p class=muted>α = {}, power {}, target ±{:.1}%, n* = {}, min users {} · log record {} · generated at {} · \
+         <a href=\"?format=json\">JSON</a></p></body></html>",
+        r.settings.alpha,
+        r.settings.power,
+        r.settings.target_lift * 100.0,
+        r.settings.n_star,
+        r.settings.min_users,
+        r.applied_lsn,
+        super::utc(r.generated_at_ms)
+    );
+    h
+}
+
+/// Halts, health per variant and the guardrail checks.
+fn guardrail_sections(h: &mut String, r: &Report) {
+    if !r.halts.is_empty() {
+        h.push_str("<h2 id=halts>Halts</h2><table><tr><th>variant</th><th>state</th><th>since</th><th>by</th><th>reason</th></tr>");
+        for x in &r.halts {
+            let halt = &x.halt;
+            let by = match (halt.source, &halt.rule) {
+                (HaltSource::Guardrail, Some(rule)) => {
+                    format!("guardrail <code>{}</code>", escape_html(rule))
+                }
+                _ => "operator".to_owned(),
+            };
+            let state = match halt.lifted_ms {
+                None => "<strong class=warn>halted</strong>".to_owned(),
+                Some(t) => format!("lifted at {}", super::utc(t)),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{state}</td><td>{}</td><td>{by}</td><td style=\"text-align:left\">{}</td></tr>",
+                escape_html(&halt.variant),
+                super::utc(halt.time_ms),
+                escape_html(&halt.message)
+            );
+        }
+        h.push_str("</table>");
+    }
+    if r.health.iter().any(|x| x.requests > 0 || x.responses > 0) {
+        h.push_str("<h2 id=health>Health</h2><p class=muted>Since the experiment's last lift; responses are the filters' sample.</p>\
+            <table><tr><th>variant</th><th>requests</th><th>responses</th><th>5xx share</th><th>p50 ms</th><th>p95 ms</th></tr>");
+        for x in &r.health {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape_html(&x.variant),
+                x.requests,
+                x.responses,
+                x.error_rate
+                    .map_or("–".into(), |e| format!("{:.2}%", e * 100.0)),
+                num(x.p50_ms, 1),
+                num(x.p95_ms, 1)
+            );
+        }
+        h.push_str("</table>");
+    }
+    if let Some(g) = &r.guardrails {
+        let _ = write!(
+            h,
+            "<h2 id=guardrails>Guardrails</h2><p class=muted>Always-valid checks against the control; family-wise α = {}, at least {} responses per arm for the health rules.</p>\
+             <table><tr><th>variant</th><th>rule</th><th>status</th><th>estimate</th><th>interval</th><th>limit</th><th>p</th><th>detail</th></tr>",
+            g.alpha, g.min_responses
+        );
+        for c in &g.checks {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}{}</td><td>{}</td><td>[{}, {}]</td><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
+                escape_html(&c.variant),
+                escape_html(&c.rule),
+                if c.status == "breach" {
+                    "<strong class=warn>breach</strong>".to_owned()
+                } else {
+                    c.status.replace('_', " ")
+                },
+                if c.overridden { " <span class=muted>(overridden)</span>" } else { "" },
+                num(c.estimate, 4),
+                num(c.ci_low, 4),
+                num(c.ci_high, 4),
+                num(Some(c.limit), 4),
+                p(c.p_value),
+                escape_html(&c.message)
+            );
+        }
+        if g.checks.is_empty() {
+            h.push_str("<tr><td colspan=8 class=muted>No checks yet.</td></tr>");
+        }
+        h.push_str("</table>");
+    }
+}
+
+fn metric_section(h: &mut String, m: &MetricReport, level: &str, target: f64) {
+    let _ = write!(
+        h,
+        "<h2>{}{}</h2><p class=muted>{} metric, {} is better{}</p>",
+        escape_html(&m.name),
+        if m.primary {
+            " <small>(primary)</small>"
+        } else {
+            ""
+        },
+        m.kind,
+        if m.higher_is_better {
+            "higher"
+        } else {
+            "lower"
+        },
+        if m.has_covariate {
+            ", with a pre-period covariate (CUPED)"
+        } else {
+            ""
+        }
+    );
+    h.push_str("<table><tr><th>variant</th><th>users</th><th>converted</th><th>rate</th><th>mean per user</th><th>sd</th>");
+    if m.has_covariate {
+        h.push_str("<th>covariate mean</th>");
+    }
+    h.push_str("</tr>");
+    for v in &m.variants {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            escape_html(&v.variant),
+            v.users,
+            v.converted,
+            v.conversion_rate
+                .map_or("–".into(), |r| format!("{:.2}%", r * 100.0)),
+            num(v.mean, 4),
+            num(v.sd, 4)
+        );
+        if m.has_covariate {
+            let _ = write!(h, "<td>{}</td>", num(v.covariate_mean, 4));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
+    let _ = write!(
+        h,
+        "<table><tr><th>vs control</th><th>difference ({level} CI)</th><th>relative lift ({level} CI)</th><th>p</th><th>p (Holm)</th>\
+         <th>always-valid interval</th><th>sequential p</th>{}<th>chance to beat</th><th>MDE</th><th>power at ±{:.1}%</th></tr>",
+        if m.has_covariate { "<th>CUPED difference</th><th>variance cut</th>" } else { "" },
+        target * 100.0
+    );
+    for c in &m.comparisons {
+        comparison_row(h, m, c);
+    }
+    h.push_str("</table>");
+    if let Some(svg) = lift_chart(m, level) {
+        let _ = write!(
+            h,
+            "<figure class=lift-chart data-metric=\"{}\">{svg}<figcaption class=muted>Cumulative relative lift of {} among the users exposed by each time, \
+             with its always-valid {level} interval (valid at every point at once, so it is safe to watch continuously). \
+             The tables give the fixed-horizon intervals of the current result.</figcaption></figure>",
+            escape_html(&m.name),
+            escape_html(&m.name)
+        );
+    }
+}
+
+fn comparison_row(h: &mut String, m: &MetricReport, c: &Comparison) {
+    let abs = stat_cell(&c.absolute, |i| {
+        format!("{:+.4} [{:+.4}, {:+.4}]", i.estimate, i.ci_low, i.ci_high)
+    });
+    let rel = stat_cell(&c.relative, |i| {
+        format!(
+            "{} [{}, {}]",
+            pct(i.estimate),
+            pct(i.ci_low),
+            pct(i.ci_high)
+        )
+    });
+    let seq = stat_cell(&c.sequential, |q| {
+        format!("[{}, {}]", pct(q.ci_low), pct(q.ci_high))
+    });
+    let seq_p = stat_cell(&c.sequential, |q| p(Some(q.p_value)));
+    let _ = write!(
+        h,
+        "<tr><td>{}</td><td>{abs}</td><td>{rel}</td><td>{}</td><td>{}</td><td>{seq}</td><td>{seq_p}</td>",
+        escape_html(&c.variant),
+        p(c.p_value),
+        p(c.p_value_holm)
+    );
+    if m.has_covariate {
+        match &c.cuped {
+            Some(s) => {
+                let _ = write!(
+                    h,
+                    "<td>{}</td><td>{}</td>",
+                    stat_cell(s, |x| format!(
+                        "{:+.4} [{:+.4}, {:+.4}] p {}",
+                        x.diff,
+                        x.ci_low,
+                        x.ci_high,
+                        p(Some(x.p_value))
+                    )),
+                    stat_cell(s, |x| format!("{:.1}%", x.variance_reduction * 100.0))
+                );
+            }
+            None => h.push_str("<td>–</td><td>–</td>"),
+        }
+    }
+    let _ = write!(
+        h,
+        "<td>{}</td><td>{}</td><td>{}</td></tr>",
+        stat_cell(&c.chance_to_beat_control, |x| format!("{:.1}%", x * 100.0)),
+        stat_cell(&c.mde, |x| format!("{:.2}%", x.relative.abs() * 100.0)),
+        stat_cell(&c.mde, |x| format!("{:.0}%", x.power_at_target * 100.0))
+    );
+}
+
+/// The cumulative-lift chart of a metric (one line and two bands per
+/// treatment), as an SVG document; None without points.
+pub fn lift_chart(m: &MetricReport, level: &str) -> Option<String> {
+    let series: Vec<(&str, &[LiftPoint])> = m
+        .comparisons
+        .iter()
+        .filter(|c| !c.series.is_empty())
+        .map(|c| (c.variant.as_str(), c.series.as_slice()))
+        .collect();
+    if series.is_empty() {
+        return None;
+    }
+    let t0 = series.iter().map(|s| s.1[0].t_ms).min()?;
+    let t1 = series.iter().map(|s| s.1[s.1.len() - 1].t_ms).max()?;
+    let span_h = (t1 - t0) as f64 / 3_600_000.0;
+    let (unit, scale) = if span_h < 2.0 {
+        ("minutes", 60_000.0)
+    } else {
+        ("hours", 3_600_000.0)
+    };
+    let x = |t: i64| (t - t0) as f64 / scale;
+    let x_max = x(t1).max(1.0);
+    // The y range follows the later points: the first ones, on few users,
+    // have intervals wide enough to flatten everything else.
+    let mut lo: f64 = 0.0;
+    let mut hi: f64 = 0.0;
+    for (_, pts) in &series {
+        let skip = pts.len() / 3;
+        for pt in &pts[skip..] {
+            lo = lo.min(pt.seq_low).min(pt.lift);
+            hi = hi.max(pt.seq_high).max(pt.lift);
+        }
+        for pt in pts.iter() {
+            lo = lo.min(pt.lift);
+            hi = hi.max(pt.lift);
+        }
+    }
+    let pad = ((hi - lo) * 0.08).max(0.005);
+    let (lo, hi) = ((lo - pad).max(-5.0), (hi + pad).min(5.0));
+    let clamp = |v: f64| v.clamp(lo, hi);
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 380)).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: cumulative relative lift vs control", m.name),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(42)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..x_max, lo..hi)
+            .ok()?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("{unit} since the first exposure"))
+            .y_desc("relative lift")
+            .y_label_formatter(&|v| {
+                if v.abs() < 1e-9 {
+                    "0%".to_owned()
+                } else {
+                    format!("{:+.1}%", v * 100.0)
+                }
+            })
+            .light_line_style(TRANSPARENT)
+            .draw()
+            .ok()?;
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (x_max, 0.0)],
+                BLACK.stroke_width(1),
+            ))
+            .ok()?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let band =
+                |low: fn(&LiftPoint) -> f64, high: fn(&LiftPoint) -> f64| -> Vec<(f64, f64)> {
+                    let mut v: Vec<(f64, f64)> =
+                        pts.iter().map(|p| (x(p.t_ms), clamp(high(p)))).collect();
+                    v.extend(pts.iter().rev().map(|p| (x(p.t_ms), clamp(low(p)))));
+                    v
+                };
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    band(|p| p.seq_low, |p| p.seq_high),
+                    color.mix(0.18).filled(),
+                )))
+                .ok()?;
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|p| (x(p.t_ms), clamp(p.lift))),
+                    color.stroke_width(2),
+                ))
+                .ok()?
+                .label(format!("{name} (band: always-valid {level} interval)"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
+            .draw()
+            .ok()?;
+        root.present().ok()?;
+    }
+    Some(svg)
+}
+
+/// The list of experiments.
+pub fn list_page(entries: &[ListEntry]) -> String {
+    let mut h = format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>abmesh experiments</title><style>{STYLE}</style></head><body>\
+         <h1>Experiments</h1><table><tr><th>experiment</th><th>users per variant</th><th>metrics</th><th>decision</th><th>reason</th></tr>"
+    );
+    for e in entries {
+        let users: Vec<String> = e
+            .variants
+            .iter()
+            .map(|v| {
+                if e.halted.contains(&v.name) {
+                    format!(
+                        "{} {} <strong class=warn>(halted)</strong>",
+                        escape_html(&v.name),
+                        v.users
+                    )
+                } else {
+                    format!("{} {}", escape_html(&v.name), v.users)
+                }
+            })
+            .collect();
+        let _ = write!(
+            h,
+            "<tr><td><a href=\"/admin/experiments/{name_url}?format=html\">{name}</a></td><td>{}</td><td>{}</td>\
+             <td class=\"{kind}\"><strong>{kind}</strong></td><td style=\"text-align:left\">{}</td></tr>",
+            users.join(" · "),
+            escape_html(&e.metrics.join(", ")),
+            escape_html(&e.reason),
+            name = escape_html(&e.name),
+            name_url = escape_html(&e.name),
+            kind = e.decision.as_str(),
+        );
+    }
+    if entries.is_empty() {
+        h.push_str("<tr><td colspan=5 class=muted>No experiments yet: none defined, and no exposures received.</td></tr>");
+    }
+    h.push_str("</table></body></html>");
+    h
+}
+
+/// Escapes text for HTML pages (admin reports for people).
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}

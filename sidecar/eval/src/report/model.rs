@@ -1,0 +1,1093 @@
+//! The report: every number a person needs to decide, computed from the
+//! aggregates with the statistics engine ([`crate::stats`]).
+//!
+//! Per metric and treatment: the fixed-horizon test (Welch t for value
+//! metrics, two-proportion z for conversions) with absolute and relative
+//! (delta-method) intervals; Holm-adjusted p-values over all the
+//! experiment's comparisons; the always-valid sequential interval and
+//! p-value of the relative lift (safe to look at every refresh); CUPED when
+//! users carry covariates; chance to beat control; MDE and power at the
+//! current sample; and the cumulative lift over time.
+//!
+//! # The decision
+//!
+//! Made on the primary metric with the *sequential* results, because
+//! reports are looked at continuously and a fixed-horizon p-value checked
+//! every day would stop experiments on noise. In order:
+//!
+//! 0. halted variants (by a guardrail or an operator) are set aside and
+//!    named first in the reason; the rest decide as below, and with no
+//!    treatment left the decision is `stop-harm`;
+//! 1. `keep-running` while a variant has fewer than `min_users` users, or
+//!    there are no outcomes yet;
+//! 2. `inconclusive` on a sample ratio mismatch (p < 0.001): assignment or
+//!    logging is broken and no number can be trusted;
+//! 3. `stop-harm` if a treatment is significantly worse (Holm over the
+//!    treatments' sequential p-values, at α);
+//! 4. `ship` if one is significantly better (the best of them);
+//! 5. `inconclusive` if every treatment's always-valid interval lies inside
+//!    ±`target_lift`: any effect is too small to matter;
+//! 6. `keep-running` otherwise, with the MDE reached so far and the users
+//!    still needed.
+
+use serde::Serialize;
+
+use super::data::{ExperimentData, MetricData};
+use super::settings::Settings;
+use crate::aggregate::{Halt, MetricSums};
+use abmesh_stats::{
+    chance_to_beat, cuped, holm, mde_at, mde_proportions, power_at, relative_lift,
+    sample_size_means, sample_size_proportions, sequential, srm, two_proportion, welch_t,
+    BetaPrior, CoMoments, Moments, Proportion, SequentialParams, SRM_ALERT_P,
+};
+
+/// A statistic, or why it cannot be computed yet (shown as it is).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Stat<T> {
+    Ok(T),
+    Err { error: String },
+}
+
+impl<T> Stat<T> {
+    fn from(r: Result<T, impl ToString>) -> Stat<T> {
+        match r {
+            Ok(v) => Stat::Ok(v),
+            Err(e) => Stat::Err {
+                error: e.to_string(),
+            },
+        }
+    }
+
+    pub fn ok(&self) -> Option<&T> {
+        match self {
+            Stat::Ok(v) => Some(v),
+            Stat::Err { .. } => None,
+        }
+    }
+
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Stat::Ok(_) => None,
+            Stat::Err { error } => Some(error),
+        }
+    }
+}
+
+/// The four outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecisionKind {
+    Ship,
+    StopHarm,
+    KeepRunning,
+    Inconclusive,
+}
+
+impl DecisionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Ship => "ship",
+            DecisionKind::StopHarm => "stop-harm",
+            DecisionKind::KeepRunning => "keep-running",
+            DecisionKind::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub decision: DecisionKind,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub experiment: String,
+    pub generated_at_ms: i64,
+    /// The last log record included.
+    pub applied_lsn: u64,
+    pub control: String,
+    /// `experiments file` (from `--experiments`), `filter config` (learned
+    /// from a filter's exposure batch) or `exposures` (variant names as the
+    /// filter sent them; control = the first seen).
+    pub definitions: &'static str,
+    pub settings: Settings,
+    pub variants: Vec<VariantSummary>,
+    pub srm: Stat<SrmOut>,
+    pub data_quality: DataQuality,
+    /// The experiment's halts, current and lifted, oldest first.
+    pub halts: Vec<HaltOut>,
+    /// Per variant: the filters' health counters since the last lift.
+    pub health: Vec<HealthOut>,
+    /// The guardrail checks now (None: the experiment has no guardrails).
+    pub guardrails: Option<GuardrailsOut>,
+    pub primary_metric: Option<String>,
+    pub metrics: Vec<MetricReport>,
+    pub decision: Decision,
+}
+
+/// A halt in a report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HaltOut {
+    /// Still halted (not lifted).
+    pub active: bool,
+    #[serde(flatten)]
+    pub halt: Halt,
+}
+
+/// One variant's health.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthOut {
+    pub variant: String,
+    /// Requests assigned by hash (exact).
+    pub requests: u64,
+    /// Sampled responses (status seen).
+    pub responses: u64,
+    /// Sampled responses per status class, 1xx..5xx.
+    pub status: [u64; 5],
+    /// 5xx share of the sampled responses.
+    pub error_rate: Option<f64>,
+    /// Latency percentiles from the histogram, ms.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+}
+
+/// The guardrails of an experiment and their current results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuardrailsOut {
+    /// Family-wise α of all checks (Bonferroni over rules × treatments).
+    pub alpha: f64,
+    pub min_responses: u64,
+    pub checks: Vec<CheckOut>,
+}
+
+/// One guardrail check of one treatment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckOut {
+    pub variant: String,
+    /// `error_rate`, `p95_latency` or `metric:NAME`.
+    pub rule: String,
+    /// `ok`, `breach`, `not_enough_data` or `error`.
+    pub status: &'static str,
+    pub estimate: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    pub limit: f64,
+    pub p_value: Option<f64>,
+    pub message: String,
+    /// An operator lifted a halt of this variant: this rule no longer halts
+    /// it.
+    pub overridden: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VariantSummary {
+    pub name: String,
+    pub users: u64,
+    pub control: bool,
+    /// Share of users the configured weights expect (None: unknown).
+    pub expected_share: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SrmOut {
+    pub chi2: f64,
+    pub df: u64,
+    pub p_value: f64,
+    /// p below [`SRM_ALERT_P`].
+    pub alarm: bool,
+    /// Whether the expected shares came from the configured weights (else
+    /// an equal split is assumed).
+    pub weights_configured: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataQuality {
+    pub exposure_rows: u64,
+    pub assignment_mismatches: u64,
+    pub variant_conflicts: u64,
+    /// Across all experiments: exposures the filters dropped.
+    pub dropped_exposures: u64,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricReport {
+    pub name: String,
+    /// `conversion` (share of users with an event) or `value` (mean per
+    /// user of the summed values).
+    pub kind: &'static str,
+    pub higher_is_better: bool,
+    pub primary: bool,
+    pub has_covariate: bool,
+    pub variants: Vec<MetricVariant>,
+    pub comparisons: Vec<Comparison>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricVariant {
+    pub variant: String,
+    pub users: u64,
+    /// Users with at least one outcome event.
+    pub converted: u64,
+    pub conversion_rate: Option<f64>,
+    /// Mean per user of the summed values (conversion events count 1).
+    pub mean: Option<f64>,
+    pub sd: Option<f64>,
+    pub covariate_mean: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Interval {
+    pub estimate: f64,
+    pub se: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SequentialOut {
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub p_value: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CupedOut {
+    pub theta: f64,
+    pub variance_reduction: f64,
+    pub diff: f64,
+    pub se: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub p_value: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MdeOut {
+    /// Smallest absolute difference detected with `power`.
+    pub absolute: f64,
+    /// The same relative to the control.
+    pub relative: f64,
+    /// Power to detect ±`target_lift` at the current sample.
+    pub power_at_target: f64,
+}
+
+/// One point of the cumulative chart: the relative lift among users
+/// exposed by `t_ms`, with its always-valid interval. (Only the
+/// always-valid interval is drawn over time: a fixed-horizon interval at
+/// every point would invite exactly the peeking it does not allow for.)
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LiftPoint {
+    pub t_ms: i64,
+    pub users_control: i64,
+    pub users_treatment: i64,
+    pub lift: f64,
+    pub seq_low: f64,
+    pub seq_high: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub variant: String,
+    /// `welch_t` or `two_proportion`.
+    pub test: &'static str,
+    pub absolute: Stat<Interval>,
+    pub relative: Stat<Interval>,
+    /// Fixed-horizon p-value of `test`.
+    pub p_value: Option<f64>,
+    /// Holm-adjusted over every comparison of the experiment.
+    pub p_value_holm: Option<f64>,
+    /// Always-valid interval and p-value of the relative lift.
+    pub sequential: Stat<SequentialOut>,
+    pub cuped: Option<Stat<CupedOut>>,
+    /// P(treatment better than control): exact Beta-binomial (uniform
+    /// prior) for conversions, normal approximation for values.
+    pub chance_to_beat_control: Stat<f64>,
+    pub mde: Stat<MdeOut>,
+    /// Cumulative relative lift by first-exposure time.
+    pub series: Vec<LiftPoint>,
+}
+
+/// Sums → groups for the tests.
+fn moments(n: i64, s: &MetricSums) -> Result<Moments, abmesh_stats::StatsError> {
+    Moments::from_sums(n.max(0) as u64, s.y.value(), s.y2.value())
+}
+
+fn proportion(n: i64, s: &MetricSums) -> Proportion {
+    Proportion {
+        n: n.max(0) as u64,
+        conversions: s.converted.max(0) as u64,
+    }
+}
+
+fn comoments(n: i64, s: &MetricSums) -> Result<CoMoments, abmesh_stats::StatsError> {
+    CoMoments::from_sums(
+        n.max(0) as u64,
+        s.y.value(),
+        s.y2.value(),
+        s.x.value(),
+        s.x2.value(),
+        s.xy.value(),
+    )
+}
+
+/// The relative lift's sequential look (estimate and always-valid
+/// interval) from one pair of groups: cheap (no t quantile), so it can be
+/// computed at every chart point.
+fn seq_point(
+    conversion: bool,
+    nc: i64,
+    c: &MetricSums,
+    nt: i64,
+    t: &MetricSums,
+    s: &Settings,
+) -> Result<(f64, SequentialOut), String> {
+    let params = SequentialParams {
+        alpha: s.alpha,
+        n_star: s.n_star,
+        relative: true,
+    };
+    let r = if conversion {
+        let (pc, pt) = (proportion(nc, c), proportion(nt, t));
+        sequential(&pc, &pt, params)
+    } else {
+        moments(nc, c).and_then(|a| moments(nt, t).and_then(|b| sequential(&a, &b, params)))
+    }
+    .map_err(|e| e.to_string())?;
+    Ok((
+        r.estimate,
+        SequentialOut {
+            ci_low: r.ci_low,
+            ci_high: r.ci_high,
+            p_value: r.p_value,
+        },
+    ))
+}
+
+/// The relative lift with its fixed-horizon interval.
+fn relative(
+    conversion: bool,
+    nc: i64,
+    c: &MetricSums,
+    nt: i64,
+    t: &MetricSums,
+    s: &Settings,
+) -> Result<Interval, String> {
+    let r = if conversion {
+        relative_lift(&proportion(nc, c), &proportion(nt, t), s.alpha)
+    } else {
+        moments(nc, c).and_then(|a| moments(nt, t).and_then(|b| relative_lift(&a, &b, s.alpha)))
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(Interval {
+        estimate: r.lift,
+        se: r.se,
+        ci_low: r.ci_low,
+        ci_high: r.ci_high,
+    })
+}
+
+/// Builds the report of one experiment.
+pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report {
+    let control = match &data.definition {
+        Some(d) => data
+            .variants
+            .iter()
+            .position(|v| *v == d.variants[d.control])
+            .unwrap_or(0),
+        None => 0,
+    };
+    let control_name = data.variants.get(control).cloned().unwrap_or_default();
+    let users = |v: usize| data.users.get(v).copied().unwrap_or(0).max(0) as u64;
+    let total_weight: Option<f64> = data.definition.as_ref().map(|d| d.weights.iter().sum());
+    let variants: Vec<VariantSummary> = data
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(i, name)| VariantSummary {
+            name: name.clone(),
+            users: users(i),
+            control: i == control,
+            expected_share: data.definition.as_ref().and_then(|d| {
+                let j = d.variants.iter().position(|v| v == name)?;
+                Some(d.weights[j] / total_weight.unwrap_or(1.0))
+            }),
+        })
+        .collect();
+    let srm_out = srm_check(data);
+    let mut warnings = Vec::new();
+    if data.counters.dropped_exposures > 0 {
+        warnings.push(format!(
+            "the filters dropped {} exposures (sidecar slow or down): user counts are low by that much",
+            data.counters.dropped_exposures
+        ));
+    }
+    if data.mismatches > 0 {
+        warnings.push(format!(
+            "{} exposures disagree with the assignment the experiment definitions give (a stale config on the filter or the sidecar)",
+            data.mismatches
+        ));
+    }
+    if data.conflicts > 0 {
+        warnings.push(format!(
+            "{} users were exposed to more than one variant; each counts in the variant of their first exposure",
+            data.conflicts
+        ));
+    }
+    if let Some(d) = &data.definition {
+        for v in &data.variants {
+            if !d.variants.contains(v) {
+                warnings.push(format!(
+                    "variant {v:?} has exposures but is not in the experiment definitions"
+                ));
+            }
+        }
+    }
+
+    let exp_settings = settings.experiment(&data.name);
+    let primary = exp_settings
+        .and_then(|e| e.primary_metric.clone())
+        .filter(|m| data.metrics.iter().any(|d| d.info.name == *m))
+        .or_else(|| data.metrics.first().map(|m| m.info.name.clone()));
+    if let Some(p) = exp_settings.and_then(|e| e.primary_metric.as_ref()) {
+        if !data.metrics.iter().any(|d| d.info.name == *p) {
+            warnings.push(format!(
+                "the primary metric {p:?} has no events from exposed users yet"
+            ));
+        }
+    }
+
+    let mut metrics: Vec<MetricReport> = data
+        .metrics
+        .iter()
+        .enumerate()
+        .map(|(mi, m)| {
+            metric_report(
+                data,
+                mi,
+                m,
+                control,
+                primary.as_deref() == Some(&m.info.name),
+                settings,
+            )
+        })
+        .collect();
+    // Holm over every fixed-horizon p-value of the experiment.
+    let ps: Vec<(usize, usize, f64)> = metrics
+        .iter()
+        .enumerate()
+        .flat_map(|(i, m)| {
+            m.comparisons
+                .iter()
+                .enumerate()
+                .filter_map(move |(j, c)| c.p_value.map(|p| (i, j, p)))
+        })
+        .collect();
+    if let Ok(adj) = holm(&ps.iter().map(|x| x.2).collect::<Vec<_>>()) {
+        for ((i, j, _), a) in ps.iter().zip(adj) {
+            metrics[*i].comparisons[*j].p_value_holm = Some(a);
+        }
+    }
+    let halts: Vec<HaltOut> = data
+        .halts
+        .iter()
+        .map(|h| HaltOut {
+            active: h.active(),
+            halt: h.clone(),
+        })
+        .collect();
+    let active: Vec<&Halt> = data.halts.iter().filter(|h| h.active()).collect();
+    let decision = decide_with_halts(
+        &control_name,
+        &variants,
+        &srm_out,
+        &metrics,
+        primary.as_deref(),
+        settings,
+        &active,
+    );
+    let health = data
+        .variants
+        .iter()
+        .zip(&data.health)
+        .map(|(name, h)| HealthOut {
+            variant: name.clone(),
+            requests: h.requests,
+            responses: h.responses(),
+            status: h.status,
+            error_rate: h.error_rate(),
+            p50_ms: h.quantile_us(0.5).map(|us| us / 1000.0),
+            p95_ms: h.quantile_us(0.95).map(|us| us / 1000.0),
+        })
+        .collect();
+    let guardrails = data.definition.as_ref().and_then(|d| {
+        let cfg = d.guardrails.as_ref()?;
+        let checks = data.checks.as_ref().map_or_else(Vec::new, |c| {
+            c.checks
+                .iter()
+                .map(|k| {
+                    let variant = c.variants[k.variant].clone();
+                    CheckOut {
+                        overridden: data
+                            .overrides
+                            .iter()
+                            .any(|(v, r)| *v == variant && *r == k.rule),
+                        variant,
+                        rule: k.rule.clone(),
+                        status: k.status.as_str(),
+                        estimate: k.estimate,
+                        ci_low: k.ci_low,
+                        ci_high: k.ci_high,
+                        limit: k.limit,
+                        p_value: k.p_value,
+                        message: k.message.clone(),
+                    }
+                })
+                .collect()
+        });
+        Some(GuardrailsOut {
+            alpha: cfg.alpha,
+            min_responses: cfg.min_responses,
+            checks,
+        })
+    });
+    Report {
+        experiment: data.name.clone(),
+        generated_at_ms: now_ms,
+        applied_lsn: data.applied_lsn,
+        control: control_name,
+        definitions: match (&data.definition, data.learned) {
+            (Some(_), true) => "filter config",
+            (Some(_), false) => "experiments file",
+            (None, _) => "exposures",
+        },
+        settings: Settings {
+            experiments: Default::default(),
+            ..settings.clone()
+        },
+        variants,
+        srm: srm_out,
+        data_quality: DataQuality {
+            exposure_rows: data.exposure_rows,
+            assignment_mismatches: data.mismatches,
+            variant_conflicts: data.conflicts,
+            dropped_exposures: data.counters.dropped_exposures,
+            warnings,
+        },
+        halts,
+        health,
+        guardrails,
+        primary_metric: primary,
+        metrics,
+        decision,
+    }
+}
+
+/// `text`, ending with a full stop.
+fn end_sentence(text: &str) -> String {
+    let t = text.trim_end();
+    if t.ends_with(['.', '!', '?']) {
+        t.to_owned()
+    } else {
+        format!("{t}.")
+    }
+}
+
+/// The sample-ratio check; halted variants are left out (their users are
+/// routed like the control, so their count stops growing).
+fn srm_check(data: &ExperimentData) -> Stat<SrmOut> {
+    let halted = |v: &str| data.halts.iter().any(|h| h.active() && h.variant == v);
+    let (observed, weights, configured): (Vec<u64>, Vec<f64>, bool) = match &data.definition {
+        Some(d) => (
+            d.variants
+                .iter()
+                .filter(|v| !halted(v))
+                .map(|v| {
+                    data.variants
+                        .iter()
+                        .position(|x| x == v)
+                        .map_or(0, |i| data.users[i].max(0) as u64)
+                })
+                .collect(),
+            d.variants
+                .iter()
+                .zip(&d.weights)
+                .filter(|(v, _)| !halted(v))
+                .map(|(_, w)| *w)
+                .collect(),
+            true,
+        ),
+        None => {
+            let observed: Vec<u64> = data
+                .variants
+                .iter()
+                .zip(&data.users)
+                .filter(|(v, _)| !halted(v))
+                .map(|(_, &u)| u.max(0) as u64)
+                .collect();
+            let n = observed.len();
+            (observed, vec![1.0; n], false)
+        }
+    };
+    Stat::from(srm(&observed, &weights).map(|r| SrmOut {
+        chi2: r.chi2,
+        df: r.df,
+        p_value: r.p_value,
+        alarm: r.p_value < SRM_ALERT_P,
+        weights_configured: configured,
+    }))
+}
+
+fn metric_report(
+    data: &ExperimentData,
+    mi: usize,
+    m: &MetricData,
+    control: usize,
+    primary: bool,
+    s: &Settings,
+) -> MetricReport {
+    let conversion = m.info.is_conversion();
+    let higher = s.higher_is_better(&data.name, &m.info.name);
+    let n = |v: usize| data.users[v];
+    let variants = data
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(v, name)| {
+            let sums = &m.sums[v];
+            let users = n(v).max(0) as u64;
+            let mo = moments(n(v), sums).ok();
+            MetricVariant {
+                variant: name.clone(),
+                users,
+                converted: sums.converted.max(0) as u64,
+                conversion_rate: (users > 0).then(|| sums.converted as f64 / users as f64),
+                mean: mo.filter(|m| m.n() > 0).map(|m| m.mean()),
+                sd: mo.filter(|m| m.n() > 1).map(|m| m.sd()),
+                covariate_mean: (m.info.covariate_events > 0 && users > 0)
+                    .then(|| sums.x.value() / users as f64),
+            }
+        })
+        .collect();
+    let has_covariate = m.info.covariate_events > 0;
+    let comparisons = (0..data.variants.len())
+        .filter(|&v| v != control)
+        .map(|v| {
+            comparison(
+                data,
+                mi,
+                m,
+                control,
+                v,
+                conversion,
+                higher,
+                has_covariate,
+                s,
+            )
+        })
+        .collect();
+    MetricReport {
+        name: m.info.name.clone(),
+        kind: if conversion { "conversion" } else { "value" },
+        higher_is_better: higher,
+        primary,
+        has_covariate,
+        variants,
+        comparisons,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn comparison(
+    data: &ExperimentData,
+    mi: usize,
+    m: &MetricData,
+    c: usize,
+    t: usize,
+    conversion: bool,
+    higher: bool,
+    has_covariate: bool,
+    s: &Settings,
+) -> Comparison {
+    let (nc, nt) = (data.users[c], data.users[t]);
+    let (sc, st) = (&m.sums[c], &m.sums[t]);
+    let better = |p: f64| if higher { p } else { 1.0 - p };
+    let (test, absolute, p_value, chance, mde) = if conversion {
+        let (pc, pt) = (proportion(nc, sc), proportion(nt, st));
+        let z = two_proportion(&pc, &pt, s.alpha);
+        let absolute = Stat::from(z.clone().map(|r| Interval {
+            estimate: r.diff,
+            se: r.se,
+            ci_low: r.ci_low,
+            ci_high: r.ci_high,
+        }));
+        let chance = Stat::from(chance_to_beat(&pc, &pt, BetaPrior::default()).map(better));
+        let mde = Stat::from(
+            mde_proportions(pc.rate(), nc.min(nt).max(1) as f64, s.alpha, s.power).and_then(
+                |abs| {
+                    let se = z.as_ref().map_or(f64::NAN, |r| r.se);
+                    Ok(MdeOut {
+                        absolute: abs,
+                        relative: abs / pc.rate(),
+                        power_at_target: power_at(s.target_lift * pc.rate(), se, s.alpha)?,
+                    })
+                },
+            ),
+        );
+        (
+            "two_proportion",
+            absolute,
+            z.ok().map(|r| r.p_value),
+            chance,
+            mde,
+        )
+    } else {
+        let groups = moments(nc, sc).and_then(|a| moments(nt, st).map(|b| (a, b)));
+        let w = groups.clone().and_then(|(a, b)| welch_t(&a, &b, s.alpha));
+        let absolute = Stat::from(w.clone().map(|r| Interval {
+            estimate: r.diff,
+            se: r.se,
+            ci_low: r.ci_low,
+            ci_high: r.ci_high,
+        }));
+        // Flat prior and normal likelihood: P(Δ > 0) = Φ(diff/se).
+        let chance = Stat::from(
+            w.clone()
+                .map(|r| better(abmesh_stats::special::normal_cdf(r.diff / r.se))),
+        );
+        let mde = Stat::from(groups.and_then(|(a, b)| {
+            let abs = mde_at(&a, &b, s.alpha, s.power)?;
+            let base = a.mean().abs();
+            let se = w.clone().map(|r| r.se)?;
+            Ok(MdeOut {
+                absolute: abs,
+                relative: abs / base,
+                power_at_target: power_at(s.target_lift * base, se, s.alpha)?,
+            })
+        }));
+        ("welch_t", absolute, w.ok().map(|r| r.p_value), chance, mde)
+    };
+    let relative = Stat::from(relative(conversion, nc, sc, nt, st, s));
+    let seq = Stat::from(seq_point(conversion, nc, sc, nt, st, s).map(|x| x.1));
+    let cuped_out = has_covariate.then(|| {
+        Stat::from(
+            comoments(nc, sc)
+                .and_then(|a| comoments(nt, st).map(|b| (a, b)))
+                .and_then(|(a, b)| cuped(&a, &b, s.alpha))
+                .map(|r| CupedOut {
+                    theta: r.theta,
+                    variance_reduction: r.variance_reduction,
+                    diff: r.diff,
+                    se: r.se,
+                    ci_low: r.ci_low,
+                    ci_high: r.ci_high,
+                    p_value: r.p_value,
+                }),
+        )
+    });
+    let series = data
+        .series
+        .iter()
+        .filter_map(|p| {
+            let (nc, nt) = (p.users[c], p.users[t]);
+            let (lift, q) =
+                seq_point(conversion, nc, &p.sums[mi][c], nt, &p.sums[mi][t], s).ok()?;
+            Some(LiftPoint {
+                t_ms: p.t_ms,
+                users_control: nc,
+                users_treatment: nt,
+                lift,
+                seq_low: q.ci_low,
+                seq_high: q.ci_high,
+            })
+        })
+        .collect();
+    Comparison {
+        variant: data.variants[t].clone(),
+        test,
+        absolute,
+        relative,
+        p_value,
+        p_value_holm: None,
+        sequential: seq,
+        cuped: cuped_out,
+        chance_to_beat_control: chance,
+        mde,
+        series,
+    }
+}
+
+/// `+3.2%`.
+pub fn pct(x: f64) -> String {
+    if x.abs() < 0.0995 {
+        format!("{:+.2}%", x * 100.0)
+    } else {
+        format!("{:+.1}%", x * 100.0)
+    }
+}
+
+fn describe(m: &MetricReport) -> String {
+    if m.kind == "conversion" {
+        format!("{} conversion", m.name)
+    } else {
+        format!("{} per user", m.name)
+    }
+}
+
+/// The decision with halted variants set aside: they are out of the
+/// comparison (their new users go to the control and are not exposures), so
+/// the experiment goes on, and is decided, between the others; the halts
+/// lead the reason. With no treatment left it is `stop-harm`.
+fn decide_with_halts(
+    control: &str,
+    variants: &[VariantSummary],
+    srm_out: &Stat<SrmOut>,
+    metrics: &[MetricReport],
+    primary: Option<&str>,
+    s: &Settings,
+    active: &[&Halt],
+) -> Decision {
+    if active.is_empty() {
+        return decide(control, variants, srm_out, metrics, primary, s);
+    }
+    let halted = |v: &str| active.iter().any(|h| h.variant == v);
+    let halts = format!(
+        "{} Its users are routed like the control ({control}) until an operator lifts the halt.",
+        active
+            .iter()
+            .map(|h| end_sentence(&h.reason()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let remaining: Vec<VariantSummary> = variants
+        .iter()
+        .filter(|v| !halted(&v.name))
+        .cloned()
+        .collect();
+    if remaining.iter().all(|v| v.control) {
+        return Decision {
+            decision: DecisionKind::StopHarm,
+            reason: halts,
+            metric: None,
+            variant: Some(active[0].variant.clone()),
+        };
+    }
+    let metrics: Vec<MetricReport> = metrics
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.comparisons.retain(|c| !halted(&c.variant));
+            m
+        })
+        .collect();
+    let mut d = decide(control, &remaining, srm_out, &metrics, primary, s);
+    d.reason = format!("{halts} Among the others: {}", d.reason);
+    d
+}
+
+fn decide(
+    control: &str,
+    variants: &[VariantSummary],
+    srm_out: &Stat<SrmOut>,
+    metrics: &[MetricReport],
+    primary: Option<&str>,
+    s: &Settings,
+) -> Decision {
+    let keep = |reason: String, metric: Option<&str>| Decision {
+        decision: DecisionKind::KeepRunning,
+        reason,
+        metric: metric.map(str::to_owned),
+        variant: None,
+    };
+    if variants.len() < 2 {
+        return keep(
+            format!(
+                "Only {} variant has exposures so far; a comparison needs the control and at least one treatment.",
+                variants.len()
+            ),
+            None,
+        );
+    }
+    if let Some(v) = variants
+        .iter()
+        .filter(|v| v.users < s.min_users)
+        .min_by_key(|v| v.users)
+    {
+        return keep(
+            format!(
+                "Too early: variant {} has {} exposed users; decisions wait for at least {} per variant.",
+                v.name, v.users, s.min_users
+            ),
+            primary,
+        );
+    }
+    if let Stat::Ok(r) = srm_out {
+        if r.alarm {
+            let split: Vec<String> = variants
+                .iter()
+                .map(|v| format!("{} {}", v.name, v.users))
+                .collect();
+            return Decision {
+                decision: DecisionKind::Inconclusive,
+                reason: format!(
+                    "Sample ratio mismatch: users split {} against the configured shares (SRM p = {:.1e} < {}). Assignment or exposure logging is broken, so no metric can be trusted until it is fixed.",
+                    split.join(" / "),
+                    r.p_value,
+                    SRM_ALERT_P
+                ),
+                metric: None,
+                variant: None,
+            };
+        }
+    }
+    let Some(primary) = primary else {
+        return keep("No outcome events from exposed users yet.".into(), None);
+    };
+    // An invariant: `build` picks `primary` among the metrics it reports
+    // (one `MetricReport` per metric of the data).
+    let m = metrics
+        .iter()
+        .find(|m| m.name == primary)
+        .expect("primary metric is reported");
+    let what = describe(m);
+    let level = format!("{:.0}%", (1.0 - s.alpha) * 100.0);
+    let mut seqs = Vec::new();
+    for c in &m.comparisons {
+        match (&c.sequential, &c.relative) {
+            (Stat::Ok(q), Stat::Ok(r)) => seqs.push((c, *q, *r)),
+            (Stat::Err { error }, _) | (_, Stat::Err { error }) => {
+                return keep(
+                    format!("{what} cannot be tested for {} yet: {error}.", c.variant),
+                    Some(primary),
+                );
+            }
+        }
+    }
+    let adjusted = holm(&seqs.iter().map(|x| x.1.p_value).collect::<Vec<_>>()).unwrap_or_default();
+    let sign = if m.higher_is_better { 1.0 } else { -1.0 };
+    let significant: Vec<_> = seqs
+        .iter()
+        .zip(&adjusted)
+        .filter(|(_, &a)| a < s.alpha)
+        .map(|(x, _)| x)
+        .collect();
+    let interval = |q: &SequentialOut| {
+        format!(
+            "always-valid {level} interval {} to {}",
+            pct(q.ci_low),
+            pct(q.ci_high)
+        )
+    };
+    if let Some((c, q, r)) = significant
+        .iter()
+        .filter(|(_, _, r)| sign * r.estimate < 0.0)
+        .min_by(|a, b| (sign * a.2.estimate).total_cmp(&(sign * b.2.estimate)))
+    {
+        return Decision {
+            decision: DecisionKind::StopHarm,
+            reason: format!(
+                "{} makes {what} worse: {} against {} ({}). Stop it.",
+                c.variant,
+                pct(r.estimate),
+                control,
+                interval(q)
+            ),
+            metric: Some(primary.to_owned()),
+            variant: Some(c.variant.clone()),
+        };
+    }
+    if let Some((c, q, r)) = significant
+        .iter()
+        .filter(|(_, _, r)| sign * r.estimate > 0.0)
+        .max_by(|a, b| (sign * a.2.estimate).total_cmp(&(sign * b.2.estimate)))
+    {
+        let chance = c
+            .chance_to_beat_control
+            .ok()
+            .map(|p| format!("; chance to beat control {:.1}%", p * 100.0))
+            .unwrap_or_default();
+        return Decision {
+            decision: DecisionKind::Ship,
+            reason: format!(
+                "{} improves {what} by {} ({}{chance}). Ship it.",
+                c.variant,
+                pct(r.estimate),
+                interval(q)
+            ),
+            metric: Some(primary.to_owned()),
+            variant: Some(c.variant.clone()),
+        };
+    }
+    let t = s.target_lift;
+    if seqs.iter().all(|(_, q, _)| q.ci_low > -t && q.ci_high < t) {
+        let parts: Vec<String> = seqs
+            .iter()
+            .map(|(c, q, _)| format!("{} {} to {}", c.variant, pct(q.ci_low), pct(q.ci_high)))
+            .collect();
+        return Decision {
+            decision: DecisionKind::Inconclusive,
+            reason: format!(
+                "No effect as large as ±{:.1}% on {what}: every always-valid {level} interval lies inside it ({}). More data will not change the call.",
+                t * 100.0,
+                parts.join("; ")
+            ),
+            metric: Some(primary.to_owned()),
+            variant: None,
+        };
+    }
+    // Keep running: where we are and how far to go.
+    let (c, q, r) = &seqs[0];
+    let mut reason = format!(
+        "No significant difference on {what} yet ({}: {}, {}).",
+        c.variant,
+        pct(r.estimate),
+        interval(q)
+    );
+    if let Some(mde) = c.mde.ok() {
+        reason.push_str(&format!(
+            " The MDE at the current sample is {:.1}% (target ±{:.1}%).",
+            mde.relative.abs() * 100.0,
+            t * 100.0
+        ));
+    }
+    if let Some(n) = users_needed(m, control, c, s) {
+        let have = variants.iter().map(|v| v.users).min().unwrap_or(0);
+        if n > have as f64 {
+            reason.push_str(&format!(
+                " About {} users per variant give {:.0}% power at ±{:.1}% ({} so far).",
+                n.ceil() as u64,
+                s.power * 100.0,
+                t * 100.0,
+                have
+            ));
+        }
+    }
+    keep(reason, Some(primary))
+}
+
+/// Users per variant for `power` at ±target_lift, from the control's
+/// current rate or variance.
+fn users_needed(m: &MetricReport, control: &str, c: &Comparison, s: &Settings) -> Option<f64> {
+    let cv = m.variants.iter().find(|v| v.variant == control)?;
+    let tv = m.variants.iter().find(|v| v.variant == c.variant)?;
+    if m.kind == "conversion" {
+        let p = cv.conversion_rate?;
+        sample_size_proportions(p, s.target_lift * p, s.alpha, s.power).ok()
+    } else {
+        let (mc, sdc, sdt) = (cv.mean?, cv.sd?, tv.sd?);
+        sample_size_means(
+            sdc * sdc,
+            sdt * sdt,
+            s.target_lift * mc.abs(),
+            s.alpha,
+            s.power,
+        )
+        .ok()
+    }
+}

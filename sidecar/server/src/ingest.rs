@@ -1,0 +1,196 @@
+//! The outcome log component: the [`Ingest`] that `abmesh serve
+//! --data-dir` (and [`crate::local::LocalServer`]) opens and installs in
+//! the `AppState`, and [`EngineMachine`], which puts the evaluation engine
+//! (`abmesh-eval`) under the log (`abmesh-store`).
+//!
+//! The two crates do not know each other: the log keeps records of opaque
+//! kinds and calls a [`StateMachine`]; the engine applies a record given
+//! its kind byte. This is the one place that joins them.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use abmesh_eval::aggregate::engine::KnownIds;
+use abmesh_eval::aggregate::{Aggregates, Applied, Definitions, Engine, EngineOptions};
+use abmesh_eval::RecordKind;
+use abmesh_store::{
+    RecordRef, Recovery, StateMachine, Store, StoreError, StoreMetrics, StoreOptions,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+
+use crate::response::ApiError;
+use crate::state::AppState;
+use crate::webhook::Webhook;
+
+/// The engine as the log's state machine: records are applied with
+/// [`Engine::apply_record`], snapshots are the engine's encoding.
+#[derive(Debug)]
+pub struct EngineMachine(pub Engine);
+
+impl StateMachine for EngineMachine {
+    type Output = Applied;
+
+    fn knows_kind(kind: u8) -> bool {
+        RecordKind::try_from(kind).is_ok()
+    }
+
+    fn apply(&mut self, record: &RecordRef<'_>) -> Applied {
+        self.0
+            .apply_record(record.kind, record.lsn, record.received_ms, record.payload)
+    }
+
+    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        self.0.encode_state(out)
+    }
+}
+
+/// Default largest ingest body (a batch of ~100 000 events).
+pub const DEFAULT_INGEST_BODY_LIMIT: usize = 16 << 20;
+
+/// Counters of `POST /v1/events` and `/v1/exposures` (`abmesh_ingest_*`).
+#[derive(Clone, Default, Debug)]
+pub(crate) struct IngestMetrics {
+    pub(crate) events: Counter,
+    pub(crate) duplicate_events: Counter,
+    pub(crate) exposures: Counter,
+    pub(crate) rejected: Counter,
+    pub(crate) halts: Counter,
+    pub(crate) lifts: Counter,
+}
+
+/// The outcome log and the aggregates it feeds, as installed in the
+/// `AppState` (`state.get::<Ingest>()`).
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    pub store: Store<EngineMachine>,
+    pub aggregates: Arc<Mutex<Aggregates>>,
+    pub body_limit: usize,
+    /// The engine's remembered event ids (read before appending).
+    pub(crate) known: KnownIds,
+    pub(crate) metrics: IngestMetrics,
+}
+
+impl Ingest {
+    /// Opens (or creates) the data directory, recovers it, and starts the
+    /// log. Metrics go to `registry` as `abmesh_log_*`, `abmesh_ingest_*`
+    /// and `abmesh_guardrail_*` when given. Notices of new halts, lifts and
+    /// SRM alarms after the recovery go to `webhook` (never blocking).
+    pub fn open(
+        dir: &Path,
+        definitions: Option<Arc<Definitions>>,
+        store_options: StoreOptions,
+        engine_options: EngineOptions,
+        body_limit: usize,
+        registry: Option<&mut Registry>,
+        webhook: Option<Arc<Webhook>>,
+    ) -> Result<(Ingest, Recovery), StoreError> {
+        let metrics = IngestMetrics::default();
+        let store_metrics = match registry {
+            Some(r) => {
+                let m = StoreMetrics::register(r.sub_registry_with_prefix("log"));
+                let ing = r.sub_registry_with_prefix("ingest");
+                ing.register("events", "Outcome events accepted", metrics.events.clone());
+                ing.register(
+                    "duplicate_events",
+                    "Outcome events ignored as duplicates (same id)",
+                    metrics.duplicate_events.clone(),
+                );
+                ing.register(
+                    "exposures",
+                    "Exposure rows accepted",
+                    metrics.exposures.clone(),
+                );
+                ing.register(
+                    "rejected_requests",
+                    "Ingest requests refused (400)",
+                    metrics.rejected.clone(),
+                );
+                let g = r.sub_registry_with_prefix("guardrail");
+                g.register(
+                    "halts",
+                    "Variants halted (by a guardrail or an operator)",
+                    metrics.halts.clone(),
+                );
+                g.register(
+                    "lifts",
+                    "Halts lifted by an operator",
+                    metrics.lifts.clone(),
+                );
+                m
+            }
+            None => StoreMetrics::new(),
+        };
+        let mut aggregates = None;
+        let mut slot = None;
+        let mut known = None;
+        let (store, recovery) = Store::open(dir, store_options, store_metrics, |snapshot| {
+            let engine = Engine::restore(snapshot, definitions, engine_options)?;
+            aggregates = Some(engine.aggregates());
+            slot = Some(engine.notice_slot());
+            known = Some(engine.known_ids());
+            Ok(EngineMachine(engine))
+        })?;
+        let aggregates = aggregates.expect("restore ran");
+        let known = known.expect("restore ran");
+        // Recovery is over: from now on, halts and alarms are news.
+        let (halts, lifts) = (metrics.halts.clone(), metrics.lifts.clone());
+        *slot.expect("restore ran").lock().expect("notices lock") =
+            Some(Box::new(move |notice: serde_json::Value| {
+                match notice["event"].as_str() {
+                    Some("halt") => {
+                        halts.inc();
+                    }
+                    Some("lift") => {
+                        lifts.inc();
+                    }
+                    _ => {}
+                }
+                tracing::warn!(notice = %notice, "guardrail notice");
+                if let Some(w) = &webhook {
+                    w.notify(notice);
+                }
+            }));
+        Ok((
+            Ingest {
+                store,
+                aggregates,
+                body_limit,
+                known,
+                metrics,
+            },
+            recovery,
+        ))
+    }
+}
+
+impl Ingest {
+    /// The installed component, or the 404 of a server without
+    /// `--data-dir`.
+    pub fn from_state(state: &AppState) -> Result<Ingest, ApiError> {
+        state.get::<Ingest>().cloned().ok_or_else(|| {
+            ApiError::not_found("this server keeps no outcome log (start it with --data-dir DIR)")
+        })
+    }
+
+    /// Appends a record of `kind` received now; resolves once it is durable
+    /// and applied.
+    pub async fn append(
+        &self,
+        kind: RecordKind,
+        payload: bytes::Bytes,
+    ) -> Result<Applied, ApiError> {
+        self.store
+            .append(kind.into(), payload)
+            .await
+            .map_err(store_error)
+    }
+}
+
+/// Maps log failures to statuses: the client may retry a 503.
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Failed(_) | StoreError::Closed => ApiError::unavailable(e.to_string()),
+        other => ApiError::internal(other.to_string()),
+    }
+}
