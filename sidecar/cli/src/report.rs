@@ -204,7 +204,6 @@ fn offline(args: &Args) -> Result<Vec<u8>> {
     let Some(r) = report(&agg, &args.name, &settings) else {
         let known: Vec<String> = agg
             .lock()
-            .expect("lock")
             .experiments
             .iter()
             .map(|e| e.name.clone())

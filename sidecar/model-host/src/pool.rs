@@ -29,8 +29,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use ort::memory::Allocator;
 use ort::session::{Session, SessionInputValue, SessionInputs};
@@ -177,7 +179,7 @@ impl Pool {
         };
         if self.runs_inline(&job.request) {
             {
-                let mut queue = self.core.inline.lock().unwrap_or_else(|p| p.into_inner());
+                let mut queue = self.core.inline.lock();
                 if queue.len() >= self.capacity {
                     return Err(self.queue_full());
                 }
@@ -234,13 +236,13 @@ impl Core {
     fn serve(&self, index: usize, intake: &Mutex<Intake>, batching: &BatchConfig) {
         loop {
             let jobs = {
-                let mut intake = intake.lock().unwrap_or_else(|p| p.into_inner());
+                let mut intake = intake.lock();
                 match intake.next_batch(batching, self.stacking()) {
                     Some(jobs) => jobs,
                     None => break,
                 }
             };
-            let mut slot = self.slots[index].lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self.slots[index].lock();
             self.run_jobs(&mut slot, jobs);
             drop(slot);
             // An inline request that found every session busy, this one
@@ -317,18 +319,14 @@ impl Core {
     }
 
     fn idle_slot(&self) -> Option<MutexGuard<'_, Slot>> {
-        self.slots.iter().find_map(|s| match s.try_lock() {
-            Ok(slot) => Some(slot),
-            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        })
+        self.slots.iter().find_map(|s| s.try_lock())
     }
 
     /// The next batch of the inline queue: the first request and those
     /// after it that stack with it, in order, up to the batch size.
     fn take_inline_batch(&self) -> Vec<Job> {
         let stack = self.stacking();
-        let mut queue = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = self.inline.lock();
         let mut jobs: Vec<Job> = Vec::new();
         let mut rows = 0;
         while let Some(next) = queue.front() {

@@ -4,8 +4,8 @@
 //! together with the device every session is placed on, so that all model
 //! versions are created the same way.
 
+use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::Mutex;
 
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
@@ -105,7 +105,7 @@ impl Runtime {
 
     /// The device new sessions are created on.
     pub fn device(&self) -> Device {
-        *self.device.lock().unwrap_or_else(|p| p.into_inner())
+        *self.device.lock()
     }
 
     /// Creates a session for a model file.
@@ -117,7 +117,7 @@ impl Runtime {
                     error = %e,
                     "device auto: CUDA session creation failed, falling back to CPU for all models"
                 );
-                *self.device.lock().unwrap_or_else(|p| p.into_inner()) = Device::Cpu;
+                *self.device.lock() = Device::Cpu;
                 self.try_session(path, options, Device::Cpu)
             }
             other => other,

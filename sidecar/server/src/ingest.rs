@@ -8,7 +8,9 @@
 //! its kind byte. This is the one place that joins them.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use abmesh_eval::aggregate::engine::KnownIds;
 use abmesh_eval::aggregate::{Aggregates, Applied, Definitions, Engine, EngineOptions};
@@ -135,22 +137,21 @@ impl Ingest {
         let known = known.expect("restore ran");
         // Recovery is over: from now on, halts and alarms are news.
         let (halts, lifts) = (metrics.halts.clone(), metrics.lifts.clone());
-        *slot.expect("restore ran").lock().expect("notices lock") =
-            Some(Box::new(move |notice: serde_json::Value| {
-                match notice["event"].as_str() {
-                    Some("halt") => {
-                        halts.inc();
-                    }
-                    Some("lift") => {
-                        lifts.inc();
-                    }
-                    _ => {}
+        *slot.expect("restore ran").lock() = Some(Box::new(move |notice: serde_json::Value| {
+            match notice["event"].as_str() {
+                Some("halt") => {
+                    halts.inc();
                 }
-                tracing::warn!(notice = %notice, "guardrail notice");
-                if let Some(w) = &webhook {
-                    w.notify(notice);
+                Some("lift") => {
+                    lifts.inc();
                 }
-            }));
+                _ => {}
+            }
+            tracing::warn!(notice = %notice, "guardrail notice");
+            if let Some(w) = &webhook {
+                w.notify(notice);
+            }
+        }));
         Ok((
             Ingest {
                 store,

@@ -273,8 +273,12 @@ impl Router {
             )),
         };
         // The handler's state after a panic is not looked at again: its
-        // future is dropped, and what it shares (`AppState`) is behind
-        // locks that poison or types that stay consistent at every await.
+        // future is dropped, and what it shares (`AppState`) stays
+        // consistent at every await. The locks it may hold do not poison
+        // (parking_lot): handlers only read the aggregates (the log's
+        // applier thread writes them), so a panic under the lock leaves
+        // them whole, and later requests take it as usual
+        // (tests/lock_poisoning.rs).
         let handled = AssertUnwindSafe(async move { route.handler.call(request, state).await })
             .catch_unwind()
             .await;

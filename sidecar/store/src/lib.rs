@@ -64,11 +64,12 @@ use std::io::{self, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -738,17 +739,12 @@ impl<S: StateMachine> Store<S> {
         if self.tx.send(Msg::Close(tx)).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(120));
         }
-        let threads: Vec<_> = self
-            .threads
-            .lock()
-            .expect("threads lock")
-            .drain(..)
-            .collect();
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
         for t in threads {
             let _ = t.join();
         }
         // Nothing writes any more: another process may open the directory.
-        self.shared.lock.lock().expect("lock file").take();
+        self.shared.lock.lock().take();
     }
 }
 
@@ -897,11 +893,7 @@ impl Writer {
         self.file = f;
         self.path = path.clone();
         self.seg_len = record::SEGMENT_HEADER as u64;
-        self.shared
-            .segments
-            .lock()
-            .expect("segments lock")
-            .push((self.next_lsn, path));
+        self.shared.segments.lock().push((self.next_lsn, path));
         Ok(())
     }
 
@@ -1007,7 +999,7 @@ impl<S: StateMachine> Applier<S> {
                 } else {
                     None
                 };
-                let mut segs = self.shared.segments.lock().expect("segments lock");
+                let mut segs = self.shared.segments.lock();
                 // A segment is covered when the next one starts at or
                 // before lsn + 1; the last (active) one always stays.
                 let mut removed = 0;

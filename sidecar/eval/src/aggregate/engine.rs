@@ -71,7 +71,9 @@
 //! racing merges of one state merge it once, and replay decides the same.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -326,13 +328,14 @@ pub struct KnownIds(Arc<RwLock<IdSet>>);
 
 impl KnownIds {
     fn read(&self) -> RwLockReadGuard<'_, IdSet> {
-        // The set stays consistent whatever panicked while holding it
-        // (inserts are single HashSet operations).
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
+        // The lock does not poison (parking_lot), and the set stays
+        // consistent whatever panicked while holding it (inserts are
+        // single HashSet operations).
+        self.0.read()
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, IdSet> {
-        self.0.write().unwrap_or_else(PoisonError::into_inner)
+        self.0.write()
     }
 
     /// For each [`id_hash`] (`None`: an event without id), whether it is
@@ -577,7 +580,7 @@ impl Engine {
                     tracing::info!(config_id = %format_config_id(d.id()), "experiment definitions learned from a filter's configuration replace --experiments");
                 }
                 let e = Engine::new(Some(d.clone()), options);
-                e.shared.lock().expect("aggregates lock").learned = true;
+                e.shared.lock().learned = true;
                 e
             }
             None => Engine::new(definitions, options),
@@ -595,7 +598,7 @@ impl Engine {
             }
             engine.batches = s.batches;
             let users = s.users;
-            let mut agg = engine.shared.lock().expect("aggregates lock");
+            let mut agg = engine.shared.lock();
             agg.applied_lsn = s.applied_lsn;
             agg.counters = s.counters;
             // Ids in the snapshot index these registries; the definitions
@@ -616,7 +619,7 @@ impl Engine {
             {
                 // The usual case: ids are unchanged; rebuild the sums.
                 engine.users = users;
-                let mut agg = engine.shared.lock().expect("aggregates lock");
+                let mut agg = engine.shared.lock();
                 for user in engine.users.values() {
                     for e in &user.exposures {
                         agg.add_user(e.exp, e.variant, e.t_ms, &user.values(e.exp), 1.0);
@@ -667,7 +670,7 @@ impl Engine {
                 .collect()
         };
         let shared = self.shared.clone();
-        let mut agg = shared.lock().expect("aggregates lock");
+        let mut agg = shared.lock();
         let (mut accepted, mut duplicates) = (0u64, 0u64);
         for (ev, fresh) in events.iter().zip(fresh) {
             if !fresh {
@@ -726,7 +729,7 @@ impl Engine {
         lsn: u64,
     ) -> Applied {
         let shared = self.shared.clone();
-        let mut agg = shared.lock().expect("aggregates lock");
+        let mut agg = shared.lock();
         let config_needed = batch.config.is_none()
             && batch
                 .config_id()
@@ -808,7 +811,7 @@ impl Engine {
             serde_json::from_slice(payload).map_err(|e| format!("config record: {e}"))?;
         let id = crate::ingest::exposure::parse_config_id(rec.config_id)
             .ok_or_else(|| format!("config record: bad config_id {:?}", rec.config_id))?;
-        let mut agg = self.shared.lock().expect("aggregates lock");
+        let mut agg = self.shared.lock();
         agg.known_configs.insert(id);
         if self.definitions.as_ref().is_some_and(|d| d.id() == id) {
             return Ok(Applied::Config {
@@ -852,7 +855,7 @@ impl Engine {
     ) -> Result<Applied, String> {
         let a: AdminAction =
             serde_json::from_slice(payload).map_err(|e| format!("admin record: {e}"))?;
-        let mut agg = self.shared.lock().expect("aggregates lock");
+        let mut agg = self.shared.lock();
         let mut notices = Vec::new();
         let changed = match a.action.as_str() {
             "halt" => {
@@ -906,14 +909,14 @@ impl Engine {
 
     /// Whether notices go anywhere (false during a restart's replay).
     fn live(&self) -> bool {
-        self.notices.lock().expect("notices lock").is_some()
+        self.notices.lock().is_some()
     }
 
     fn notify(&self, notices: Vec<serde_json::Value>) {
         if notices.is_empty() {
             return;
         }
-        if let Some(sink) = self.notices.lock().expect("notices lock").as_ref() {
+        if let Some(sink) = self.notices.lock().as_ref() {
             for n in notices {
                 sink(n);
             }
@@ -923,7 +926,7 @@ impl Engine {
     /// Writes the whole state (the snapshot format; also what
     /// `GET /admin/state` exports and [`Engine::merge_state`] reads).
     pub fn encode_state(&self, out: &mut Vec<u8>) -> Result<(), String> {
-        let agg = self.shared.lock().expect("aggregates lock");
+        let agg = self.shared.lock();
         let extra = Extra {
             learned: self
                 .definitions
@@ -1112,7 +1115,7 @@ impl Engine {
     }
 
     fn merge_snapshot(&mut self, s: SnapshotIn) -> u64 {
-        let mut agg = self.shared.lock().expect("aggregates lock");
+        let mut agg = self.shared.lock();
         if let (false, Some(c)) = (agg.learned, &s.extra.learned) {
             if let Ok(d) = Definitions::from_json_with_id(&c.bytes, c.id) {
                 let d = Arc::new(d);
@@ -1165,7 +1168,7 @@ impl Engine {
         metric_map: &[u32],
     ) {
         let shared = self.shared.clone();
-        let mut agg = shared.lock().expect("aggregates lock");
+        let mut agg = shared.lock();
         let user = user_mut(&mut self.users, name);
         for m in &other.metrics {
             let scope = if m.scope == ANY {
@@ -1649,7 +1652,7 @@ impl Engine {
                 Err(error) => Applied::Unreadable { error },
             },
         };
-        let mut agg = self.shared.lock().expect("aggregates lock");
+        let mut agg = self.shared.lock();
         agg.applied_lsn = lsn;
         if let Applied::Unreadable { error } = &out {
             agg.counters.unreadable_records += 1;
@@ -1689,7 +1692,7 @@ mod tests {
     }
 
     fn state(e: &Engine) -> (Vec<(String, i64, Health)>, Vec<HaltedRef>, Counters) {
-        let agg = e.shared.lock().unwrap();
+        let agg = e.shared.lock();
         let x = &agg.experiments[0];
         (
             x.variants
@@ -1722,7 +1725,7 @@ mod tests {
                 variant: "b".into()
             }]
         );
-        let halt = e.shared.lock().unwrap().guard.halts[0].clone();
+        let halt = e.shared.lock().guard.halts[0].clone();
         assert_eq!((halt.lsn, halt.time_ms), (2, 1_777_000_000_002));
         let mut bytes = Vec::new();
         e.encode_state(&mut bytes).unwrap();
@@ -1730,17 +1733,14 @@ mod tests {
             Engine::restore(Some(&bytes), Some(defs.clone()), EngineOptions::default()).unwrap();
         assert_eq!(state(&r), state(&e));
         assert_eq!(state(&e).0[1].2.requests, 200);
-        assert_eq!(
-            r.shared.lock().unwrap().guard,
-            e.shared.lock().unwrap().guard
-        );
+        assert_eq!(r.shared.lock().guard, e.shared.lock().guard);
         // A merge adds the health and keeps the halt.
         let mut m = Engine::new(Some(defs), EngineOptions::default());
         m.merge_state(&bytes).unwrap();
         m.merge_state(&bytes).unwrap();
         assert_eq!(state(&m).0[1].2.requests, 400);
         assert_eq!(state(&m).1, state(&e).1);
-        assert_eq!(m.shared.lock().unwrap().guard.halts.len(), 1);
+        assert_eq!(m.shared.lock().guard.halts.len(), 1);
     }
 
     #[test]
@@ -1748,7 +1748,7 @@ mod tests {
         let mut e = Engine::new(None, EngineOptions::default());
         apply(&mut e, &batch(1, (100, 0)), 1);
         let v1 = {
-            let agg = e.shared.lock().unwrap();
+            let agg = e.shared.lock();
             let ids = e.ids.read();
             postcard::to_stdvec(&(1u32, e.base(&agg, &ids))).unwrap()
         };
@@ -1929,7 +1929,7 @@ mod tests {
         let mut e = Engine::new(None, EngineOptions::default());
         apply(&mut e, &batch(1, (100, 0)), 1);
         let v2 = {
-            let agg = e.shared.lock().unwrap();
+            let agg = e.shared.lock();
             let ids = e.ids.read();
             let extra = Extra {
                 guard: agg.guard.clone(),

@@ -13,7 +13,7 @@ pub mod model;
 pub mod settings;
 pub mod text;
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -56,7 +56,7 @@ fn now_ms() -> i64 {
 /// The full report of one experiment (None: no such experiment).
 pub fn report(aggregates: &Mutex<Aggregates>, name: &str, settings: &Settings) -> Option<Report> {
     let data = {
-        let agg = aggregates.lock().expect("aggregates lock");
+        let agg = aggregates.lock();
         data::extract(&agg, name, true)?
     };
     Some(model::build(&data, settings, now_ms()))
@@ -93,7 +93,7 @@ pub struct Listing {
 /// Every experiment with its decision (reports without chart series).
 pub fn list(aggregates: &Mutex<Aggregates>, settings: &Settings) -> Listing {
     let (all, counters, lsn) = {
-        let agg = aggregates.lock().expect("aggregates lock");
+        let agg = aggregates.lock();
         let all: Vec<_> = data::experiment_names(&agg)
             .iter()
             .filter_map(|n| data::extract(&agg, n, false))

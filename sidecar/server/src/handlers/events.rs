@@ -204,7 +204,7 @@ pub async fn post_exposures(mut req: Request, state: AppState) -> HandlerResult 
         let config = &body[range];
         let id = info.config_id.unwrap_or_else(|| config_id(config));
         let current = {
-            let agg = ingest.aggregates.lock().expect("aggregates lock");
+            let agg = ingest.aggregates.lock();
             agg.definitions.as_ref().map(|d| d.id())
         };
         if current != Some(id) {
@@ -343,7 +343,7 @@ async fn admin(mut req: Request, state: AppState, action: &str) -> HandlerResult
         }
     }
     {
-        let agg = ingest.aggregates.lock().expect("aggregates lock");
+        let agg = ingest.aggregates.lock();
         let Some(e) = agg.experiment(&experiment) else {
             let known: Vec<&str> = agg.experiments.iter().map(|e| e.name.as_str()).collect();
             return Err(ApiError::not_found(format!(
@@ -411,7 +411,7 @@ async fn admin(mut req: Request, state: AppState, action: &str) -> HandlerResult
 pub async fn get_halts(_req: Request, state: AppState) -> HandlerResult {
     let ingest = Ingest::from_state(&state)?;
     let halts: Vec<serde_json::Value> = {
-        let agg = ingest.aggregates.lock().expect("aggregates lock");
+        let agg = ingest.aggregates.lock();
         agg.guard
             .halts
             .iter()

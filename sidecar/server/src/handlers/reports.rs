@@ -45,7 +45,7 @@ pub async fn get_experiment(req: Request, state: AppState) -> HandlerResult {
     let name = req.param("name");
     let Some(r) = report(&ingest.aggregates, name, &settings) else {
         let known: Vec<String> = {
-            let agg = ingest.aggregates.lock().expect("aggregates lock");
+            let agg = ingest.aggregates.lock();
             agg.experiments.iter().map(|e| e.name.clone()).collect()
         };
         return Err(ApiError::not_found(format!(
