@@ -173,9 +173,7 @@ fn offline(args: &Args) -> Result<Vec<u8>> {
             None => SidecarId::random()?,
         };
         let mut bytes = Vec::new();
-        engine
-            .export_state(id, recovery.last_lsn, &mut bytes)
-            .map_err(anyhow::Error::msg)?;
+        engine.export_state(id, recovery.last_lsn, &mut bytes)?;
         states.push((format!("--data-dir {}", dir.display()), bytes));
     }
     for f in &args.state {

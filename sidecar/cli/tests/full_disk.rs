@@ -297,7 +297,8 @@ fn stray_temporary_files_are_removed_at_startup() {
         fn apply(&mut self, _: &RecordRef<'_>) {
             self.0 += 1;
         }
-        fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        type SnapshotError = std::convert::Infallible;
+        fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), Self::SnapshotError> {
             out.extend_from_slice(&self.0.to_le_bytes());
             Ok(())
         }
@@ -307,7 +308,7 @@ fn stray_temporary_files_are_removed_at_startup() {
     let d = dir.path();
     {
         let (s, _) = Store::open(d, StoreOptions::default(), StoreMetrics::new(), |_| {
-            Ok(Count(0))
+            Ok::<_, std::convert::Infallible>(Count(0))
         })
         .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -337,7 +338,7 @@ fn stray_temporary_files_are_removed_at_startup() {
     std::fs::write(d.join("notes.tmp"), b"mine").unwrap();
     let id = std::fs::read_to_string(d.join("sidecar-id")).unwrap();
     let (s, rec) = Store::open(d, StoreOptions::default(), StoreMetrics::new(), |snap| {
-        Ok(Count(
+        Ok::<_, std::convert::Infallible>(Count(
             snap.map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap())),
         ))
     })

@@ -470,7 +470,7 @@ impl Core {
             let value = outputs
                 .get(&*spec.name)
                 .ok_or_else(|| failed("missing from ONNX Runtime's results".into()))?;
-            let out = raw_output(value).map_err(failed)?;
+            let out = raw_output(value).map_err(|e| failed(e.to_string()))?;
             if merged && out.1.first() != Some(&rows) {
                 return Err(RunError::Unstackable);
             }
@@ -513,20 +513,36 @@ impl Core {
     }
 }
 
+/// Why an output of a run cannot be returned (said after the output's
+/// name: "output 'y' is not in CPU memory").
+#[derive(Debug, thiserror::Error)]
+enum OutputError {
+    #[error("is a {0}, not a tensor")]
+    NotATensor(String),
+    #[error("has unsupported type {0}")]
+    Type(String),
+    #[error("has an impossible shape")]
+    Shape,
+    #[error("{0}")]
+    View(String),
+    #[error("is not in CPU memory")]
+    NotOnCpu,
+}
+
 /// The datatype, shape and bytes of a CPU tensor output.
-fn raw_output(value: &DynValue) -> Result<(DataType, Vec<usize>, &[u8]), String> {
+fn raw_output(value: &DynValue) -> Result<(DataType, Vec<usize>, &[u8]), OutputError> {
     let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
-        return Err(format!("is a {}, not a tensor", value.dtype()));
+        return Err(OutputError::NotATensor(value.dtype().to_string()));
     };
-    let datatype = DataType::from_ort(*ty).ok_or_else(|| format!("has unsupported type {ty}"))?;
+    let datatype = DataType::from_ort(*ty).ok_or_else(|| OutputError::Type(ty.to_string()))?;
     let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-    let len = Tensor::element_count(&shape).ok_or("has an impossible shape")? * datatype.size();
+    let len = Tensor::element_count(&shape).ok_or(OutputError::Shape)? * datatype.size();
     let view = value
         .view()
         .downcast::<DynTensorValueType>()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| OutputError::View(e.to_string()))?;
     if !view.memory_info().is_cpu_accessible() {
-        return Err("is not in CPU memory".into());
+        return Err(OutputError::NotOnCpu);
     }
     if len == 0 {
         return Ok((datatype, shape, &[]));

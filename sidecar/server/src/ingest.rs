@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use abmesh_eval::aggregate::engine::KnownIds;
+use abmesh_eval::aggregate::engine::{EncodeError, KnownIds, SnapshotError};
 use abmesh_eval::aggregate::{Aggregates, Applied, Definitions, Engine, EngineOptions};
 use abmesh_eval::RecordKind;
 use abmesh_store::{
@@ -42,7 +42,9 @@ impl StateMachine for EngineMachine {
             .apply_record(record.kind, record.lsn, record.received_ms, record.payload)
     }
 
-    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
+    type SnapshotError = EncodeError;
+
+    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         self.0.encode_state(out)
     }
 }
@@ -131,7 +133,7 @@ impl Ingest {
             aggregates = Some(engine.aggregates());
             slot = Some(engine.notice_slot());
             known = Some(engine.known_ids());
-            Ok(EngineMachine(engine))
+            Ok::<_, SnapshotError>(EngineMachine(engine))
         })?;
         let aggregates = aggregates.expect("restore ran");
         let known = known.expect("restore ran");

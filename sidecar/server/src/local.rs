@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 
 use abmesh_eval::aggregate::{Definitions, EngineOptions};
@@ -22,7 +21,25 @@ use crate::ingest::{Ingest, DEFAULT_INGEST_BODY_LIMIT};
 use crate::routes::{admin_router, data_router};
 use crate::serve::{serve, ConnectionOptions};
 use crate::state::{AppState, ServerLimits};
-use crate::webhook::Webhook;
+use crate::webhook::{Webhook, WebhookError};
+
+/// Why a [`LocalServer`] did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("starting the tokio runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+    #[error("opening {dir}: {source}")]
+    Open {
+        dir: std::path::PathBuf,
+        source: abmesh_store::StoreError,
+    },
+    #[error("binding a loopback port: {0}")]
+    Bind(std::io::Error),
+    #[error("starting the server thread: {0}")]
+    Thread(std::io::Error),
+}
 
 /// Options of a [`LocalServer`].
 #[derive(Debug, Clone, Default)]
@@ -60,7 +77,7 @@ impl LocalServer {
     /// Opens `dir` and serves it on 127.0.0.1 (two free ports): ingestion
     /// and `/metrics` on the data plane, the report, state and halt routes
     /// on the admin listener, each behind its [`Gate`].
-    pub fn start(dir: &Path, options: LocalOptions) -> Result<LocalServer> {
+    pub fn start(dir: &Path, options: LocalOptions) -> Result<LocalServer, LocalError> {
         let limit = options.body_limit.unwrap_or(DEFAULT_INGEST_BODY_LIMIT);
         let mut builder = AppState::builder(ServerLimits {
             body_limit: limit.max(ServerLimits::default().body_limit),
@@ -69,7 +86,7 @@ impl LocalServer {
             .worker_threads(2)
             .enable_all()
             .build()
-            .context("tokio runtime")?;
+            .map_err(LocalError::Runtime)?;
         let webhook = match options.webhook {
             Some(url) => {
                 let _guard = rt.enter();
@@ -86,7 +103,10 @@ impl LocalServer {
             Some(builder.registry_mut()),
             webhook,
         )
-        .with_context(|| format!("opening {}", dir.display()))?;
+        .map_err(|source| LocalError::Open {
+            dir: dir.to_owned(),
+            source,
+        })?;
         builder.insert(ingest.clone());
         builder.insert(ReportSettings(Arc::new(options.settings)));
         let state = builder.build();
@@ -96,8 +116,8 @@ impl LocalServer {
             let a = l.local_addr()?;
             Ok((l, a))
         };
-        let (data, addr) = bind()?;
-        let (admin, admin_addr) = bind()?;
+        let (data, addr) = bind().map_err(LocalError::Bind)?;
+        let (admin, admin_addr) = bind().map_err(LocalError::Bind)?;
         let (stop, stopped) = oneshot::channel::<()>();
         let gates = (
             Gate::Data {
@@ -149,7 +169,8 @@ impl LocalServer {
                     );
                     let _ = tokio::join!(data_plane, admin_plane);
                 });
-            })?;
+            })
+            .map_err(LocalError::Thread)?;
         Ok(LocalServer {
             url: format!("http://{addr}"),
             addr,

@@ -1,14 +1,21 @@
-//! A small router: method + path pattern → async handler.
+//! The router: method + path pattern → async handler, matched with
+//! `matchit` (a radix tree per method: a lookup walks the path once and
+//! allocates nothing; only the winner's parameters are decoded into
+//! strings).
 //!
 //! Patterns are literal segments and `{name}` parameters, each matching one
 //! whole path segment (percent-decoded): `/v2/models/{name}/versions/{version}`.
-//! When several patterns match, the one with more literal segments wins, so
-//! `/admin/models/index` can sit beside `/admin/models/{name}`. A path that
-//! matches with another method gets a 405 with `Allow`; no match is a 404.
-//! Both are JSON errors like every other.
+//! A literal segment wins over a parameter at the same place, so
+//! `/admin/models/index` can sit beside `/admin/models/{name}`; two
+//! patterns that would match the same paths (the same pattern twice, or
+//! `{a}` beside `{b}`) are refused when the table is built. Paths are
+//! matched as the gate reads them: empty segments do not count (`//v1/x`
+//! is `/v1/x`, `/v2/` is `/v2`). A path that matches with another method
+//! gets a 405 with `Allow`; no match is a 404. Both are JSON errors like
+//! every other.
 //!
 //! A handler is any `async fn(Request, AppState) -> Result<Response, ApiError>`;
-//! adding an endpoint is one `.route(...)` line in `server::routes`.
+//! adding an endpoint is one `.route(...)` line in [`crate::routes`].
 //!
 //! A handler that panics answers 500 (`{"error": "internal error ..."}`)
 //! and the panic is logged with the request's method and path: one request
@@ -134,16 +141,11 @@ impl Request {
     }
 }
 
-enum Segment {
-    Literal(&'static str),
-    Param(&'static str),
-}
-
 struct Route {
     method: Method,
     pattern: &'static str,
-    segments: Vec<Segment>,
-    literals: usize,
+    /// The names of the pattern's `{name}` parameters.
+    params: Vec<&'static str>,
     handler: Arc<dyn Handler>,
 }
 
@@ -151,6 +153,28 @@ struct Route {
 #[derive(Default)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Per method, in the order first seen: the tree of its patterns, each
+    /// leading to its index in `routes`.
+    trees: Vec<(Method, matchit::Router<usize>)>,
+}
+
+/// The `{name}` parameters of a pattern, checked.
+fn parameters(pattern: &'static str) -> Vec<&'static str> {
+    assert!(
+        pattern.starts_with('/'),
+        "route pattern {pattern:?} must start with '/'"
+    );
+    pattern
+        .split('/')
+        .filter_map(|s| {
+            let rest = s.strip_prefix('{')?;
+            Some(
+                rest.strip_suffix('}')
+                    .filter(|n| !n.is_empty() && !n.contains(['{', '}', '*']))
+                    .unwrap_or_else(|| panic!("bad parameter {s:?} in route {pattern:?}")),
+            )
+        })
+        .collect()
 }
 
 impl Router {
@@ -162,66 +186,53 @@ impl Router {
     ///
     /// # Panics
     /// On a malformed pattern (not starting with `/`, an empty or unclosed
-    /// `{}`) or a (method, pattern) pair already present: route tables are
-    /// static, so these are bugs to catch at startup.
+    /// `{}`), a (method, pattern) pair already present, or a pattern that
+    /// conflicts with one of the same method: route tables are static, so
+    /// these are bugs to catch at startup.
     pub fn route(mut self, method: Method, pattern: &'static str, handler: impl Handler) -> Router {
-        assert!(
-            pattern.starts_with('/'),
-            "route pattern {pattern:?} must start with '/'"
-        );
-        let segments: Vec<Segment> = split_path(pattern)
-            .map(|s| match s.strip_prefix('{') {
-                Some(rest) => {
-                    let name = rest
-                        .strip_suffix('}')
-                        .filter(|n| !n.is_empty())
-                        .unwrap_or_else(|| panic!("bad parameter {s:?} in route {pattern:?}"));
-                    Segment::Param(name)
-                }
-                None => Segment::Literal(s),
-            })
-            .collect();
-        assert!(
-            !self
-                .routes
-                .iter()
-                .any(|r| r.method == method && r.pattern == pattern),
-            "route {method} {pattern} is defined twice"
-        );
-        let literals = segments
-            .iter()
-            .filter(|s| matches!(s, Segment::Literal(_)))
-            .count();
+        let params = parameters(pattern);
+        let index = self.routes.len();
+        let tree = match self.trees.iter().position(|(m, _)| *m == method) {
+            Some(i) => &mut self.trees[i].1,
+            None => {
+                self.trees.push((method.clone(), matchit::Router::new()));
+                &mut self.trees.last_mut().expect("just pushed").1
+            }
+        };
+        match tree.insert(pattern, index) {
+            Ok(()) => {}
+            Err(matchit::InsertError::Conflict { with }) if with == pattern => {
+                panic!("route {method} {pattern} is defined twice")
+            }
+            Err(e) => panic!("route {method} {pattern}: {e}"),
+        }
         self.routes.push(Route {
             method,
             pattern,
-            segments,
-            literals,
+            params,
             handler: Arc::new(handler),
         });
-        self
-    }
-
-    /// Adds all the routes of another router (a component's own table).
-    pub fn merge(mut self, other: Router) -> Router {
-        for r in other.routes {
-            assert!(
-                !self
-                    .routes
-                    .iter()
-                    .any(|x| x.method == r.method && x.pattern == r.pattern),
-                "route {} {} is defined twice",
-                r.method,
-                r.pattern
-            );
-            self.routes.push(r);
-        }
         self
     }
 
     /// The (method, pattern) pairs, in the order they were added.
     pub fn routes(&self) -> impl Iterator<Item = (&Method, &'static str)> {
         self.routes.iter().map(|r| (&r.method, r.pattern))
+    }
+
+    /// The route of `method` that matches `path`, with its parameters
+    /// decoded; None if none does (or a parameter is not valid
+    /// percent-encoded UTF-8).
+    fn find(&self, method: &Method, path: &str) -> Option<(&Route, Vec<(&'static str, String)>)> {
+        let (_, tree) = self.trees.iter().find(|(m, _)| m == method)?;
+        let matched = tree.at(path).ok()?;
+        let route = &self.routes[*matched.value];
+        let mut params = Vec::with_capacity(route.params.len());
+        for (key, value) in matched.params.iter() {
+            let name = route.params.iter().find(|n| **n == key)?;
+            params.push((*name, percent_decode(value, false)?));
+        }
+        Some((route, params))
     }
 
     /// Dispatches a request to its handler; errors become JSON responses.
@@ -232,27 +243,15 @@ impl Router {
     {
         let (head, body) = req.into_parts();
         let path = head.uri.path();
-        // Matching allocates nothing; only the winner's parameters are
-        // decoded into strings.
-        let mut best: Option<&Route> = None;
-        let mut allowed: Vec<&str> = Vec::new();
-        for route in &self.routes {
-            if !matches_path(&route.segments, path) {
-                continue;
-            }
-            if route.method != head.method {
-                if !allowed.contains(&route.method.as_str()) {
-                    allowed.push(route.method.as_str());
-                }
-                continue;
-            }
-            if best.is_none_or(|b| route.literals > b.literals) {
-                best = Some(route);
-            }
-        }
-        let Some((route, params)) =
-            best.and_then(|r| match_path(&r.segments, path).map(|p| (r, p)))
-        else {
+        let normalized = normalize(path);
+        let Some((route, params)) = self.find(&head.method, &normalized) else {
+            let allowed: Vec<&str> = self
+                .trees
+                .iter()
+                .filter(|(m, _)| *m != head.method)
+                .filter(|(m, _)| self.find(m, &normalized).is_some())
+                .map(|(m, _)| m.as_str())
+                .collect();
             let err = if allowed.is_empty() {
                 ApiError::not_found(format!("no endpoint {} {}", head.method, clip(path)))
             } else {
@@ -313,49 +312,23 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
     }
 }
 
-fn split_path(path: &str) -> impl Iterator<Item = &str> {
-    path.split('/').filter(|s| !s.is_empty())
-}
-
-/// Whether `path` matches a pattern: what [`match_path`] says, without
-/// building the parameters.
-fn matches_path(segments: &[Segment], path: &str) -> bool {
-    let mut parts = split_path(path);
-    for seg in segments {
-        let Some(part) = parts.next() else {
-            return false;
-        };
-        match seg {
-            Segment::Literal(l) => {
-                if *l != part {
-                    return false;
-                }
-            }
-            Segment::Param(_) => {
-                if part.contains('%') && percent_decode(part, false).is_none() {
-                    return false;
-                }
-            }
-        }
+/// `path` with its empty segments left out, as the gate reads it
+/// (`//v1/events` is `/v1/events`, `/v2/` is `/v2`); borrowed unless it
+/// has any.
+fn normalize(path: &str) -> std::borrow::Cow<'_, str> {
+    let has_empty = path.contains("//") || (path.len() > 1 && path.ends_with('/'));
+    if !has_empty {
+        return std::borrow::Cow::Borrowed(path);
     }
-    parts.next().is_none()
-}
-
-fn match_path(segments: &[Segment], path: &str) -> Option<Vec<(&'static str, String)>> {
-    let mut params = Vec::with_capacity(2);
-    let mut parts = split_path(path);
-    for seg in segments {
-        let part = parts.next()?;
-        match seg {
-            Segment::Literal(l) => {
-                if *l != part {
-                    return None;
-                }
-            }
-            Segment::Param(name) => params.push((*name, percent_decode(part, false)?)),
-        }
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(segment);
     }
-    parts.next().is_none().then_some(params)
+    if out.is_empty() {
+        out.push('/');
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Decodes `%XX` escapes (and, in query strings, `+` as a space); `None`
@@ -528,6 +501,31 @@ mod tests {
         let _ = Router::new()
             .route(Method::GET, "/x", index)
             .route(Method::GET, "/x", index);
+    }
+
+    #[test]
+    #[should_panic(expected = "conflict")]
+    fn patterns_that_match_the_same_paths_are_a_startup_bug() {
+        let _ = Router::new().route(Method::GET, "/m/{name}", echo).route(
+            Method::GET,
+            "/m/{other}",
+            echo,
+        );
+    }
+
+    /// Empty segments do not count, as the gate reads paths: `//m/a` and
+    /// `/m/a/` are `/m/a`.
+    #[tokio::test]
+    async fn empty_segments_are_left_out() {
+        let r = router();
+        for path in ["//m/a", "/m//a", "/m/a/", "///m/a//"] {
+            let (s, v, _) = call(&r, Method::GET, path, b"").await;
+            assert_eq!((s, v["name"].as_str()), (200, Some("a")), "{path}");
+        }
+        let (s, _, _) = call(&r, Method::GET, "/m/", b"").await;
+        assert_eq!(s, 404);
+        let (s, v, _) = call(&r, Method::GET, "/m/bad%zz", b"").await;
+        assert_eq!(s, 404, "{v}");
     }
 
     #[test]

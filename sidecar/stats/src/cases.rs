@@ -99,16 +99,20 @@ pub fn evaluate_file(bytes: &[u8]) -> Result<Report, FileError> {
 pub fn evaluate_case(case: &Value) -> CaseResult {
     let id = case.get("id").cloned().unwrap_or(Value::Null);
     let outcome = (|| {
-        let obj = case.as_object().ok_or("a case must be a JSON object")?;
+        let obj = case
+            .as_object()
+            .ok_or(CaseError::Shape("a case must be a JSON object"))?;
         if !obj.contains_key("id") {
-            return Err("the case has no \"id\"".to_string());
+            return Err(CaseError::Shape("the case has no \"id\""));
         }
         let kind = match obj.get("kind") {
             Some(Value::String(k)) => k.as_str(),
-            Some(_) => return Err("\"kind\" must be a string".to_string()),
-            None => return Err("the case has no \"kind\"".to_string()),
+            Some(_) => return Err(CaseError::Shape("\"kind\" must be a string")),
+            None => return Err(CaseError::Shape("the case has no \"kind\"")),
         };
-        let input = obj.get("input").ok_or("the case has no \"input\"")?;
+        let input = obj
+            .get("input")
+            .ok_or(CaseError::Shape("the case has no \"input\""))?;
         evaluate(kind, input)
     })();
     match outcome {
@@ -120,20 +124,34 @@ pub fn evaluate_case(case: &Value) -> CaseResult {
         Err(error) => CaseResult {
             id,
             output: None,
-            error: Some(error),
+            error: Some(error.to_string()),
         },
     }
 }
 
+/// Why a case could not be evaluated (its `error` entry).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CaseError {
+    /// The case object itself is malformed.
+    #[error("{0}")]
+    Shape(&'static str),
+    #[error("unknown kind {kind:?} (known kinds: {})", KINDS.join(", "))]
+    UnknownKind { kind: String },
+    /// The input does not have the kind's shape; `path` names the field
+    /// (`.` for the input itself).
+    #[error("invalid input{}: {message}", if path == "." { String::new() } else { format!(" at {path}") })]
+    Input { path: String, message: String },
+    #[error(transparent)]
+    Stats(#[from] super::StatsError),
+    #[error(transparent)]
+    Method(#[from] super::multiple::UnknownAdjustment),
+}
+
 /// Parses `input` as `T`, naming the offending field on failure.
-fn parse<T: DeserializeOwned>(input: &Value) -> Result<T, String> {
-    serde_path_to_error::deserialize(input).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            format!("invalid input: {}", e.inner())
-        } else {
-            format!("invalid input at {path}: {}", e.inner())
-        }
+fn parse<T: DeserializeOwned>(input: &Value) -> Result<T, CaseError> {
+    serde_path_to_error::deserialize(input).map_err(|e| CaseError::Input {
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
     })
 }
 
@@ -223,8 +241,8 @@ struct MultipleInput {
 
 /// Evaluates one case of `kind` on `input`; the output has the README's
 /// `expected` keys for that kind.
-pub fn evaluate(kind: &str, input: &Value) -> Result<Value, String> {
-    let e = |err: super::StatsError| err.to_string();
+pub fn evaluate(kind: &str, input: &Value) -> Result<Value, CaseError> {
+    let e = CaseError::Stats;
     Ok(match kind {
         "welch_t" => {
             let i: TwoSummaries = parse(input)?;
@@ -285,10 +303,9 @@ pub fn evaluate(kind: &str, input: &Value) -> Result<Value, String> {
             json!({ "adjusted": adjust(&i.p_values, method).map_err(e)? })
         }
         other => {
-            return Err(format!(
-                "unknown kind {other:?} (known kinds: {})",
-                KINDS.join(", ")
-            ))
+            return Err(CaseError::UnknownKind {
+                kind: other.to_owned(),
+            })
         }
     })
 }
@@ -325,7 +342,7 @@ mod tests {
     fn typed_errors_name_the_field() {
         let input = json!({"control": {"n": 1.5, "mean": 1, "sd": 1},
                            "treatment": {"n": 10, "mean": 1, "sd": 1}, "alpha": 0.05});
-        let e = evaluate("welch_t", &input).unwrap_err();
+        let e = evaluate("welch_t", &input).unwrap_err().to_string();
         assert!(e.starts_with("invalid input at control.n:"), "{e}");
     }
 

@@ -28,18 +28,21 @@ pub enum Adjustment {
     BenjaminiHochberg,
 }
 
+/// A method name that is no [`Adjustment`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown adjustment method {0:?} (expected \"holm\" or \"bh\")")]
+pub struct UnknownAdjustment(pub String);
+
 impl FromStr for Adjustment {
-    type Err = String;
+    type Err = UnknownAdjustment;
     /// `holm`, or `bh` / `fdr_bh` / `benjamini-hochberg`.
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownAdjustment> {
         match s.to_ascii_lowercase().as_str() {
             "holm" => Ok(Adjustment::Holm),
             "bh" | "fdr_bh" | "benjamini-hochberg" | "benjamini_hochberg" => {
                 Ok(Adjustment::BenjaminiHochberg)
             }
-            other => Err(format!(
-                "unknown adjustment method {other:?} (expected \"holm\" or \"bh\")"
-            )),
+            other => Err(UnknownAdjustment(other.to_owned())),
         }
     }
 }

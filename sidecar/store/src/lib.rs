@@ -89,8 +89,10 @@ pub trait StateMachine: Send + 'static {
     /// Applies one record. Must be deterministic: replay calls it again
     /// with the same records in the same order after a restart.
     fn apply(&mut self, record: &RecordRef<'_>) -> Self::Output;
+    /// Why a snapshot could not be encoded.
+    type SnapshotError: std::error::Error + Send + Sync + 'static;
     /// Appends the whole state to `out`, as `open`'s `restore` reads it.
-    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String>;
+    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), Self::SnapshotError>;
 }
 
 /// Tuning of the log.
@@ -343,18 +345,29 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"ABMSNAP1";
 
+/// Why a snapshot file is skipped at recovery.
+#[derive(Debug, thiserror::Error)]
+enum SnapshotFileError {
+    #[error("{0}")]
+    Read(#[from] io::Error),
+    #[error("not a snapshot file")]
+    NotASnapshot,
+    #[error("checksum or length mismatch")]
+    Checksum,
+}
+
 /// Reads a snapshot file: (LSN, payload) if its checksum holds.
-fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>), String> {
-    let data = fs::read(path).map_err(|e| e.to_string())?;
+fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>), SnapshotFileError> {
+    let data = fs::read(path)?;
     if data.len() < 28 || &data[..8] != SNAPSHOT_MAGIC {
-        return Err("not a snapshot file".into());
+        return Err(SnapshotFileError::NotASnapshot);
     }
     let lsn = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
     let len = u64::from_le_bytes(data[16..24].try_into().expect("8 bytes")) as usize;
     let crc = u32::from_le_bytes(data[24..28].try_into().expect("4 bytes"));
     let payload = &data[28..];
     if payload.len() != len || crc32fast::hash(payload) != crc {
-        return Err("checksum or length mismatch".into());
+        return Err(SnapshotFileError::Checksum);
     }
     Ok((lsn, payload.to_vec()))
 }
@@ -442,10 +455,10 @@ type Recovered<S> = (S, Recovery, Tail, Vec<(u64, PathBuf)>);
 /// Loads the newest good snapshot and replays the log after it into the
 /// state `restore` builds. `repair` truncates a torn tail (a writer's
 /// open); without it a torn tail just ends the replay (a reader's load).
-fn recover<S: StateMachine>(
+fn recover<S: StateMachine, E: std::error::Error>(
     dir: &Path,
     repair: bool,
-    restore: impl FnOnce(Option<&[u8]>) -> Result<S, String>,
+    restore: impl FnOnce(Option<&[u8]>) -> Result<S, E>,
 ) -> Result<Recovered<S>, StoreError> {
     let mut rec = Recovery::default();
     let mut snapshot: Option<(u64, Vec<u8>, PathBuf)> = None;
@@ -463,14 +476,14 @@ fn recover<S: StateMachine>(
     let mut state = match &snapshot {
         Some((lsn, payload, path)) => {
             rec.snapshot_lsn = *lsn;
-            restore(Some(payload)).map_err(|message| StoreError::Restore {
+            restore(Some(payload)).map_err(|e| StoreError::Restore {
                 file: path.clone(),
-                message,
+                message: e.to_string(),
             })?
         }
-        None => restore(None).map_err(|message| StoreError::Restore {
+        None => restore(None).map_err(|e| StoreError::Restore {
             file: dir.to_owned(),
-            message,
+            message: e.to_string(),
         })?,
     };
     let mut segments = numbered(dir, "log-", ".seg")?;
@@ -582,9 +595,9 @@ fn recover<S: StateMachine>(
 
 /// Rebuilds the state of a data directory without writing to it (for
 /// `abmesh report --data-dir`): a torn tail ends the replay and stays.
-pub fn load<S: StateMachine>(
+pub fn load<S: StateMachine, E: std::error::Error>(
     dir: &Path,
-    restore: impl FnOnce(Option<&[u8]>) -> Result<S, String>,
+    restore: impl FnOnce(Option<&[u8]>) -> Result<S, E>,
 ) -> Result<(S, Recovery), StoreError> {
     if !dir.is_dir() {
         return Err(StoreError::Io {
@@ -599,11 +612,11 @@ pub fn load<S: StateMachine>(
 impl<S: StateMachine> Store<S> {
     /// Opens (creating if needed) the log in `dir`, recovers the state, and
     /// starts the writer and applier threads.
-    pub fn open(
+    pub fn open<E: std::error::Error>(
         dir: &Path,
         options: StoreOptions,
         metrics: StoreMetrics,
-        restore: impl FnOnce(Option<&[u8]>) -> Result<S, String>,
+        restore: impl FnOnce(Option<&[u8]>) -> Result<S, E>,
     ) -> Result<(Store<S>, Recovery), StoreError> {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let lock = lock_dir(dir)?;

@@ -27,7 +27,8 @@ impl StateMachine for Journal {
         self.0.push((r.lsn, r.payload.to_vec()));
         r.lsn
     }
-    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
+    type SnapshotError = std::convert::Infallible;
+    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), Self::SnapshotError> {
         for (lsn, p) in &self.0 {
             out.extend_from_slice(&lsn.to_le_bytes());
             out.extend_from_slice(&(p.len() as u32).to_le_bytes());
@@ -37,7 +38,7 @@ impl StateMachine for Journal {
     }
 }
 
-fn restore(bytes: Option<&[u8]>) -> Result<Journal, String> {
+fn restore(bytes: Option<&[u8]>) -> Result<Journal, std::convert::Infallible> {
     let mut j = Journal::default();
     let mut b = bytes.unwrap_or_default();
     while !b.is_empty() {

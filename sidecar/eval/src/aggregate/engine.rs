@@ -376,8 +376,42 @@ pub enum StateError {
     Checksum { got: u32, want: u32 },
     #[error("exported-state format {0} (this abmesh reads format {STATE_FORMAT})")]
     Format(u32),
-    #[error("{0}")]
-    Payload(String),
+    #[error(transparent)]
+    Payload(#[from] SnapshotError),
+}
+
+/// Why a snapshot, or the payload of an exported state, cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not an abmesh state: {0}")]
+    Decode(String),
+    #[error("state version {0} (this abmesh reads 1 to {SNAPSHOT_VERSION})")]
+    Version(u32),
+    #[error("not an abmesh state: {0} bytes after its end")]
+    Trailing(usize),
+    #[error("time buckets of {0} ms (this abmesh uses {BUCKET_MS})")]
+    Buckets(i64),
+    /// The state names an experiment, variant or metric it does not list.
+    #[error("{0} the state does not list")]
+    Dangling(&'static str),
+}
+
+/// Why the state could not be written out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("encoding the state: {0}")]
+pub struct EncodeError(String);
+
+/// Why a config or admin record of the log cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("{kind} record: {message}")]
+    Json { kind: &'static str, message: String },
+    #[error("config record: bad config_id {0:?}")]
+    ConfigId(String),
+    #[error("config record: invalid configuration: {0}")]
+    Configuration(String),
+    #[error("admin record: unknown action {0:?}")]
+    Action(String),
 }
 
 /// Why a merge is refused although the state is sound.
@@ -561,7 +595,7 @@ impl Engine {
         snapshot: Option<&[u8]>,
         definitions: Option<Arc<Definitions>>,
         options: EngineOptions,
-    ) -> Result<Engine, String> {
+    ) -> Result<Engine, SnapshotError> {
         let snapshot = snapshot.map(decode_snapshot).transpose()?;
         // Definitions learned from a filter replace --experiments.
         let learned = snapshot
@@ -806,11 +840,13 @@ impl Engine {
 
     /// Applies a [`RecordKind::Config`] record: the configuration replaces the
     /// definitions, unless it is already the current one.
-    pub fn apply_config(&mut self, payload: &[u8]) -> Result<Applied, String> {
-        let rec: ConfigRecord =
-            serde_json::from_slice(payload).map_err(|e| format!("config record: {e}"))?;
+    pub fn apply_config(&mut self, payload: &[u8]) -> Result<Applied, RecordError> {
+        let rec: ConfigRecord = serde_json::from_slice(payload).map_err(|e| RecordError::Json {
+            kind: "config",
+            message: e.to_string(),
+        })?;
         let id = crate::ingest::exposure::parse_config_id(rec.config_id)
-            .ok_or_else(|| format!("config record: bad config_id {:?}", rec.config_id))?;
+            .ok_or_else(|| RecordError::ConfigId(rec.config_id.to_owned()))?;
         let mut agg = self.shared.lock();
         agg.known_configs.insert(id);
         if self.definitions.as_ref().is_some_and(|d| d.id() == id) {
@@ -820,7 +856,7 @@ impl Engine {
             });
         }
         let defs = Definitions::from_json_with_id(rec.config.get().as_bytes(), id)
-            .map_err(|e| format!("config record: invalid configuration: {e}"))?;
+            .map_err(|e| RecordError::Configuration(e.to_string()))?;
         let defs = Arc::new(defs);
         let before = if agg.learned {
             "the previous filter configuration"
@@ -852,9 +888,11 @@ impl Engine {
         payload: &[u8],
         received_ms: i64,
         lsn: u64,
-    ) -> Result<Applied, String> {
-        let a: AdminAction =
-            serde_json::from_slice(payload).map_err(|e| format!("admin record: {e}"))?;
+    ) -> Result<Applied, RecordError> {
+        let a: AdminAction = serde_json::from_slice(payload).map_err(|e| RecordError::Json {
+            kind: "admin",
+            message: e.to_string(),
+        })?;
         let mut agg = self.shared.lock();
         let mut notices = Vec::new();
         let changed = match a.action.as_str() {
@@ -887,7 +925,7 @@ impl Engine {
                 }
             }
             "lift" => lift(&mut agg, &a, received_ms, &mut notices),
-            other => return Err(format!("admin record: unknown action {other:?}")),
+            other => return Err(RecordError::Action(other.to_owned())),
         };
         let out = Applied::Admin {
             action: a.action,
@@ -925,7 +963,7 @@ impl Engine {
 
     /// Writes the whole state (the snapshot format; also what
     /// `GET /admin/state` exports and [`Engine::merge_state`] reads).
-    pub fn encode_state(&self, out: &mut Vec<u8>) -> Result<(), String> {
+    pub fn encode_state(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         let agg = self.shared.lock();
         let extra = Extra {
             learned: self
@@ -951,7 +989,7 @@ impl Engine {
             extra,
             merged: self.merged.iter().map(|(id, &lsn)| (id.0, lsn)).collect(),
         };
-        let bytes = postcard::to_stdvec(&s).map_err(|e| format!("encoding the state: {e}"))?;
+        let bytes = postcard::to_stdvec(&s).map_err(|e| EncodeError(e.to_string()))?;
         out.extend_from_slice(&bytes);
         Ok(())
     }
@@ -989,7 +1027,7 @@ impl Engine {
         sidecar: SidecarId,
         lsn: u64,
         out: &mut Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), EncodeError> {
         let start = out.len();
         out.extend_from_slice(STATE_MAGIC);
         out.extend_from_slice(&STATE_FORMAT.to_le_bytes());
@@ -1009,7 +1047,7 @@ impl Engine {
     /// the payload) and says what it holds, without merging it.
     pub fn inspect_state(bytes: &[u8]) -> Result<StateInfo, StateError> {
         let (key, payload) = open_envelope(bytes)?;
-        let s = decode_snapshot(payload).map_err(StateError::Payload)?;
+        let s = decode_snapshot(payload)?;
         Ok(state_info(key, &s))
     }
 
@@ -1057,12 +1095,9 @@ impl Engine {
     pub fn merge_state(&mut self, bytes: &[u8]) -> Result<Applied, StateError> {
         let (key, s) = if bytes.starts_with(STATE_MAGIC) {
             let (key, payload) = open_envelope(bytes)?;
-            (
-                Some(key),
-                decode_snapshot(payload).map_err(StateError::Payload)?,
-            )
+            (Some(key), decode_snapshot(payload)?)
         } else {
-            (None, decode_snapshot(bytes).map_err(StateError::Payload)?)
+            (None, decode_snapshot(bytes)?)
         };
         let info = key.map(|k| state_info(k, &s));
         if let Some(info) = &info {
@@ -1261,13 +1296,11 @@ fn state_info(key: StateKey, s: &SnapshotIn) -> StateInfo {
     }
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, String> {
-    let bad = |e: postcard::Error| format!("not an abmesh state: {e}");
+fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, SnapshotError> {
+    let bad = |e: postcard::Error| SnapshotError::Decode(e.to_string());
     let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(bad)?;
     if !(1..=SNAPSHOT_VERSION).contains(&version) {
-        return Err(format!(
-            "state version {version} (this abmesh reads 1 to {SNAPSHOT_VERSION})"
-        ));
+        return Err(SnapshotError::Version(version));
     }
     let (mut s, rest) = postcard::take_from_bytes::<SnapshotIn>(rest).map_err(bad)?;
     if version >= 2 {
@@ -1277,10 +1310,7 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, String> {
             let (merged, rest) =
                 postcard::take_from_bytes::<Vec<(u128, u64)>>(rest).map_err(bad)?;
             if !rest.is_empty() {
-                return Err(format!(
-                    "not an abmesh state: {} bytes after its end",
-                    rest.len()
-                ));
+                return Err(SnapshotError::Trailing(rest.len()));
             }
             s.merged = merged;
         }
@@ -1293,16 +1323,13 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, String> {
                 .zip(&s.experiments)
                 .all(|(h, e)| h.len() <= e.variants.len());
         if !fits {
-            return Err(
-                "health counters name experiments or variants the state does not list".into(),
-            );
+            return Err(SnapshotError::Dangling(
+                "health counters name experiments or variants",
+            ));
         }
     }
     if s.bucket_ms != BUCKET_MS {
-        return Err(format!(
-            "time buckets of {} ms (this abmesh uses {BUCKET_MS})",
-            s.bucket_ms
-        ));
+        return Err(SnapshotError::Buckets(s.bucket_ms));
     }
     let n_exp = s.experiments.len();
     let n_metric = s.metrics.len();
@@ -1311,16 +1338,16 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, String> {
             if e.exp as usize >= n_exp
                 || e.variant as usize >= s.experiments[e.exp as usize].variants.len()
             {
-                return Err(
-                    "an exposure names an experiment or variant the state does not list".into(),
-                );
+                return Err(SnapshotError::Dangling(
+                    "an exposure names an experiment or variant",
+                ));
             }
         }
         for m in &u.metrics {
             if (m.scope != ANY && m.scope as usize >= n_exp) || m.metric as usize >= n_metric {
-                return Err(
-                    "a user's metric names an experiment or metric the state does not list".into(),
-                );
+                return Err(SnapshotError::Dangling(
+                    "a user's metric names an experiment or metric",
+                ));
             }
         }
     }
@@ -1645,11 +1672,15 @@ impl Engine {
             },
             Ok(RecordKind::Config) => match self.apply_config(payload) {
                 Ok(a) => a,
-                Err(error) => Applied::Unreadable { error },
+                Err(e) => Applied::Unreadable {
+                    error: e.to_string(),
+                },
             },
             Ok(RecordKind::Admin) => match self.apply_admin(payload, received_ms, lsn) {
                 Ok(a) => a,
-                Err(error) => Applied::Unreadable { error },
+                Err(e) => Applied::Unreadable {
+                    error: e.to_string(),
+                },
             },
         };
         let mut agg = self.shared.lock();
@@ -1769,7 +1800,7 @@ mod tests {
         assert!(halted.is_empty());
         let v4 = postcard::to_stdvec(&(4u32, 0u8)).unwrap();
         let err = Engine::restore(Some(&v4), None, EngineOptions::default()).unwrap_err();
-        assert!(err.contains("state version 4"), "{err}");
+        assert!(err.to_string().contains("state version 4"), "{err}");
     }
 
     #[test]

@@ -227,9 +227,20 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Why a name or id is refused (the message follows the field's path in a
+/// [`super::ValidationError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// `got` is the value quoted with [`clip`].
+    #[error("must be 1 to {MAX_NAME_CHARS} characters of {allowed} (got {got})")]
+    Name { allowed: &'static str, got: String },
+    #[error("must be 1 to {MAX_ID_BYTES} bytes (got {0})")]
+    IdLength(usize),
+}
+
 /// Checks an experiment name the way the filter does: 1 to 64 of
 /// `[a-z0-9_.-]`.
-pub fn check_experiment_name(s: &str) -> Result<(), String> {
+pub fn check_experiment_name(s: &str) -> Result<(), FieldError> {
     check_name(
         s,
         |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'),
@@ -238,7 +249,7 @@ pub fn check_experiment_name(s: &str) -> Result<(), String> {
 }
 
 /// Variant names, as the filter accepts them: 1 to 64 of `[A-Za-z0-9_.-]`.
-pub fn check_variant_name(s: &str) -> Result<(), String> {
+pub fn check_variant_name(s: &str) -> Result<(), FieldError> {
     check_name(
         s,
         |c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'),
@@ -247,7 +258,7 @@ pub fn check_variant_name(s: &str) -> Result<(), String> {
 }
 
 /// Metric names: 1 to 64 of `[A-Za-z0-9_.:-]`.
-pub fn check_metric_name(s: &str) -> Result<(), String> {
+pub fn check_metric_name(s: &str) -> Result<(), FieldError> {
     check_name(
         s,
         |c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'),
@@ -255,23 +266,20 @@ pub fn check_metric_name(s: &str) -> Result<(), String> {
     )
 }
 
-fn check_name(s: &str, ok: impl Fn(u8) -> bool, allowed: &str) -> Result<(), String> {
+fn check_name(s: &str, ok: impl Fn(u8) -> bool, allowed: &'static str) -> Result<(), FieldError> {
     if s.is_empty() || s.len() > MAX_NAME_CHARS || !s.bytes().all(ok) {
-        return Err(format!(
-            "must be 1 to {MAX_NAME_CHARS} characters of {allowed} (got {:?})",
-            clip(s)
-        ));
+        return Err(FieldError::Name {
+            allowed,
+            got: format!("{:?}", clip(s)),
+        });
     }
     Ok(())
 }
 
 /// User ids, event ids and instance ids: 1 to 256 bytes of UTF-8.
-pub fn check_id(s: &str) -> Result<(), String> {
+pub fn check_id(s: &str) -> Result<(), FieldError> {
     if s.is_empty() || s.len() > MAX_ID_BYTES {
-        return Err(format!(
-            "must be 1 to {MAX_ID_BYTES} bytes (got {})",
-            s.len()
-        ));
+        return Err(FieldError::IdLength(s.len()));
     }
     Ok(())
 }

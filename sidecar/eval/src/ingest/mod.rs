@@ -31,10 +31,10 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(path: impl Into<String>, message: impl std::fmt::Display) -> Self {
         ValidationError {
             path: path.into(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }

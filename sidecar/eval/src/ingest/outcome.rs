@@ -64,7 +64,7 @@ impl Outcome<'_> {
         }
     }
 
-    fn check(&self) -> Result<(), (&'static str, String)> {
+    fn check(&self) -> Result<(), (&'static str, fields::FieldError)> {
         fields::check_id(self.user.as_str()).map_err(|m| ("user", m))?;
         fields::check_metric_name(self.metric.as_str()).map_err(|m| ("metric", m))?;
         if let Some(e) = &self.experiment {

@@ -347,7 +347,7 @@ fn seq_point(
     nt: i64,
     t: &MetricSums,
     s: &Settings,
-) -> Result<(f64, SequentialOut), String> {
+) -> Result<(f64, SequentialOut), abmesh_stats::StatsError> {
     let params = SequentialParams {
         alpha: s.alpha,
         n_star: s.n_star,
@@ -358,8 +358,7 @@ fn seq_point(
         sequential(&pc, &pt, params)
     } else {
         moments(nc, c).and_then(|a| moments(nt, t).and_then(|b| sequential(&a, &b, params)))
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     Ok((
         r.estimate,
         SequentialOut {
@@ -378,13 +377,12 @@ fn relative(
     nt: i64,
     t: &MetricSums,
     s: &Settings,
-) -> Result<Interval, String> {
+) -> Result<Interval, abmesh_stats::StatsError> {
     let r = if conversion {
         relative_lift(&proportion(nc, c), &proportion(nt, t), s.alpha)
     } else {
         moments(nc, c).and_then(|a| moments(nt, t).and_then(|b| relative_lift(&a, &b, s.alpha)))
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     Ok(Interval {
         estimate: r.lift,
         se: r.se,

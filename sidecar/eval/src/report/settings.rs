@@ -86,6 +86,17 @@ pub enum SettingsError {
     },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    #[error("{path}: {source}")]
+    Range { path: String, source: RangeError },
+}
+
+/// A setting outside its range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RangeError {
+    #[error("{name} must be in (0, 1), got {got}")]
+    Open { name: &'static str, got: f64 },
+    #[error("{name} must be > 0, got {got}")]
+    Positive { name: &'static str, got: f64 },
 }
 
 impl Settings {
@@ -102,30 +113,33 @@ impl Settings {
                 path: shown.clone(),
                 message: format!("{}: {}", e.path(), e.inner()),
             })?;
-        s.check().map_err(|message| SettingsError::Invalid {
+        s.check().map_err(|source| SettingsError::Range {
             path: shown,
-            message,
+            source,
         })?;
         Ok(s)
     }
 
     /// Checks ranges.
-    pub fn check(&self) -> Result<(), String> {
-        let open = |name: &str, v: f64| {
-            if v > 0.0 && v < 1.0 {
+    pub fn check(&self) -> Result<(), RangeError> {
+        let open = |name: &'static str, got: f64| {
+            if got > 0.0 && got < 1.0 {
                 Ok(())
             } else {
-                Err(format!("{name} must be in (0, 1), got {v}"))
+                Err(RangeError::Open { name, got })
+            }
+        };
+        let positive = |name: &'static str, got: f64| {
+            if got > 0.0 && got.is_finite() {
+                Ok(())
+            } else {
+                Err(RangeError::Positive { name, got })
             }
         };
         open("alpha", self.alpha)?;
         open("power", self.power)?;
-        if !(self.target_lift > 0.0 && self.target_lift.is_finite()) {
-            return Err(format!("target_lift must be > 0, got {}", self.target_lift));
-        }
-        if !(self.n_star > 0.0 && self.n_star.is_finite()) {
-            return Err(format!("n_star must be > 0, got {}", self.n_star));
-        }
+        positive("target_lift", self.target_lift)?;
+        positive("n_star", self.n_star)?;
         Ok(())
     }
 

@@ -106,7 +106,7 @@ pub fn decode_request(
                         .into(),
                 ))
             }
-            (None, Some(raw)) => json::decode(raw, datatype, count).map_err(problem)?,
+            (None, Some(raw)) => json::decode(raw, datatype, count).map_err(|e| problem(e.to_string()))?,
             (Some(size), None) => {
                 if header_length.is_none() {
                     return Err(problem(

@@ -18,9 +18,30 @@ use serde_json::value::RawValue;
 use crate::DataType;
 use abmesh_common::quote::bound;
 
+/// Why `data` does not fit the declared datatype and shape (shown to the
+/// client after the input's name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataError {
+    /// What serde (or an element check) said, bounded, without serde's
+    /// position inside `data`.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("data has {got} elements but the shape needs {expected}")]
+    Count { got: usize, expected: usize },
+}
+
+/// Why an integer is not an element of an integer datatype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum IntError {
+    #[error("outside the {0} range")]
+    Range(DataType),
+    #[error("expected {0} numbers")]
+    NotAnInteger(DataType),
+}
+
 /// Decodes `data` into little-endian tensor bytes. `expected` is the element
 /// count of the declared shape; the data must have exactly that many.
-pub fn decode(raw: &RawValue, datatype: DataType, expected: usize) -> Result<Vec<u8>, String> {
+pub fn decode(raw: &RawValue, datatype: DataType, expected: usize) -> Result<Vec<u8>, DataError> {
     if let Some(out) = decode_floats_fast(raw.get().as_bytes(), datatype, expected) {
         return Ok(out);
     }
@@ -29,7 +50,11 @@ pub fn decode(raw: &RawValue, datatype: DataType, expected: usize) -> Result<Vec
 
 /// The general decoder: every datatype, every shape of `data`, and the
 /// error messages. [`decode`] tries [`decode_floats_fast`] first.
-fn decode_general(raw: &RawValue, datatype: DataType, expected: usize) -> Result<Vec<u8>, String> {
+fn decode_general(
+    raw: &RawValue,
+    datatype: DataType,
+    expected: usize,
+) -> Result<Vec<u8>, DataError> {
     let mut out = Vec::with_capacity(expected.saturating_mul(datatype.size()).min(1 << 26));
     let mut count = 0usize;
     let mut de = serde_json::Deserializer::from_str(raw.get());
@@ -44,15 +69,16 @@ fn decode_general(raw: &RawValue, datatype: DataType, expected: usize) -> Result
         // what helps. It may quote the offending value whole (`invalid
         // type: string "..."`).
         let msg = e.to_string();
-        bound(match msg.rfind(" at line ") {
+        DataError::Invalid(bound(match msg.rfind(" at line ") {
             Some(at) => msg[..at].to_owned(),
             None => msg,
-        })
+        }))
     })?;
     if count != expected {
-        return Err(format!(
-            "data has {count} elements but the shape needs {expected}"
-        ));
+        return Err(DataError::Count {
+            got: count,
+            expected,
+        });
     }
     Ok(out)
 }
@@ -299,8 +325,12 @@ impl Flatten<'_> {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             (_, Number::F64(_)) => return Err(bad(&format!("not an integer, as {dt} needs"))),
-            (dt, Number::U64(v)) => push_int(dt, v.into(), out).map_err(|why| bad(&why))?,
-            (dt, Number::I64(v)) => push_int(dt, v.into(), out).map_err(|why| bad(&why))?,
+            (dt, Number::U64(v)) => {
+                push_int(dt, v.into(), out).map_err(|why| bad(&why.to_string()))?
+            }
+            (dt, Number::I64(v)) => {
+                push_int(dt, v.into(), out).map_err(|why| bad(&why.to_string()))?
+            }
         }
         *self.count += 1;
         Ok(())
@@ -311,10 +341,10 @@ impl Flatten<'_> {
 /// when it is outside the type's range. (`Flatten::push` calls it for
 /// integer types only; the others are refused here rather than trusted
 /// never to come.)
-fn push_int(dt: DataType, wide: i128, out: &mut Vec<u8>) -> Result<(), String> {
+fn push_int(dt: DataType, wide: i128, out: &mut Vec<u8>) -> Result<(), IntError> {
     macro_rules! int {
         ($t:ty) => {{
-            let v = <$t>::try_from(wide).map_err(|_| format!("outside the {dt} range"))?;
+            let v = <$t>::try_from(wide).map_err(|_| IntError::Range(dt))?;
             out.extend_from_slice(&v.to_le_bytes());
         }};
     }
@@ -328,7 +358,7 @@ fn push_int(dt: DataType, wide: i128, out: &mut Vec<u8>) -> Result<(), String> {
         DataType::Int32 => int!(i32),
         DataType::Int64 => int!(i64),
         DataType::Bool | DataType::Fp16 | DataType::Bf16 | DataType::Fp32 | DataType::Fp64 => {
-            return Err(format!("expected {dt} numbers"))
+            return Err(IntError::NotAnInteger(dt))
         }
     }
     Ok(())
@@ -482,15 +512,21 @@ mod tests {
             [1i64.to_le_bytes(), (-2i64).to_le_bytes()].concat()
         );
         assert_eq!(
-            decode(&raw("[1, 1.5]"), DataType::Int32, 2).unwrap_err(),
+            decode(&raw("[1, 1.5]"), DataType::Int32, 2)
+                .unwrap_err()
+                .to_string(),
             "element 1 is 1.5, not an integer, as INT32 needs"
         );
         assert_eq!(
-            decode(&raw("[3000000000]"), DataType::Int32, 1).unwrap_err(),
+            decode(&raw("[3000000000]"), DataType::Int32, 1)
+                .unwrap_err()
+                .to_string(),
             "element 0 is 3000000000, outside the INT32 range"
         );
         assert_eq!(
-            decode(&raw("[-1]"), DataType::Uint8, 1).unwrap_err(),
+            decode(&raw("[-1]"), DataType::Uint8, 1)
+                .unwrap_err()
+                .to_string(),
             "element 0 is -1, outside the UINT8 range"
         );
         assert_eq!(
@@ -498,11 +534,15 @@ mod tests {
             vec![1, 0]
         );
         assert_eq!(
-            decode(&raw("[1]"), DataType::Bool, 1).unwrap_err(),
+            decode(&raw("[1]"), DataType::Bool, 1)
+                .unwrap_err()
+                .to_string(),
             "element 0 is 1, expected true or false"
         );
         assert_eq!(
-            decode(&raw("[true]"), DataType::Fp32, 1).unwrap_err(),
+            decode(&raw("[true]"), DataType::Fp32, 1)
+                .unwrap_err()
+                .to_string(),
             "element 0 is true, expected FP32 numbers"
         );
     }
@@ -510,15 +550,20 @@ mod tests {
     #[test]
     fn counts_must_match_the_shape() {
         assert_eq!(
-            decode(&raw("[1, 2, 3]"), DataType::Fp32, 4).unwrap_err(),
+            decode(&raw("[1, 2, 3]"), DataType::Fp32, 4)
+                .unwrap_err()
+                .to_string(),
             "data has 3 elements but the shape needs 4"
         );
         assert_eq!(
-            decode(&raw("[1, 2, 3]"), DataType::Fp32, 2).unwrap_err(),
+            decode(&raw("[1, 2, 3]"), DataType::Fp32, 2)
+                .unwrap_err()
+                .to_string(),
             "data has more elements than the shape's 2"
         );
         assert!(decode(&raw("\"abc\""), DataType::Fp32, 1)
             .unwrap_err()
+            .to_string()
             .starts_with("invalid type: string"));
     }
 

@@ -244,7 +244,7 @@ pub async fn get_state(_req: Request, state: AppState) -> HandlerResult {
         })
         .await
         .map_err(store_error)?
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(response::with_body(
         StatusCode::OK,
         "application/octet-stream",
