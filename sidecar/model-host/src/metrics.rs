@@ -10,7 +10,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
+
+use abmesh_common::metrics::Register;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
@@ -94,44 +96,42 @@ impl HostMetrics {
             batch_size: Family::new_with_constructor(batch_histogram),
             loaded: Family::default(),
         };
-        registry.register(
-            "requests",
-            "Inference requests received for a loaded model version",
-            m.requests.clone(),
-        );
-        registry.register(
-            "errors",
-            "Inference requests that failed, by kind (invalid_request, unavailable, internal)",
-            m.errors.clone(),
-        );
-        registry.register_with_unit(
-            "request_duration",
-            "Time from an inference request's arrival to its response",
-            Unit::Seconds,
-            m.latency.clone(),
-        );
-        registry.register_with_unit(
-            "queue_duration",
-            "Time an inference request waited for a session and batch",
-            Unit::Seconds,
-            m.queue_time.clone(),
-        );
-        registry.register_with_unit(
-            "compute_duration",
-            "Time of one ONNX Runtime run (one batch)",
-            Unit::Seconds,
-            m.compute_time.clone(),
-        );
-        registry.register(
-            "batch_size",
-            "Rows per ONNX Runtime run after dynamic batching",
-            m.batch_size.clone(),
-        );
-        registry.register(
-            "loaded",
-            "1 while a model version is loaded and serving",
-            m.loaded.clone(),
-        );
+        Register(registry)
+            .metric(
+                "requests",
+                "Inference requests received for a loaded model version",
+                &m.requests,
+            )
+            .metric(
+                "errors",
+                "Inference requests that failed, by kind (invalid_request, unavailable, internal)",
+                &m.errors,
+            )
+            .seconds(
+                "request_duration",
+                "Time from an inference request's arrival to its response",
+                &m.latency,
+            )
+            .seconds(
+                "queue_duration",
+                "Time an inference request waited for a session and batch",
+                &m.queue_time,
+            )
+            .seconds(
+                "compute_duration",
+                "Time of one ONNX Runtime run (one batch)",
+                &m.compute_time,
+            )
+            .metric(
+                "batch_size",
+                "Rows per ONNX Runtime run after dynamic batching",
+                &m.batch_size,
+            )
+            .metric(
+                "loaded",
+                "1 while a model version is loaded and serving",
+                &m.loaded,
+            );
         m
     }
 

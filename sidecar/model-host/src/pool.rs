@@ -40,11 +40,11 @@ use ort::value::{DynTensor, DynTensorValueType, DynValue, ValueType};
 use tokio::sync::oneshot;
 
 use super::batching::{BatchConfig, Intake, Job};
+use super::datatype::DataType;
 use super::error::InferError;
 use super::metrics::VersionMetrics;
 use super::signature::{Prepared, Signature};
 use super::tensor::{OutputTensor, Tensor};
-use super::DataType;
 
 /// The outputs of one request.
 pub(crate) type Outputs = Result<Vec<OutputTensor>, InferError>;

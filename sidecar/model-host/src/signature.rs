@@ -11,8 +11,8 @@ use std::sync::Arc;
 use ort::session::Session;
 use ort::value::ValueType;
 
+use super::datatype::DataType;
 use super::tensor::{format_shape, NamedTensor, Tensor};
-use super::DataType;
 use abmesh_common::quote::clip;
 
 /// One input or output as the graph declares it.

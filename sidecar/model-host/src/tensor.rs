@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::DataType;
+use super::datatype::DataType;
 
 /// A dense, row-major tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]

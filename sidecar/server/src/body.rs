@@ -57,6 +57,8 @@ use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use abmesh_common::metrics::Register;
 use tokio::time::Instant;
 
 use crate::response::ApiError;
@@ -187,21 +189,22 @@ impl Bodies {
     /// it an `http` sub-registry).
     pub fn registered(limits: BodyLimits, registry: &mut Registry) -> Bodies {
         let m = BodyMetrics::default();
-        registry.register(
-            "body_bytes_in_flight",
-            "Bytes of request bodies held now, across all connections",
-            m.in_flight.clone(),
-        );
-        registry.register(
-            "body_timeouts",
-            "Request bodies that did not arrive within --body-read-timeout (408)",
-            m.timeouts.clone(),
-        );
-        registry.register(
-            "body_over_budget",
-            "Request bodies refused because the bodies in flight were at --body-bytes-in-flight (503)",
-            m.over_budget.clone(),
-        );
+        Register(registry)
+            .metric(
+                "body_bytes_in_flight",
+                "Bytes of request bodies held now, across all connections",
+                &m.in_flight,
+            )
+            .metric(
+                "body_timeouts",
+                "Request bodies that did not arrive within --body-read-timeout (408)",
+                &m.timeouts,
+            )
+            .metric(
+                "body_over_budget",
+                "Request bodies refused because the bodies in flight were at --body-bytes-in-flight (503)",
+                &m.over_budget,
+            );
         Bodies {
             read_timeout: limits.read_timeout,
             in_flight: InFlight::with_metrics(limits.max_in_flight, m),

@@ -21,6 +21,8 @@ use abmesh_store::{
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
+use abmesh_common::metrics::Register;
+
 use crate::response::ApiError;
 use crate::state::AppState;
 use crate::webhook::Webhook;
@@ -93,34 +95,26 @@ impl Ingest {
         let store_metrics = match registry {
             Some(r) => {
                 let m = StoreMetrics::register(r.sub_registry_with_prefix("log"));
-                let ing = r.sub_registry_with_prefix("ingest");
-                ing.register("events", "Outcome events accepted", metrics.events.clone());
-                ing.register(
-                    "duplicate_events",
-                    "Outcome events ignored as duplicates (same id)",
-                    metrics.duplicate_events.clone(),
-                );
-                ing.register(
-                    "exposures",
-                    "Exposure rows accepted",
-                    metrics.exposures.clone(),
-                );
-                ing.register(
-                    "rejected_requests",
-                    "Ingest requests refused (400)",
-                    metrics.rejected.clone(),
-                );
-                let g = r.sub_registry_with_prefix("guardrail");
-                g.register(
-                    "halts",
-                    "Variants halted (by a guardrail or an operator)",
-                    metrics.halts.clone(),
-                );
-                g.register(
-                    "lifts",
-                    "Halts lifted by an operator",
-                    metrics.lifts.clone(),
-                );
+                Register(r.sub_registry_with_prefix("ingest"))
+                    .metric("events", "Outcome events accepted", &metrics.events)
+                    .metric(
+                        "duplicate_events",
+                        "Outcome events ignored as duplicates (same id)",
+                        &metrics.duplicate_events,
+                    )
+                    .metric("exposures", "Exposure rows accepted", &metrics.exposures)
+                    .metric(
+                        "rejected_requests",
+                        "Ingest requests refused (400)",
+                        &metrics.rejected,
+                    );
+                Register(r.sub_registry_with_prefix("guardrail"))
+                    .metric(
+                        "halts",
+                        "Variants halted (by a guardrail or an operator)",
+                        &metrics.halts,
+                    )
+                    .metric("lifts", "Halts lifted by an operator", &metrics.lifts);
                 m
             }
             None => StoreMetrics::new(),

@@ -74,6 +74,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use abmesh_common::metrics::Register;
+
 use abmesh_common::SidecarId;
 pub use record::RecordRef;
 
@@ -207,32 +209,21 @@ impl StoreMetrics {
     /// Registers under `registry` (give it a `log` sub-registry).
     pub fn register(registry: &mut Registry) -> Self {
         let m = StoreMetrics::new();
-        registry.register(
-            "records",
-            "Records appended to the outcome log",
-            m.records.clone(),
-        );
-        registry.register(
-            "bytes",
-            "Bytes appended to the outcome log",
-            m.bytes.clone(),
-        );
-        registry.register(
-            "syncs",
-            "fdatasync calls (one per group commit)",
-            m.syncs.clone(),
-        );
-        registry.register("snapshots", "Snapshots written", m.snapshots.clone());
-        registry.register(
-            "sync_seconds",
-            "Time of one write + fdatasync",
-            m.sync_seconds.clone(),
-        );
-        registry.register(
-            "group_records",
-            "Records per group commit",
-            m.group_records.clone(),
-        );
+        Register(registry)
+            .metric("records", "Records appended to the outcome log", &m.records)
+            .metric("bytes", "Bytes appended to the outcome log", &m.bytes)
+            .metric("syncs", "fdatasync calls (one per group commit)", &m.syncs)
+            .metric("snapshots", "Snapshots written", &m.snapshots)
+            .metric(
+                "sync_seconds",
+                "Time of one write + fdatasync",
+                &m.sync_seconds,
+            )
+            .metric(
+                "group_records",
+                "Records per group commit",
+                &m.group_records,
+            );
         m
     }
 }

@@ -26,7 +26,7 @@
 //! [`RecordKind::Config`] record replaces the definitions), adds up the health
 //! rows of exposure batches per (experiment, variant), and after every
 //! fresh exposure batch runs the guardrails of each defined experiment
-//! ([`super::guard::checks`]): a breach halts the variant. Halts (and
+//! ([`super::checks::checks`]): a breach halts the variant. Halts (and
 //! [`RecordKind::Admin`] halts and lifts) are state like the rest, decided in log
 //! order, so replay reproduces them. These steps depend on the order of
 //! records (a halt is decided at a point of the log); they are what the
@@ -80,8 +80,10 @@ use serde_json::json;
 use siphasher::sip128::{Hasher128, SipHasher13};
 use smallvec::SmallVec;
 
-use super::guard::{self, GuardState, Halt, HaltSource, HaltedRef};
-use super::{Aggregates, Counters, Definitions, MetricInfo, UserValue, BUCKET_MS};
+use super::checks;
+use super::definitions::Definitions;
+use super::guard::{GuardState, Halt, HaltSource, HaltedRef};
+use super::sums::{Aggregates, Counters, MetricInfo, UserValue, BUCKET_MS};
 use crate::ingest::exposure::format_config_id;
 use crate::ingest::{parse_exposures, parse_outcomes, ExposureBatch, Outcome};
 use crate::kind::RecordKind;
@@ -1416,8 +1418,8 @@ fn evaluate_guardrails(agg: &mut Aggregates, time_ms: i64, lsn: u64) -> Vec<serd
     };
     for def in defs.experiments() {
         if def.guardrails.is_some() {
-            if let Some(c) = guard::checks(agg, &def.name) {
-                for check in c.checks.iter().filter(|c| guard::breaches(c)) {
+            if let Some(c) = checks::checks(agg, &def.name) {
+                for check in c.checks.iter().filter(|c| checks::breaches(c)) {
                     let variant = &c.variants[check.variant];
                     if check.variant == c.control
                         || agg.guard.active(&def.name, variant).is_some()
@@ -1459,7 +1461,7 @@ fn evaluate_guardrails(agg: &mut Aggregates, time_ms: i64, lsn: u64) -> Vec<serd
 /// it starts failing; forgets once it passes again.
 fn srm_alarm(
     agg: &mut Aggregates,
-    def: &super::Defined,
+    def: &super::definitions::Defined,
     time_ms: i64,
 ) -> Option<serde_json::Value> {
     let e = agg.experiment(&def.name)?;
@@ -1535,11 +1537,11 @@ fn lift(
         .into_iter()
         .filter(|r| r.starts_with("metric:"))
         .collect();
-    if let Some(c) = guard::checks(agg, &a.experiment) {
+    if let Some(c) = checks::checks(agg, &a.experiment) {
         overrides.extend(
             c.checks
                 .iter()
-                .filter(|k| guard::breaches(k) && c.variants[k.variant] == a.variant)
+                .filter(|k| checks::breaches(k) && c.variants[k.variant] == a.variant)
                 .map(|k| k.rule.clone()),
         );
     }

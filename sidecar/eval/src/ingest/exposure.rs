@@ -43,8 +43,8 @@ use std::collections::HashSet;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::fields::{self, bare_message, parse_json, JsonFailure, Text, MAX_TIMESTAMP_MS};
-use super::ValidationError;
+use super::error::ValidationError;
+use super::fields::{self, parse_json, Text, MAX_TIMESTAMP_MS};
 use abmesh_common::quote::{bound, clip};
 use abmesh_stats::guardrail::{Health, LATENCY_BUCKETS, STATUS_CLASSES};
 
@@ -169,22 +169,8 @@ impl ExposureRow<'_> {
 /// Parses and validates a batch; all or nothing, errors name the row and
 /// element (`exposures[3][2]: ...`).
 pub fn parse_exposures(body: &[u8]) -> Result<ExposureBatch<'_>, ValidationError> {
-    let batch = parse_json::<ExposureBatch>(body).map_err(|JsonFailure { path, error }| {
-        let path = if path == "." {
-            "batch".to_owned()
-        } else {
-            path
-        };
-        ValidationError::new(
-            path,
-            format!(
-                "{} (line {}, column {})",
-                bare_message(&error),
-                error.line(),
-                error.column()
-            ),
-        )
-    })?;
+    let batch = parse_json::<ExposureBatch>(body)
+        .map_err(|f| f.into_error(|path| path.unwrap_or_else(|| "batch".to_owned()), None))?;
     validate(&batch)?;
     Ok(batch)
 }

@@ -13,6 +13,8 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use abmesh_common::quote::{bound, clip};
 
+use super::error::ValidationError;
+
 /// Longest user id, event id or filter instance id, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 /// Longest experiment, variant or metric name, in characters (all ASCII).
@@ -304,6 +306,29 @@ pub(crate) fn bare_message(e: &serde_json::Error) -> String {
 pub(crate) struct JsonFailure {
     pub path: String,
     pub error: serde_json::Error,
+}
+
+impl JsonFailure {
+    /// The failure as the 400 of the body it is part of: `name` gives the
+    /// error's path from the failing value's path within the document
+    /// (`None`: the document itself), and the message says where, at
+    /// `line` (a line of an NDJSON body) or serde's line, and column.
+    pub(crate) fn into_error(
+        self,
+        name: impl FnOnce(Option<String>) -> String,
+        line: Option<usize>,
+    ) -> ValidationError {
+        let path = name((self.path != ".").then_some(self.path));
+        ValidationError::new(
+            path,
+            format!(
+                "{} (line {}, column {})",
+                bare_message(&self.error),
+                line.unwrap_or_else(|| self.error.line()),
+                self.error.column()
+            ),
+        )
+    }
 }
 
 /// Parses one JSON document: a single value of type `T`, with nothing but

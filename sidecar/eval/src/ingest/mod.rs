@@ -14,27 +14,12 @@
 //! with a 400 that names the event's index and field, and nothing of it is
 //! written.
 
+pub mod error;
 pub mod exposure;
 pub mod fields;
 pub mod outcome;
 
+pub use error::ValidationError;
+
 pub use exposure::{parse_exposures, ExposureBatch};
 pub use outcome::{parse_outcomes, Outcome};
-
-/// Why a request body was refused: where (`events[3].value`) and what.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct ValidationError {
-    /// JSON path of the offending value, from the top of the body.
-    pub path: String,
-    pub message: String,
-}
-
-impl ValidationError {
-    pub fn new(path: impl Into<String>, message: impl std::fmt::Display) -> Self {
-        ValidationError {
-            path: path.into(),
-            message: message.to_string(),
-        }
-    }
-}

@@ -21,8 +21,8 @@
 
 use serde::Deserialize;
 
-use super::fields::{self, bare_message, parse_json, Finite, JsonFailure, Millis, Text};
-use super::ValidationError;
+use super::error::ValidationError;
+use super::fields::{self, parse_json, Finite, Millis, Text};
 
 /// Most events in one request.
 pub const MAX_EVENTS_PER_BATCH: usize = 100_000;
@@ -104,20 +104,10 @@ pub fn parse_outcomes(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> 
 }
 
 fn parse_array(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
-    parse_json::<Vec<Outcome>>(body).map_err(|JsonFailure { path, error }| {
-        let path = if path == "." {
-            "events".to_owned()
-        } else {
-            format!("events{path}")
-        };
-        ValidationError::new(
-            path,
-            format!(
-                "{} (line {}, column {})",
-                bare_message(&error),
-                error.line(),
-                error.column()
-            ),
+    parse_json::<Vec<Outcome>>(body).map_err(|f| {
+        f.into_error(
+            |path| path.map_or_else(|| "events".to_owned(), |p| format!("events{p}")),
+            None,
         )
     })
 }
@@ -131,21 +121,14 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<Outcome<'_>>, ValidationError> {
         let index = out.len();
         match parse_json::<Outcome>(line) {
             Ok(e) => out.push(e),
-            Err(JsonFailure { path, error }) => {
-                let path = if path == "." {
-                    format!("events[{index}]")
-                } else {
-                    format!("events[{index}].{path}")
-                };
-                return Err(ValidationError::new(
-                    path,
-                    format!(
-                        "{} (line {}, column {})",
-                        bare_message(&error),
-                        line_no + 1,
-                        error.column()
-                    ),
-                ));
+            Err(f) => {
+                return Err(f.into_error(
+                    |path| match path {
+                        None => format!("events[{index}]"),
+                        Some(p) => format!("events[{index}].{p}"),
+                    },
+                    Some(line_no + 1),
+                ))
             }
         }
     }

@@ -5,7 +5,8 @@
 //! depends on the number of events or users, which is what keeps a report
 //! within milliseconds at any volume.
 
-use crate::aggregate::guard::{self, Checks};
+use crate::aggregate::checks;
+use crate::aggregate::guard::Checks;
 use crate::aggregate::{
     Aggregates, Cell, Counters, Defined, Halt, MetricInfo, MetricSums, LEVEL_MS,
 };
@@ -117,7 +118,7 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
             .filter(|h| h.experiment == name)
             .cloned()
             .collect(),
-        checks: guard::checks(agg, name),
+        checks: checks::checks(agg, name),
         overrides: agg
             .guard
             .overrides

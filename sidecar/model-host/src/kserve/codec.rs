@@ -12,8 +12,9 @@
 use super::json::{self, JsonData};
 use super::request::{BinaryOutputs, DecodedRequest};
 use super::types::InferRequest;
+use crate::datatype::DataType;
 use crate::tensor::format_shape;
-use crate::{DataType, NamedTensor, OutputTensor, Tensor};
+use crate::tensor::{NamedTensor, OutputTensor, Tensor};
 use abmesh_common::quote::{bound, clip};
 
 /// The HTTP header that splits a body into JSON and binary parts.

@@ -15,7 +15,8 @@
 
 use super::json::decode_floats_at;
 use super::request::{BinaryOutputs, DecodedRequest};
-use crate::{DataType, NamedTensor, Tensor};
+use crate::datatype::DataType;
+use crate::tensor::{NamedTensor, Tensor};
 
 /// Decodes a request body without the binary extension, if it has the
 /// common shape described in the module docs.

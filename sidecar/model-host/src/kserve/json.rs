@@ -15,7 +15,7 @@ use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 
-use crate::DataType;
+use crate::datatype::DataType;
 use abmesh_common::quote::bound;
 
 /// Why `data` does not fit the declared datatype and shape (shown to the

@@ -4,7 +4,7 @@
 //! so that neither decoder imports the other's types (the general decoder
 //! calls the fast path first; the fast path returns these).
 
-use crate::NamedTensor;
+use crate::tensor::NamedTensor;
 
 /// A decoded inference request.
 #[derive(Debug)]
