@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 
 use plotters::prelude::*;
 
-use super::model::{pct, Comparison, LiftPoint, MetricReport, Report, Stat};
+use super::model::{pct, Comparison, HaltedBy, LiftPoint, MetricReport, Report, Stat};
 use super::ListEntry;
-use crate::aggregate::HaltSource;
+use abmesh_stats::guardrail::CheckStatus;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1150px}\
 table{border-collapse:collapse;margin:8px 0 16px}td,th{padding:3px 10px;text-align:right;border-bottom:1px solid #ddd}\
@@ -158,11 +158,11 @@ fn guardrail_sections(h: &mut String, r: &Report) {
         h.push_str("<h2 id=halts>Halts</h2><table><tr><th>variant</th><th>state</th><th>since</th><th>by</th><th>reason</th></tr>");
         for x in &r.halts {
             let halt = &x.halt;
-            let by = match (halt.source, &halt.rule) {
-                (HaltSource::Guardrail, Some(rule)) => {
+            let by = match x.by() {
+                HaltedBy::Guardrail(rule) => {
                     format!("guardrail <code>{}</code>", escape_html(rule))
                 }
-                _ => "operator".to_owned(),
+                HaltedBy::Operator => "operator".to_owned(),
             };
             let state = match halt.lifted_ms {
                 None => "<strong class=warn>halted</strong>".to_owned(),
@@ -208,19 +208,19 @@ fn guardrail_sections(h: &mut String, r: &Report) {
                 h,
                 "<tr><td>{}</td><td><code>{}</code></td><td>{}{}</td><td>{}</td><td>[{}, {}]</td><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
                 escape_html(&c.variant),
-                escape_html(&c.rule),
-                if c.status == "breach" {
+                escape_html(&c.check.rule),
+                if c.check.status == CheckStatus::Breach {
                     "<strong class=warn>breach</strong>".to_owned()
                 } else {
-                    c.status.replace('_', " ")
+                    c.check.status.as_str().replace('_', " ")
                 },
                 if c.overridden { " <span class=muted>(overridden)</span>" } else { "" },
-                num(c.estimate, 4),
-                num(c.ci_low, 4),
-                num(c.ci_high, 4),
-                num(Some(c.limit), 4),
-                p(c.p_value),
-                escape_html(&c.message)
+                num(c.check.estimate, 4),
+                num(c.check.ci_low, 4),
+                num(c.check.ci_high, 4),
+                num(Some(c.check.limit), 4),
+                p(c.check.p_value),
+                escape_html(&c.check.message)
             );
         }
         if g.checks.is_empty() {

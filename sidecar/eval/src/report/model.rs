@@ -34,7 +34,8 @@ use serde::Serialize;
 
 use super::data::{ExperimentData, MetricData};
 use super::settings::Settings;
-use crate::aggregate::{Halt, MetricSums};
+use crate::aggregate::{Halt, HaltSource, MetricSums};
+use abmesh_stats::guardrail::Check;
 use abmesh_stats::{
     chance_to_beat, cuped, holm, mde_at, mde_proportions, power_at, relative_lift,
     sample_size_means, sample_size_proportions, sequential, srm, two_proportion, welch_t,
@@ -140,6 +141,25 @@ pub struct HaltOut {
     pub halt: Halt,
 }
 
+/// Who halted a variant, as the text and HTML reports say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaltedBy<'a> {
+    /// A guardrail, by its rule.
+    Guardrail(&'a str),
+    /// An operator (or a halt without a rule).
+    Operator,
+}
+
+impl HaltOut {
+    /// Who halted the variant.
+    pub fn by(&self) -> HaltedBy<'_> {
+        match (self.halt.source, &self.halt.rule) {
+            (HaltSource::Guardrail, Some(rule)) => HaltedBy::Guardrail(rule),
+            _ => HaltedBy::Operator,
+        }
+    }
+}
+
 /// One variant's health.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthOut {
@@ -166,20 +186,17 @@ pub struct GuardrailsOut {
     pub checks: Vec<CheckOut>,
 }
 
-/// One guardrail check of one treatment.
+/// One guardrail check of one treatment: the check as the guardrail
+/// computed it, with the variant's name and whether an operator
+/// overrode the rule.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckOut {
     pub variant: String,
-    /// `error_rate`, `p95_latency` or `metric:NAME`.
-    pub rule: String,
-    /// `ok`, `breach`, `not_enough_data` or `error`.
-    pub status: &'static str,
-    pub estimate: Option<f64>,
-    pub ci_low: Option<f64>,
-    pub ci_high: Option<f64>,
-    pub limit: f64,
-    pub p_value: Option<f64>,
-    pub message: String,
+    /// `rule` (`error_rate`, `p95_latency` or `metric:NAME`), `status`
+    /// (`ok`, `breach`, `not_enough_data` or `error`), the estimate, its
+    /// interval, the limit, the p-value and the message.
+    #[serde(flatten)]
+    pub check: Check,
     /// An operator lifted a halt of this variant: this rule no longer halts
     /// it.
     pub overridden: bool,
@@ -391,21 +408,86 @@ fn relative(
     })
 }
 
-/// Builds the report of one experiment.
+/// Builds the report of one experiment, step by step: who is the control
+/// and what each variant should have, what looks wrong in the data, which
+/// metric decides, the tests per metric (Holm over all of them), the
+/// halts, health and guardrails, and from those the decision.
 pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report {
-    let control = match &data.definition {
+    let control = control_index(data);
+    let control_name = data.variants.get(control).cloned().unwrap_or_default();
+    let variants = variant_summaries(data, control);
+    let srm_out = srm_check(data);
+    let mut warnings = data_warnings(data);
+    let primary = primary_metric(data, settings, &mut warnings);
+    let metrics = metric_reports(data, control, primary.as_deref(), settings);
+    let halts: Vec<HaltOut> = data
+        .halts
+        .iter()
+        .map(|h| HaltOut {
+            active: h.active(),
+            halt: h.clone(),
+        })
+        .collect();
+    let active: Vec<&Halt> = data.halts.iter().filter(|h| h.active()).collect();
+    let decision = decide_with_halts(
+        &control_name,
+        &variants,
+        &srm_out,
+        &metrics,
+        primary.as_deref(),
+        settings,
+        &active,
+    );
+    Report {
+        experiment: data.name.clone(),
+        generated_at_ms: now_ms,
+        applied_lsn: data.applied_lsn,
+        control: control_name,
+        definitions: match (&data.definition, data.learned) {
+            (Some(_), true) => "filter config",
+            (Some(_), false) => "experiments file",
+            (None, _) => "exposures",
+        },
+        settings: Settings {
+            experiments: Default::default(),
+            ..settings.clone()
+        },
+        variants,
+        srm: srm_out,
+        data_quality: DataQuality {
+            exposure_rows: data.exposure_rows,
+            assignment_mismatches: data.mismatches,
+            variant_conflicts: data.conflicts,
+            dropped_exposures: data.counters.dropped_exposures,
+            warnings,
+        },
+        halts,
+        health: health_of(data),
+        guardrails: guardrails_of(data),
+        primary_metric: primary,
+        metrics,
+        decision,
+    }
+}
+
+/// The control's index among the data's variants: the definitions' control,
+/// else the first variant seen.
+fn control_index(data: &ExperimentData) -> usize {
+    match &data.definition {
         Some(d) => data
             .variants
             .iter()
             .position(|v| *v == d.variants[d.control])
             .unwrap_or(0),
         None => 0,
-    };
-    let control_name = data.variants.get(control).cloned().unwrap_or_default();
+    }
+}
+
+/// Each variant's users, and the share its configured weight expects.
+fn variant_summaries(data: &ExperimentData, control: usize) -> Vec<VariantSummary> {
     let users = |v: usize| data.users.get(v).copied().unwrap_or(0).max(0) as u64;
     let total_weight: Option<f64> = data.definition.as_ref().map(|d| d.weights.iter().sum());
-    let variants: Vec<VariantSummary> = data
-        .variants
+    data.variants
         .iter()
         .enumerate()
         .map(|(i, name)| VariantSummary {
@@ -417,8 +499,12 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
                 Some(d.weights[j] / total_weight.unwrap_or(1.0))
             }),
         })
-        .collect();
-    let srm_out = srm_check(data);
+        .collect()
+}
+
+/// What looks wrong in the data: dropped exposures, assignment mismatches,
+/// users in several variants, variants the definitions do not know.
+fn data_warnings(data: &ExperimentData) -> Vec<String> {
     let mut warnings = Vec::new();
     if data.counters.dropped_exposures > 0 {
         warnings.push(format!(
@@ -447,20 +533,39 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
             }
         }
     }
+    warnings
+}
 
+/// The metric that decides: the configured primary metric when it has
+/// data (a warning when it has none yet), else the first metric.
+fn primary_metric(
+    data: &ExperimentData,
+    settings: &Settings,
+    warnings: &mut Vec<String>,
+) -> Option<String> {
     let exp_settings = settings.experiment(&data.name);
-    let primary = exp_settings
-        .and_then(|e| e.primary_metric.clone())
-        .filter(|m| data.metrics.iter().any(|d| d.info.name == *m))
-        .or_else(|| data.metrics.first().map(|m| m.info.name.clone()));
+    let has = |m: &str| data.metrics.iter().any(|d| d.info.name == m);
     if let Some(p) = exp_settings.and_then(|e| e.primary_metric.as_ref()) {
-        if !data.metrics.iter().any(|d| d.info.name == *p) {
+        if !has(p) {
             warnings.push(format!(
                 "the primary metric {p:?} has no events from exposed users yet"
             ));
         }
     }
+    exp_settings
+        .and_then(|e| e.primary_metric.clone())
+        .filter(|m| has(m))
+        .or_else(|| data.metrics.first().map(|m| m.info.name.clone()))
+}
 
+/// Every metric's report, with Holm-adjusted p-values over every
+/// fixed-horizon comparison of the experiment.
+fn metric_reports(
+    data: &ExperimentData,
+    control: usize,
+    primary: Option<&str>,
+    settings: &Settings,
+) -> Vec<MetricReport> {
     let mut metrics: Vec<MetricReport> = data
         .metrics
         .iter()
@@ -471,12 +576,11 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
                 mi,
                 m,
                 control,
-                primary.as_deref() == Some(&m.info.name),
+                primary == Some(&m.info.name),
                 settings,
             )
         })
         .collect();
-    // Holm over every fixed-horizon p-value of the experiment.
     let ps: Vec<(usize, usize, f64)> = metrics
         .iter()
         .enumerate()
@@ -492,26 +596,12 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
             metrics[*i].comparisons[*j].p_value_holm = Some(a);
         }
     }
-    let halts: Vec<HaltOut> = data
-        .halts
-        .iter()
-        .map(|h| HaltOut {
-            active: h.active(),
-            halt: h.clone(),
-        })
-        .collect();
-    let active: Vec<&Halt> = data.halts.iter().filter(|h| h.active()).collect();
-    let decision = decide_with_halts(
-        &control_name,
-        &variants,
-        &srm_out,
-        &metrics,
-        primary.as_deref(),
-        settings,
-        &active,
-    );
-    let health = data
-        .variants
+    metrics
+}
+
+/// Per variant, the filters' health counters since the last lift.
+fn health_of(data: &ExperimentData) -> Vec<HealthOut> {
+    data.variants
         .iter()
         .zip(&data.health)
         .map(|(name, h)| HealthOut {
@@ -523,68 +613,33 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
             p50_ms: h.quantile_us(0.5).map(|us| us / 1000.0),
             p95_ms: h.quantile_us(0.95).map(|us| us / 1000.0),
         })
-        .collect();
-    let guardrails = data.definition.as_ref().and_then(|d| {
-        let cfg = d.guardrails.as_ref()?;
-        let checks = data.checks.as_ref().map_or_else(Vec::new, |c| {
-            c.checks
-                .iter()
-                .map(|k| {
-                    let variant = c.variants[k.variant].clone();
-                    CheckOut {
-                        overridden: data
-                            .overrides
-                            .iter()
-                            .any(|(v, r)| *v == variant && *r == k.rule),
-                        variant,
-                        rule: k.rule.clone(),
-                        status: k.status.as_str(),
-                        estimate: k.estimate,
-                        ci_low: k.ci_low,
-                        ci_high: k.ci_high,
-                        limit: k.limit,
-                        p_value: k.p_value,
-                        message: k.message.clone(),
-                    }
-                })
-                .collect()
-        });
-        Some(GuardrailsOut {
-            alpha: cfg.alpha,
-            min_responses: cfg.min_responses,
-            checks,
-        })
+        .collect()
+}
+
+/// The experiment's guardrails and their checks now (None: it has none).
+fn guardrails_of(data: &ExperimentData) -> Option<GuardrailsOut> {
+    let cfg = data.definition.as_ref()?.guardrails.as_ref()?;
+    let checks = data.checks.as_ref().map_or_else(Vec::new, |c| {
+        c.checks
+            .iter()
+            .map(|k| {
+                let variant = c.variants[k.variant].clone();
+                CheckOut {
+                    overridden: data
+                        .overrides
+                        .iter()
+                        .any(|(v, r)| *v == variant && *r == k.rule),
+                    variant,
+                    check: k.clone(),
+                }
+            })
+            .collect()
     });
-    Report {
-        experiment: data.name.clone(),
-        generated_at_ms: now_ms,
-        applied_lsn: data.applied_lsn,
-        control: control_name,
-        definitions: match (&data.definition, data.learned) {
-            (Some(_), true) => "filter config",
-            (Some(_), false) => "experiments file",
-            (None, _) => "exposures",
-        },
-        settings: Settings {
-            experiments: Default::default(),
-            ..settings.clone()
-        },
-        variants,
-        srm: srm_out,
-        data_quality: DataQuality {
-            exposure_rows: data.exposure_rows,
-            assignment_mismatches: data.mismatches,
-            variant_conflicts: data.conflicts,
-            dropped_exposures: data.counters.dropped_exposures,
-            warnings,
-        },
-        halts,
-        health,
-        guardrails,
-        primary_metric: primary,
-        metrics,
-        decision,
-    }
+    Some(GuardrailsOut {
+        alpha: cfg.alpha,
+        min_responses: cfg.min_responses,
+        checks,
+    })
 }
 
 /// `text`, ending with a full stop.
@@ -889,6 +944,10 @@ fn decide_with_halts(
     d
 }
 
+/// The decision without halts, in the order of the module docs: too
+/// early, a sample ratio mismatch, no outcomes, then on the primary
+/// metric's sequential results: harm, improvement, no effect that matters,
+/// or keep running.
 fn decide(
     control: &str,
     variants: &[VariantSummary],
@@ -897,55 +956,14 @@ fn decide(
     primary: Option<&str>,
     s: &Settings,
 ) -> Decision {
-    let keep = |reason: String, metric: Option<&str>| Decision {
-        decision: DecisionKind::KeepRunning,
-        reason,
-        metric: metric.map(str::to_owned),
-        variant: None,
-    };
-    if variants.len() < 2 {
-        return keep(
-            format!(
-                "Only {} variant has exposures so far; a comparison needs the control and at least one treatment.",
-                variants.len()
-            ),
-            None,
-        );
+    if let Some(d) = too_early(variants, primary, s) {
+        return d;
     }
-    if let Some(v) = variants
-        .iter()
-        .filter(|v| v.users < s.min_users)
-        .min_by_key(|v| v.users)
-    {
-        return keep(
-            format!(
-                "Too early: variant {} has {} exposed users; decisions wait for at least {} per variant.",
-                v.name, v.users, s.min_users
-            ),
-            primary,
-        );
-    }
-    if let Stat::Ok(r) = srm_out {
-        if r.alarm {
-            let split: Vec<String> = variants
-                .iter()
-                .map(|v| format!("{} {}", v.name, v.users))
-                .collect();
-            return Decision {
-                decision: DecisionKind::Inconclusive,
-                reason: format!(
-                    "Sample ratio mismatch: users split {} against the configured shares (SRM p = {:.1e} < {}). Assignment or exposure logging is broken, so no metric can be trusted until it is fixed.",
-                    split.join(" / "),
-                    r.p_value,
-                    SRM_ALERT_P
-                ),
-                metric: None,
-                variant: None,
-            };
-        }
+    if let Some(d) = sample_ratio_mismatch(variants, srm_out) {
+        return d;
     }
     let Some(primary) = primary else {
-        return keep("No outcome events from exposed users yet.".into(), None);
+        return keep_running("No outcome events from exposed users yet.".into(), None);
     };
     // An invariant: `build` picks `primary` among the metrics it reports
     // (one `MetricReport` per metric of the data).
@@ -953,120 +971,247 @@ fn decide(
         .iter()
         .find(|m| m.name == primary)
         .expect("primary metric is reported");
-    let what = describe(m);
-    let level = format!("{:.0}%", (1.0 - s.alpha) * 100.0);
-    let mut seqs = Vec::new();
-    for c in &m.comparisons {
-        match (&c.sequential, &c.relative) {
-            (Stat::Ok(q), Stat::Ok(r)) => seqs.push((c, *q, *r)),
-            (Stat::Err { error }, _) | (_, Stat::Err { error }) => {
-                return keep(
-                    format!("{what} cannot be tested for {} yet: {error}.", c.variant),
-                    Some(primary),
-                );
+    let looks = match Looks::of(m, s) {
+        Ok(looks) => looks,
+        Err(reason) => return keep_running(reason, Some(primary)),
+    };
+    looks
+        .harm(control)
+        .or_else(|| looks.improvement())
+        .or_else(|| looks.no_effect())
+        .unwrap_or_else(|| looks.keep_running(variants, control))
+}
+
+fn keep_running(reason: String, metric: Option<&str>) -> Decision {
+    Decision {
+        decision: DecisionKind::KeepRunning,
+        reason,
+        metric: metric.map(str::to_owned),
+        variant: None,
+    }
+}
+
+/// `keep-running` while there is no treatment yet, or a variant has fewer
+/// than `min_users` users.
+fn too_early(variants: &[VariantSummary], primary: Option<&str>, s: &Settings) -> Option<Decision> {
+    if variants.len() < 2 {
+        return Some(keep_running(
+            format!(
+                "Only {} variant has exposures so far; a comparison needs the control and at least one treatment.",
+                variants.len()
+            ),
+            None,
+        ));
+    }
+    let v = variants
+        .iter()
+        .filter(|v| v.users < s.min_users)
+        .min_by_key(|v| v.users)?;
+    Some(keep_running(
+        format!(
+            "Too early: variant {} has {} exposed users; decisions wait for at least {} per variant.",
+            v.name, v.users, s.min_users
+        ),
+        primary,
+    ))
+}
+
+/// `inconclusive` on a sample ratio mismatch: no number can be trusted.
+fn sample_ratio_mismatch(variants: &[VariantSummary], srm_out: &Stat<SrmOut>) -> Option<Decision> {
+    let r = srm_out.ok().filter(|r| r.alarm)?;
+    let split: Vec<String> = variants
+        .iter()
+        .map(|v| format!("{} {}", v.name, v.users))
+        .collect();
+    Some(Decision {
+        decision: DecisionKind::Inconclusive,
+        reason: format!(
+            "Sample ratio mismatch: users split {} against the configured shares (SRM p = {:.1e} < {}). Assignment or exposure logging is broken, so no metric can be trusted until it is fixed.",
+            split.join(" / "),
+            r.p_value,
+            SRM_ALERT_P
+        ),
+        metric: None,
+        variant: None,
+    })
+}
+
+/// The primary metric's sequential look at each treatment, and which of
+/// them are significant (Holm over the treatments).
+struct Looks<'m> {
+    m: &'m MetricReport,
+    s: &'m Settings,
+    /// What the reasons call the metric (`buy conversion`).
+    what: String,
+    /// The confidence level, `95%`.
+    level: String,
+    /// Per treatment: its comparison, sequential and relative results.
+    seqs: Vec<(&'m Comparison, SequentialOut, Interval)>,
+    /// Indexes into `seqs` of the significant ones.
+    significant: Vec<usize>,
+    /// +1 when higher is better, −1 otherwise.
+    sign: f64,
+}
+
+impl<'m> Looks<'m> {
+    /// The looks, or why the metric cannot be tested yet (a reason to keep
+    /// running).
+    fn of(m: &'m MetricReport, s: &'m Settings) -> Result<Looks<'m>, String> {
+        let what = describe(m);
+        let mut seqs = Vec::new();
+        for c in &m.comparisons {
+            match (&c.sequential, &c.relative) {
+                (Stat::Ok(q), Stat::Ok(r)) => seqs.push((c, *q, *r)),
+                (Stat::Err { error }, _) | (_, Stat::Err { error }) => {
+                    return Err(format!(
+                        "{what} cannot be tested for {} yet: {error}.",
+                        c.variant
+                    ));
+                }
             }
         }
+        let adjusted =
+            holm(&seqs.iter().map(|x| x.1.p_value).collect::<Vec<_>>()).unwrap_or_default();
+        let significant = adjusted
+            .iter()
+            .enumerate()
+            .filter(|(_, &a)| a < s.alpha)
+            .map(|(i, _)| i)
+            .collect();
+        Ok(Looks {
+            m,
+            s,
+            what,
+            level: format!("{:.0}%", (1.0 - s.alpha) * 100.0),
+            seqs,
+            significant,
+            sign: if m.higher_is_better { 1.0 } else { -1.0 },
+        })
     }
-    let adjusted = holm(&seqs.iter().map(|x| x.1.p_value).collect::<Vec<_>>()).unwrap_or_default();
-    let sign = if m.higher_is_better { 1.0 } else { -1.0 };
-    let significant: Vec<_> = seqs
-        .iter()
-        .zip(&adjusted)
-        .filter(|(_, &a)| a < s.alpha)
-        .map(|(x, _)| x)
-        .collect();
-    let interval = |q: &SequentialOut| {
+
+    fn interval(&self, q: &SequentialOut) -> String {
         format!(
-            "always-valid {level} interval {} to {}",
+            "always-valid {} interval {} to {}",
+            self.level,
             pct(q.ci_low),
             pct(q.ci_high)
         )
-    };
-    if let Some((c, q, r)) = significant
-        .iter()
-        .filter(|(_, _, r)| sign * r.estimate < 0.0)
-        .min_by(|a, b| (sign * a.2.estimate).total_cmp(&(sign * b.2.estimate)))
-    {
-        return Decision {
+    }
+
+    fn significant(&self) -> impl Iterator<Item = &(&'m Comparison, SequentialOut, Interval)> {
+        self.significant.iter().map(|&i| &self.seqs[i])
+    }
+
+    /// `stop-harm` if a treatment is significantly worse (the worst).
+    fn harm(&self, control: &str) -> Option<Decision> {
+        let sign = self.sign;
+        let (c, q, r) = self
+            .significant()
+            .filter(|(_, _, r)| sign * r.estimate < 0.0)
+            .min_by(|a, b| (sign * a.2.estimate).total_cmp(&(sign * b.2.estimate)))?;
+        Some(Decision {
             decision: DecisionKind::StopHarm,
             reason: format!(
-                "{} makes {what} worse: {} against {} ({}). Stop it.",
+                "{} makes {} worse: {} against {} ({}). Stop it.",
                 c.variant,
+                self.what,
                 pct(r.estimate),
                 control,
-                interval(q)
+                self.interval(q)
             ),
-            metric: Some(primary.to_owned()),
+            metric: Some(self.m.name.clone()),
             variant: Some(c.variant.clone()),
-        };
+        })
     }
-    if let Some((c, q, r)) = significant
-        .iter()
-        .filter(|(_, _, r)| sign * r.estimate > 0.0)
-        .max_by(|a, b| (sign * a.2.estimate).total_cmp(&(sign * b.2.estimate)))
-    {
+
+    /// `ship` if a treatment is significantly better (the best).
+    fn improvement(&self) -> Option<Decision> {
+        let sign = self.sign;
+        let (c, q, r) = self
+            .significant()
+            .filter(|(_, _, r)| sign * r.estimate > 0.0)
+            .max_by(|a, b| (sign * a.2.estimate).total_cmp(&(sign * b.2.estimate)))?;
         let chance = c
             .chance_to_beat_control
             .ok()
             .map(|p| format!("; chance to beat control {:.1}%", p * 100.0))
             .unwrap_or_default();
-        return Decision {
+        Some(Decision {
             decision: DecisionKind::Ship,
             reason: format!(
-                "{} improves {what} by {} ({}{chance}). Ship it.",
+                "{} improves {} by {} ({}{chance}). Ship it.",
                 c.variant,
+                self.what,
                 pct(r.estimate),
-                interval(q)
+                self.interval(q)
             ),
-            metric: Some(primary.to_owned()),
+            metric: Some(self.m.name.clone()),
             variant: Some(c.variant.clone()),
-        };
+        })
     }
-    let t = s.target_lift;
-    if seqs.iter().all(|(_, q, _)| q.ci_low > -t && q.ci_high < t) {
-        let parts: Vec<String> = seqs
+
+    /// `inconclusive` if every treatment's always-valid interval lies inside
+    /// ±`target_lift`.
+    fn no_effect(&self) -> Option<Decision> {
+        let t = self.s.target_lift;
+        if !self
+            .seqs
+            .iter()
+            .all(|(_, q, _)| q.ci_low > -t && q.ci_high < t)
+        {
+            return None;
+        }
+        let parts: Vec<String> = self
+            .seqs
             .iter()
             .map(|(c, q, _)| format!("{} {} to {}", c.variant, pct(q.ci_low), pct(q.ci_high)))
             .collect();
-        return Decision {
+        Some(Decision {
             decision: DecisionKind::Inconclusive,
             reason: format!(
-                "No effect as large as ±{:.1}% on {what}: every always-valid {level} interval lies inside it ({}). More data will not change the call.",
+                "No effect as large as ±{:.1}% on {}: every always-valid {} interval lies inside it ({}). More data will not change the call.",
                 t * 100.0,
+                self.what,
+                self.level,
                 parts.join("; ")
             ),
-            metric: Some(primary.to_owned()),
+            metric: Some(self.m.name.clone()),
             variant: None,
-        };
+        })
     }
-    // Keep running: where we are and how far to go.
-    let (c, q, r) = &seqs[0];
-    let mut reason = format!(
-        "No significant difference on {what} yet ({}: {}, {}).",
-        c.variant,
-        pct(r.estimate),
-        interval(q)
-    );
-    if let Some(mde) = c.mde.ok() {
-        reason.push_str(&format!(
-            " The MDE at the current sample is {:.1}% (target ±{:.1}%).",
-            mde.relative.abs() * 100.0,
-            t * 100.0
-        ));
-    }
-    if let Some(n) = users_needed(m, control, c, s) {
-        let have = variants.iter().map(|v| v.users).min().unwrap_or(0);
-        if n > have as f64 {
+
+    /// `keep-running`: where the first treatment is and how far to go.
+    fn keep_running(&self, variants: &[VariantSummary], control: &str) -> Decision {
+        let (s, t) = (self.s, self.s.target_lift);
+        let (c, q, r) = &self.seqs[0];
+        let mut reason = format!(
+            "No significant difference on {} yet ({}: {}, {}).",
+            self.what,
+            c.variant,
+            pct(r.estimate),
+            self.interval(q)
+        );
+        if let Some(mde) = c.mde.ok() {
             reason.push_str(&format!(
-                " About {} users per variant give {:.0}% power at ±{:.1}% ({} so far).",
-                n.ceil() as u64,
-                s.power * 100.0,
-                t * 100.0,
-                have
+                " The MDE at the current sample is {:.1}% (target ±{:.1}%).",
+                mde.relative.abs() * 100.0,
+                t * 100.0
             ));
         }
+        if let Some(n) = users_needed(self.m, control, c, s) {
+            let have = variants.iter().map(|v| v.users).min().unwrap_or(0);
+            if n > have as f64 {
+                reason.push_str(&format!(
+                    " About {} users per variant give {:.0}% power at ±{:.1}% ({} so far).",
+                    n.ceil() as u64,
+                    s.power * 100.0,
+                    t * 100.0,
+                    have
+                ));
+            }
+        }
+        keep_running(reason, Some(&self.m.name))
     }
-    keep(reason, Some(primary))
 }
 
 /// Users per variant for `power` at ±target_lift, from the control's
@@ -1087,5 +1232,37 @@ fn users_needed(m: &MetricReport, control: &str, c: &Comparison, s: &Settings) -
             s.power,
         )
         .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abmesh_stats::guardrail::CheckStatus;
+
+    /// A check in a report is the guardrail's check with the variant's name
+    /// and the override flag: the same keys, in the same order, as when the
+    /// report spelled each of them out.
+    #[test]
+    fn a_check_serializes_as_the_report_always_showed_it() {
+        let c = CheckOut {
+            variant: "treatment".into(),
+            check: Check {
+                variant: 1,
+                rule: "error_rate".into(),
+                status: CheckStatus::Breach,
+                estimate: Some(0.02),
+                ci_low: Some(0.01),
+                ci_high: None,
+                limit: 0.005,
+                p_value: Some(0.001),
+                message: "m".into(),
+            },
+            overridden: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"variant":"treatment","rule":"error_rate","status":"breach","estimate":0.02,"ci_low":0.01,"ci_high":null,"limit":0.005,"p_value":0.001,"message":"m","overridden":false}"#
+        );
     }
 }

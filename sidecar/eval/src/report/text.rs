@@ -2,8 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::model::{pct, MetricReport, Report, Stat};
-use crate::aggregate::HaltSource;
+use super::model::{pct, HaltedBy, MetricReport, Report, Stat};
 
 fn p(x: Option<f64>) -> String {
     match x {
@@ -192,9 +191,9 @@ fn guardrails(o: &mut String, r: &Report) {
         let _ = writeln!(o, "\nhalts");
         for h in &r.halts {
             let x = &h.halt;
-            let who = match (x.source, &x.rule) {
-                (HaltSource::Guardrail, Some(rule)) => format!("guardrail {rule}"),
-                _ => "operator".to_owned(),
+            let who = match h.by() {
+                HaltedBy::Guardrail(rule) => format!("guardrail {rule}"),
+                HaltedBy::Operator => "operator".to_owned(),
             };
             let state = match x.lifted_ms {
                 None => "HALTED".to_owned(),
@@ -239,11 +238,11 @@ fn guardrails(o: &mut String, r: &Report) {
                 o,
                 "  {:<22} {:<20} {}{}",
                 c.variant,
-                c.rule,
-                c.status.to_uppercase(),
+                c.check.rule,
+                c.check.status.as_str().to_uppercase(),
                 if c.overridden { " (overridden)" } else { "" }
             );
-            for line in wrap(&c.message, 92) {
+            for line in wrap(&c.check.message, 92) {
                 let _ = writeln!(o, "    {line}");
             }
         }

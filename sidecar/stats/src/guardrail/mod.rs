@@ -123,7 +123,10 @@ impl CheckStatus {
 /// always-valid interval at the check's level `1 − alpha_check`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Check {
-    /// Index of the treatment variant.
+    /// Index of the treatment variant. Not serialized: an index means
+    /// nothing outside the engine; reports name the variant beside the
+    /// check (`abmesh_eval::report::model::CheckOut`).
+    #[serde(skip)]
     pub variant: usize,
     /// `"error_rate"`, `"p95_latency"` or `"metric:NAME"`.
     pub rule: String,
