@@ -8,6 +8,7 @@
 #   5. SIGKILL, restart on the same directory: recovery time, and the
 #      report latency again.
 # Prints a JSON summary; everything also lands in $OUT (default: a temp dir).
+# BIN=path benchmarks another abmesh binary; SKIP_BUILD=1 skips the build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # wrk, valgrind, Envoy and the Python peers (into .venv), then .venv first
@@ -24,8 +25,10 @@ ADMIN_PORT=${ADMIN_PORT:-8092}
 OUT=${OUT:-$(mktemp -d /tmp/abmesh-ingest-bench.XXXXXX)}
 mkdir -p "$OUT"
 
-cargo build --release -p abmesh --bin abmesh --example ingest_load >&2
-BIN=./target/release/abmesh
+# BIN=path runs another abmesh binary (an older build, say) with the same
+# load generator; SKIP_BUILD=1 uses what is built.
+[[ ${SKIP_BUILD:-0} == 1 ]] || cargo build --release -p abmesh --bin abmesh --example ingest_load >&2
+BIN=${BIN:-./target/release/abmesh}
 LOAD=./target/release/examples/ingest_load
 
 cat > "$OUT/experiments.json" <<'EOF'

@@ -1,6 +1,6 @@
-//! `abmesh stats FILE` against the statistical reference cases
-//! (`shared/stats/README.md`): every output must agree with `expected`
-//! within the README's tolerance (relative ≤ 1e-6, or absolute ≤ 1e-9 for
+//! `abmesh stats FILE` against the statistical reference cases (the format
+//! of `sidecar/stats/README.md`): every output must agree with `expected`
+//! within its tolerance (relative ≤ 1e-6, or absolute ≤ 1e-9 for
 //! values near zero), with exactly the expected keys.
 //!
 //! The reference file is read from `shared/` beside the repository when it

@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 use crate::response::{ApiError, Response};
 
 /// A bearer token: the trimmed contents of a token file. No `PartialEq`:
-/// the one comparison is [`Token::matches`], in constant time.
+/// the one comparison is `Token::matches`, in constant time.
 #[derive(Clone)]
 pub struct Token(Box<[u8]>);
 

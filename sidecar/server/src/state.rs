@@ -5,15 +5,18 @@
 //! builder's registry while it is being built; after `build` the registry is
 //! read-only, so `/metrics` encodes it without a lock.
 //!
-//! A component added later (the event log, the experiment admin) either gets
-//! a field here, or, to stay out of this file, is stored as an extension:
+//! The model host has a field of its own; other components are stored as
+//! extensions, one value per type, which keeps this file from knowing them:
+//! the outcome log ([`crate::ingest::Ingest`]) and the report settings
+//! ([`crate::handlers::reports::ReportSettings`]) are installed so when
+//! `abmesh serve` has `--data-dir`:
 //!
 //! ```ignore
-//! let mut builder = AppState::builder(config);
-//! let events = EventLog::open(dir, builder.registry_mut())?;
-//! builder.insert(events);                       // any Clone + Send + Sync type
+//! let mut builder = AppState::builder(limits);
+//! let (ingest, _) = Ingest::open(dir, None, store, engine, limit, Some(builder.registry_mut()), None)?;
+//! builder.insert(ingest);                      // any Clone + Send + Sync type
 //! // ... and in a handler:
-//! let events = state.get::<EventLog>().expect("EventLog is installed");
+//! let ingest = Ingest::from_state(&state)?;    // state.get::<Ingest>(), or a 404
 //! ```
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The statistical reference-case format (`shared/stats/README.md`) and its
+//! The statistical case format (documented in `sidecar/stats/README.md`) and its
 //! evaluation, behind `abmesh stats FILE`.
 //!
 //! A file is `{"cases": [{"id", "kind", "input", "expected"?}, ...]}`. Each

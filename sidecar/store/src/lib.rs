@@ -1,5 +1,12 @@
-//! The outcome log: an append-only, checksummed log with group commit, and
-//! snapshots so that a restart replays only the tail.
+//! abmesh-store: the outcome log, an append-only, checksummed log with
+//! group commit, and snapshots so that a restart replays only the tail.
+//!
+//! Why a crate of its own: durability is one concern, with its own failure
+//! modes (torn writes, full disks, fsync errors) and tests against a real
+//! disk, and it knows nothing of what it stores. Records carry an opaque
+//! kind byte and a payload; a [`StateMachine`] (the evaluation engine,
+//! joined to it by `abmesh-server`) gives them meaning. A second backend
+//! (NATS JetStream, for scale-out) is to come here behind a feature.
 //!
 //! # Why a log of our own rather than an embedded database
 //!

@@ -1,5 +1,5 @@
 //! The report: every number a person needs to decide, computed from the
-//! aggregates with the statistics engine ([`crate::stats`]).
+//! aggregates with the statistics engine (`abmesh_stats`).
 //!
 //! Per metric and treatment: the fixed-horizon test (Welch t for value
 //! metrics, two-proportion z for conversions) with absolute and relative

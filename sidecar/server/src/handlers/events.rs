@@ -143,7 +143,7 @@ fn check_exposures(body: &[u8]) -> Result<BatchInfo, ValidationError> {
 /// appended at all. Otherwise the new ones are appended: the body as it
 /// came when nothing was dropped, else a JSON array of the kept events'
 /// original bytes. Known ids are read from the engine's set directly
-/// ([`KnownIds`]), so the check costs no round trip through the applier.
+/// (`abmesh_eval::aggregate::engine::KnownIds`), so the check costs no round trip through the applier.
 pub async fn post_events(mut req: Request, state: AppState) -> HandlerResult {
     let ingest = Ingest::from_state(&state)?;
     let body = req.body(ingest.body_limit.min(state.body_limit())).await?;
