@@ -108,8 +108,44 @@ impl Client {
         Some(sender.send_request(req).await.ok()?.status())
     }
 
+    /// The body of a GET answered 200, or None (connection refused, other
+    /// status): for probing servers that may be down.
+    pub async fn try_get_body(&mut self, path: &str) -> Option<Bytes> {
+        let mut sender = self.connect().await.ok()?;
+        let req = Request::builder()
+            .uri(path)
+            .header("host", "abmesh.test")
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let resp = sender.send_request(req).await.ok()?;
+        if resp.status() != StatusCode::OK {
+            return None;
+        }
+        Some(resp.into_body().collect().await.ok()?.to_bytes())
+    }
+
     pub async fn get(&mut self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
         self.send("GET", path, headers).await
+    }
+
+    /// POSTs a JSON document on a fresh connection; None when the
+    /// connection fails (a server being killed) instead of panicking.
+    pub async fn try_post_json(
+        &mut self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Option<(u16, Bytes)> {
+        let mut sender = self.connect().await.ok()?;
+        let req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", "abmesh.test")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .ok()?;
+        let resp = sender.send_request(req).await.ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.into_body().collect().await.ok()?.to_bytes()))
     }
 
     /// POSTs a JSON document.

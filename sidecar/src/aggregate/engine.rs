@@ -436,6 +436,11 @@ pub struct Engine {
     decisions: Option<abmesh_filter::Decisions>,
     options: EngineOptions,
     notices: Arc<Mutex<Option<NoticeSink>>>,
+    /// Whether the record being applied was appended by this process (see
+    /// [`RecordRef::local`]): notices are sent only then, so with a
+    /// replicated log each halt is notified once, by the replica that took
+    /// the request that caused it.
+    local: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -548,6 +553,7 @@ impl Engine {
             definitions,
             options,
             notices: Arc::default(),
+            local: true,
         }
     }
 
@@ -909,7 +915,7 @@ impl Engine {
     }
 
     fn notify(&self, notices: Vec<serde_json::Value>) {
-        if notices.is_empty() {
+        if notices.is_empty() || !self.local {
             return;
         }
         if let Some(sink) = self.notices.lock().expect("notices lock").as_ref() {
@@ -1608,6 +1614,7 @@ impl StateMachine for Engine {
     type Output = Applied;
 
     fn apply(&mut self, record: &RecordRef<'_>) -> Applied {
+        self.local = record.local;
         let out = match record.kind {
             Kind::Outcomes => match parse_outcomes(record.payload) {
                 Ok(events) => self.apply_outcomes(&events),

@@ -292,7 +292,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     };
     // Outcome log and reports (crate::cli::evaluation): opened, recovered
     // and installed before the port opens; closed after the server stops.
-    let ingest = super::evaluation::install(&config.evaluation, &mut state)?;
+    let ingest = super::evaluation::install(&config.evaluation, &mut state).await?;
     let state = state.build();
 
     // Both ports are bound before either is announced, so whoever reads
