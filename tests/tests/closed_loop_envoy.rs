@@ -24,10 +24,8 @@ fn plugin(edit: impl FnOnce(&mut Value)) -> Value {
 
 async fn start(plugin: Value) -> ClosedLoop {
     ClosedLoop::start(Options {
-        ports: Ports::free(),
-        data_dir: None,
         plugin: Some(plugin),
-        sidecar_args: Vec::new(),
+        ..Options::new(Ports::free())
     })
     .await
 }
