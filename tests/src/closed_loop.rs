@@ -207,7 +207,10 @@ impl ClosedLoop {
             format!("        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}")
         };
         let first = endpoint(opts.ports.sidecar);
-        assert!(bootstrap.contains(&first), "the sidecar endpoint line of closed-loop.yaml changed");
+        assert!(
+            bootstrap.contains(&first),
+            "the sidecar endpoint line of closed-loop.yaml changed"
+        );
         let all = replicas
             .iter()
             .map(|r| endpoint(r.ports.0))
@@ -290,7 +293,12 @@ impl ClosedLoop {
     }
 }
 
-async fn start_sidecar(ports: (u16, u16), data_dir: &Path, extra: &[String], log: &Path) -> Sidecar {
+async fn start_sidecar(
+    ports: (u16, u16),
+    data_dir: &Path,
+    extra: &[String],
+    log: &Path,
+) -> Sidecar {
     let models = crate::repo_root().join("examples/models/repo");
     let admin = format!("127.0.0.1:{}", ports.1);
     let mut args = vec![

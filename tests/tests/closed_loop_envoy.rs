@@ -303,7 +303,10 @@ async fn with_three_replicas_a_guardrail_halt_reaches_every_replica_and_never_fl
             seq += 1;
             let batch = json!({"instance": format!("probe-{i}"), "seq": seq,
                 "experiments": [{"name": "scorer", "variants": ["v1", "v2", "v3"]}], "exposures": []});
-            let r = lp.replica_client(i).post_json("/v1/exposures", &[], &batch).await;
+            let r = lp
+                .replica_client(i)
+                .post_json("/v1/exposures", &[], &batch)
+                .await;
             assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
             if r.json()["halted"] == json!([{"experiment": "scorer", "variant": "v3"}]) {
                 break;
@@ -329,7 +332,11 @@ async fn with_three_replicas_a_guardrail_halt_reaches_every_replica_and_never_fl
             .find_map(|l| l.strip_prefix(&line))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        assert!(served > 0, "replica on port {} served nothing:\n{clusters}", r.ports.0);
+        assert!(
+            served > 0,
+            "replica on port {} served nothing:\n{clusters}",
+            r.ports.0
+        );
     }
     // For ten ticks after the filter learned it, every v3 user goes to v1:
     // the halt set never flips back, whichever replica answers a batch.

@@ -41,10 +41,7 @@ impl Replicas {
         let experiments = root.join("experiments.json");
         std::fs::write(&experiments, EXPERIMENTS).unwrap();
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        extra.extend([
-            "--experiments".into(),
-            experiments.display().to_string(),
-        ]);
+        extra.extend(["--experiments".into(), experiments.display().to_string()]);
         let mut r = Replicas {
             nats,
             sidecars: Vec::new(),
@@ -262,7 +259,11 @@ async fn an_outcome_posted_to_one_replica_joins_an_exposure_that_reached_another
     assert_eq!(all, rep);
     // An event id is global: the same event posted to C is a duplicate.
     let (s, v) = post(&mut r.data(2), "/v1/events", &ev).await;
-    assert_eq!((s, v["accepted"].clone(), v["duplicates"].clone()), (200, json!(0), json!(1)), "{v}");
+    assert_eq!(
+        (s, v["accepted"].clone(), v["duplicates"].clone()),
+        (200, json!(0), json!(1)),
+        "{v}"
+    );
     // So is a batch a filter re-sends to another replica.
     let (s, v) = post(
         &mut r.data(2),
@@ -298,12 +299,20 @@ async fn a_halt_or_lift_on_one_replica_is_in_another_replicas_answers_within_two
         if v["halted"] == json!([{"experiment": "ranker", "variant": "treatment"}]) {
             break t.elapsed();
         }
-        assert!(t.elapsed() < 2 * TICK, "replica C does not answer the halt after {:?}: {v}", t.elapsed());
+        assert!(
+            t.elapsed() < 2 * TICK,
+            "replica C does not answer the halt after {:?}: {v}",
+            t.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let lift = r
         .admin(0)
-        .post_json("/admin/experiments/ranker/variants/treatment/lift", &[], &json!({}))
+        .post_json(
+            "/admin/experiments/ranker/variants/treatment/lift",
+            &[],
+            &json!({}),
+        )
         .await;
     assert_eq!(lift.status, 200, "{}", String::from_utf8_lossy(&lift.body));
     let t = Instant::now();
@@ -314,10 +323,16 @@ async fn a_halt_or_lift_on_one_replica_is_in_another_replicas_answers_within_two
         if v["halted"] == json!([]) {
             break;
         }
-        assert!(t.elapsed() < 2 * TICK, "replica C still answers the lifted halt: {v}");
+        assert!(
+            t.elapsed() < 2 * TICK,
+            "replica C still answers the lifted halt: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("halt seen on replica C after {halted_on_c:?}, lift after {:?}", t.elapsed());
+    eprintln!(
+        "halt seen on replica C after {halted_on_c:?}, lift after {:?}",
+        t.elapsed()
+    );
     // Every replica holds the same halts, with their history.
     let mut all = Vec::new();
     for i in 0..3 {
@@ -352,11 +367,17 @@ async fn a_replica_killed_while_ingesting_loses_nothing_acknowledged() {
         t.await.unwrap();
     }
     let acked_total = acked.events.load(Ordering::Relaxed);
-    assert!(at_kill > 0 && acked_total > at_kill, "ingestion went on: {at_kill} then {acked_total}");
+    assert!(
+        at_kill > 0 && acked_total > at_kill,
+        "ingestion went on: {at_kill} then {acked_total}"
+    );
     // The others hold every acknowledged event.
     let survivors = converged(&r, Duration::from_secs(20)).await;
     let events = events_of(&listing(&mut r.admin(0)).await);
-    assert!(events >= acked_total, "{events} events applied, {acked_total} acknowledged");
+    assert!(
+        events >= acked_total,
+        "{events} events applied, {acked_total} acknowledged"
+    );
     // The restarted replica catches up from its snapshot and the stream,
     // and reports the same numbers.
     r.start_replica(1).await;
@@ -386,7 +407,10 @@ async fn a_nats_node_killed_while_ingesting_stops_nothing_and_loses_nothing() {
     stop.store(true, Ordering::Relaxed);
     task.await.unwrap();
     let total = acked.events.load(Ordering::Relaxed);
-    assert!(during > before, "ingestion stopped when one of three NATS nodes died");
+    assert!(
+        during > before,
+        "ingestion stopped when one of three NATS nodes died"
+    );
     assert_eq!(
         acked.failed.load(Ordering::Relaxed),
         0,
@@ -395,7 +419,10 @@ async fn a_nats_node_killed_while_ingesting_stops_nothing_and_loses_nothing() {
     );
     converged(&r, Duration::from_secs(20)).await;
     let events = events_of(&listing(&mut r.admin(2)).await);
-    assert!(events >= total, "{events} events applied, {total} acknowledged");
+    assert!(
+        events >= total,
+        "{events} events applied, {total} acknowledged"
+    );
     r.nats.restart(0);
 }
 
@@ -420,7 +447,10 @@ async fn without_the_quorum_writes_get_503_and_nothing_acknowledged_is_lost() {
     let waited = t.elapsed();
     assert_eq!(s, 503, "{v}");
     let msg = v["error"].as_str().unwrap_or_default();
-    assert!(msg.contains("unavailable") && msg.contains("quorum"), "{msg}");
+    assert!(
+        msg.contains("unavailable") && msg.contains("quorum"),
+        "{msg}"
+    );
     assert!(waited < Duration::from_secs(10), "the 503 took {waited:?}");
     // Reads still work, from what was applied.
     assert!(events_of(&listing(&mut r.admin(0)).await) >= before);
@@ -431,17 +461,28 @@ async fn without_the_quorum_writes_get_503_and_nothing_acknowledged_is_lost() {
     // Writes succeed again once the stream has a leader.
     let t = Instant::now();
     loop {
-        let (s, v) = post(&mut r.data(0), "/v1/events", &json!([{"user": "u2", "metric": "purchase", "value": 1.0, "id": "after-outage"}])).await;
+        let (s, v) = post(
+            &mut r.data(0),
+            "/v1/events",
+            &json!([{"user": "u2", "metric": "purchase", "value": 1.0, "id": "after-outage"}]),
+        )
+        .await;
         if s == 200 {
             break;
         }
         assert_eq!(s, 503, "{v}");
-        assert!(t.elapsed() < Duration::from_secs(30), "writes still refused: {v}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "writes still refused: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     converged(&r, Duration::from_secs(20)).await;
     let events = events_of(&listing(&mut r.admin(1)).await);
-    assert!(events > before, "{events} events applied, {before} acknowledged before the outage");
+    assert!(
+        events > before,
+        "{events} events applied, {before} acknowledged before the outage"
+    );
     eprintln!("503 after {waited:?}: {msg}");
 }
 
@@ -457,7 +498,15 @@ async fn a_replica_started_after_a_million_events_catches_up_and_agrees() {
     let stop = Arc::new(AtomicBool::new(false));
     // Two clients per replica until a million events are in.
     let tasks: Vec<_> = (0..4)
-        .map(|k| load(r.ports.clone(), PER_BATCH, stop.clone(), acked.clone(), ["w", "x", "y", "z"][k]))
+        .map(|k| {
+            load(
+                r.ports.clone(),
+                PER_BATCH,
+                stop.clone(),
+                acked.clone(),
+                ["w", "x", "y", "z"][k],
+            )
+        })
         .collect();
     let t = Instant::now();
     while acked.events.load(Ordering::Relaxed) < EVENTS {
@@ -483,4 +532,39 @@ async fn a_replica_started_after_a_million_events_catches_up_and_agrees() {
         "the late replica did not start from a shared snapshot:\n{log}"
     );
     eprintln!("{total} events in {ingest:?}; a late replica caught up in {caught_up:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_one_nats_message_is_stored_in_parts() {
+    // NATS takes 1 MiB per message by default; a 5 MB batch of events is
+    // published as one atomic batch of parts and applied as one record.
+    let r = Replicas::start("js-parts", 2, &[]).await;
+    expose_users(&r).await;
+    let events: Vec<Value> = (0..40_000)
+        .map(|k| {
+            json!({"user": format!("u{}", k % USERS), "metric": "purchase", "value": 1.0,
+                        "id": format!("big-{k:08}-{}", "x".repeat(60))})
+        })
+        .collect();
+    let body = Value::Array(events);
+    assert!(body.to_string().len() > 4 << 20);
+    let (s, v) = post(&mut r.data(0), "/v1/events", &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["accepted"], 40_000, "{v}");
+    let all = converged(&r, Duration::from_secs(20)).await;
+    let purchase = all["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "purchase")
+        .cloned()
+        .unwrap_or_else(|| panic!("{all}"));
+    let converted: u64 = purchase["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["converted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(converted, USERS as u64, "{purchase}");
+    assert_eq!(events_of(&listing(&mut r.admin(1)).await), 40_000);
 }

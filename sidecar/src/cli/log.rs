@@ -65,8 +65,8 @@ pub struct LogArgs {
 }
 
 fn secret(path: &Path, flag: &str) -> Result<String> {
-    let s = std::fs::read_to_string(path)
-        .with_context(|| format!("--{flag} {}", path.display()))?;
+    let s =
+        std::fs::read_to_string(path).with_context(|| format!("--{flag} {}", path.display()))?;
     let s = s.trim();
     if s.is_empty() {
         bail!("--{flag} {}: the file is empty", path.display());
@@ -106,7 +106,7 @@ impl LogArgs {
                 tls_ca: self.nats_tls_ca.clone(),
                 tls_cert: self.nats_tls_cert.clone().zip(self.nats_tls_key.clone()),
             };
-            Ok(LogChoice::JetStream(options))
+            Ok(LogChoice::JetStream(Box::new(options)))
         }
         #[cfg(not(feature = "jetstream"))]
         {

@@ -80,7 +80,7 @@ pub enum LogChoice {
     /// A NATS JetStream stream shared by every replica; the data directory
     /// keeps only this replica's snapshots.
     #[cfg(feature = "jetstream")]
-    JetStream(crate::store::jetstream::JetStreamOptions),
+    JetStream(Box<crate::store::jetstream::JetStreamOptions>),
 }
 
 /// What [`Ingest::open_log`] needs besides the log.
@@ -198,7 +198,7 @@ impl Ingest {
                 let (store, recovery) = Store::open_jetstream(
                     dir,
                     store_options,
-                    options.clone(),
+                    (**options).clone(),
                     store_metrics,
                     |snapshot| restore(snapshot, definitions, engine_options, &mut restored),
                 )
@@ -228,7 +228,9 @@ impl Ingest {
             known,
         } = restored.expect("the store restored the engine");
         let (halts, lifts) = (metrics.halts.clone(), metrics.lifts.clone());
-        *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        *slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some(Box::new(move |notice: serde_json::Value| {
                 match notice["event"].as_str() {
                     Some("halt") => {
@@ -316,9 +318,7 @@ pub fn store_error(e: StoreError) -> ApiError {
             ApiError::unavailable(e.to_string()).retry_after(1)
         }
         StoreError::Failed(_) | StoreError::Closed => ApiError::unavailable(e.to_string()),
-        StoreError::TooLarge { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-        }
+        StoreError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         other => ApiError::internal(other.to_string()),
     }
 }

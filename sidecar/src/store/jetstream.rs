@@ -68,8 +68,8 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    io_err, read_snapshot_bytes, snapshot_file_bytes, Applier, ApplierTx, Backend, Item,
-    Kind, Recovery, Reply, Shared, SidecarId, StateMachine, Store, StoreError, StoreMetrics,
+    io_err, read_snapshot_bytes, snapshot_file_bytes, Applier, ApplierTx, Backend, Item, Kind,
+    Recovery, Reply, Shared, SidecarId, StateMachine, Store, StoreError, StoreMetrics,
     StoreOptions, APPLIER_QUEUE,
 };
 
@@ -80,6 +80,10 @@ pub const FRAME_MAGIC: &[u8; 4] = b"ABR1";
 pub const FRAME_HEADER: usize = 13;
 /// Room left in a message for its subject and headers.
 const MESSAGE_OVERHEAD: usize = 512;
+/// Most messages in one atomic batch (the server's limit).
+const MAX_PARTS: usize = 1000;
+/// Header naming a part of a record split over several messages: `i/n`.
+const PART_HEADER: &str = "Abmesh-Part";
 /// Snapshots kept in the object store.
 const KEEP_SNAPSHOTS: usize = 2;
 
@@ -203,9 +207,10 @@ impl FromStr for LogUrl {
                         .ok_or_else(|| bad("a number of replicas from 1 to 5"))?;
                 }
                 "max_age" => {
-                    url.max_age = Some(parse_duration(value).ok_or_else(|| {
-                        bad("a duration such as 30d, 12h, 90m or 3600s")
-                    })?);
+                    url.max_age = Some(
+                        parse_duration(value)
+                            .ok_or_else(|| bad("a duration such as 30d, 12h, 90m or 3600s"))?,
+                    );
                 }
                 "max_bytes" => {
                     url.max_bytes = Some(
@@ -428,7 +433,9 @@ async fn connect(options: &JetStreamOptions) -> Result<async_nats::Client, Store
 fn stream_config(url: &LogUrl, subject: &str) -> stream::Config {
     stream::Config {
         name: url.stream.clone(),
-        description: Some("abmesh sidecar log (requests in the order every replica applies them)".into()),
+        description: Some(
+            "abmesh sidecar log (requests in the order every replica applies them)".into(),
+        ),
         subjects: vec![subject.to_owned()],
         storage: stream::StorageType::File,
         num_replicas: url.replicas,
@@ -440,6 +447,9 @@ fn stream_config(url: &LogUrl, subject: &str) -> stream::Config {
         max_message_size: -1,
         duplicate_window: Duration::from_secs(120),
         allow_direct: true,
+        // Records larger than one message are published as an atomic batch
+        // of parts (NATS 2.12+): all parts are stored, contiguously, or none.
+        allow_atomic_publish: true,
         ..Default::default()
     }
 }
@@ -609,6 +619,13 @@ pub(super) async fn open<S: StateMachine>(
             url.stream, info.config.subjects
         )));
     }
+    if !info.config.allow_atomic_publish {
+        let mut config = info.config.clone();
+        config.allow_atomic_publish = true;
+        if let Err(e) = js.update_stream(config).await {
+            tracing::warn!(stream = %url.stream, error = %e, "could not allow atomic batches on the stream: records larger than one NATS message will be refused (413)");
+        }
+    }
     if info.config.num_replicas != url.replicas {
         tracing::warn!(
             stream = %url.stream,
@@ -724,7 +741,11 @@ pub(super) async fn open<S: StateMachine>(
         metrics,
         tasks: Mutex::new(Vec::new()),
     });
-    let consumer_task = tokio::spawn(writer.clone().consume(stream.clone(), snapshot_lsn + 1, atx.clone()));
+    let consumer_task = tokio::spawn(writer.clone().consume(
+        stream.clone(),
+        snapshot_lsn + 1,
+        atx.clone(),
+    ));
     let mut tasks = vec![consumer_task];
     if let Some(b) = bucket {
         tasks.push(tokio::spawn(upload_snapshots(b, upload_rx)));
@@ -744,7 +765,11 @@ pub(super) async fn open<S: StateMachine>(
         }
         if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = Instant::now();
-            tracing::info!(applied = *progress.borrow(), of = last_seq, "catching up with the stream");
+            tracing::info!(
+                applied = *progress.borrow(),
+                of = last_seq,
+                "catching up with the stream"
+            );
         }
     }
     let replayed = last_seq.saturating_sub(snapshot_lsn);
@@ -786,10 +811,11 @@ impl<S: StateMachine> Writer<S> {
         payload: Bytes,
     ) -> Result<S::Output, StoreError> {
         let frame = encode_frame(kind, received_ms, &payload);
-        if frame.len() + MESSAGE_OVERHEAD > self.max_message {
+        let part = self.max_message.saturating_sub(MESSAGE_OVERHEAD).max(1);
+        if frame.len().div_ceil(part) > MAX_PARTS {
             return Err(StoreError::TooLarge {
                 bytes: payload.len(),
-                max: self.max_message.saturating_sub(MESSAGE_OVERHEAD + FRAME_HEADER),
+                max: part * MAX_PARTS - FRAME_HEADER,
             });
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -797,7 +823,12 @@ impl<S: StateMachine> Writer<S> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pending_map().insert(n, tx);
         let t = Instant::now();
-        if let Err(e) = self.publish(&id, frame.clone()).await {
+        let published = if frame.len() > part {
+            self.publish_parts(&id, &frame, part).await
+        } else {
+            self.publish(&id, frame.clone()).await
+        };
+        if let Err(e) = published {
             self.pending_map().remove(&n);
             return Err(e);
         }
@@ -852,7 +883,10 @@ impl<S: StateMachine> Writer<S> {
                     })
                 }
                 Ok(Err(e)) => match e.kind() {
-                    K::StreamNotFound => "the stream has no leader (no quorum: are most of its servers down?)".to_owned(),
+                    K::StreamNotFound => {
+                        "the stream has no leader (no quorum: are most of its servers down?)"
+                            .to_owned()
+                    }
                     K::TimedOut => "no acknowledgment from the stream in time".to_owned(),
                     _ => e.to_string(),
                 },
@@ -869,13 +903,75 @@ impl<S: StateMachine> Writer<S> {
         )))
     }
 
+    /// A record larger than one message: its parts as one atomic batch
+    /// (every part stored, contiguously, or none), the last one committing
+    /// it with the record's message id. Retried as a whole until the write
+    /// timeout; a batch the stream already committed answers "already
+    /// stored" (10201), which is success.
+    async fn publish_parts(&self, id: &str, frame: &Bytes, part: usize) -> Result<(), StoreError> {
+        let deadline = Instant::now() + self.options.write_timeout;
+        let n = frame.len().div_ceil(part);
+        let client = self.js.client();
+        let mut attempt = 0u32;
+        let last = loop {
+            attempt += 1;
+            let batch = format!("{id}.{attempt}");
+            let one = async {
+                for i in 0..n {
+                    let chunk = frame.slice(i * part..((i + 1) * part).min(frame.len()));
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Nats-Batch-Id", batch.as_str());
+                    h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+                    h.insert(PART_HEADER, format!("{}/{n}", i + 1).as_str());
+                    if i + 1 < n {
+                        client
+                            .publish_with_headers(self.subject.clone(), h, chunk)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    } else {
+                        h.insert("Nats-Batch-Commit", "1");
+                        h.insert("Nats-Msg-Id", id);
+                        let ack = self
+                            .js
+                            .publish_with_headers(self.subject.clone(), h, chunk)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        return ack.await.map(|_| ()).map_err(|e| e.to_string());
+                    }
+                }
+                Ok(())
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let why = match tokio::time::timeout(remaining.min(Duration::from_secs(5)), one).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) if e.contains("10201") => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => "no acknowledgment from the stream in time".to_owned(),
+            };
+            if Instant::now() + Duration::from_millis(100) >= deadline {
+                break why;
+            }
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(5)))).await;
+        };
+        Err(StoreError::Unavailable(format!(
+            "the JetStream stream {} did not acknowledge a record of {} bytes in {n} parts within {:?} ({attempt} attempts, last: {last}); the stream has lost its quorum (most of its NATS servers down?), no NATS server is reachable, or the stream does not allow atomic batches",
+            self.stream,
+            frame.len(),
+            self.options.write_timeout
+        )))
+    }
+
     /// Reads the stream in order from `from` and hands every record to the
     /// applier; records this process appended carry their reply. Runs for
     /// the life of the store; the ordered consumer re-creates itself after
     /// server failures and resumes where it was.
     async fn consume(self: Arc<Self>, stream: stream::Stream, from: u64, applier: ApplierTx<S>) {
         let mut next = from;
+        // The parts of a record split over several messages, so far.
+        let mut parts: Option<(usize, BytesMut)>;
         loop {
+            // A consumer re-created mid-record delivers its parts again.
+            parts = None;
             let config = consumer::pull::OrderedConfig {
                 deliver_policy: if next <= 1 {
                     consumer::DeliverPolicy::All
@@ -921,6 +1017,47 @@ impl<S: StateMachine> Writer<S> {
                     continue; // delivered again after a consumer reset
                 }
                 next = seq + 1;
+                let part = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(PART_HEADER))
+                    .and_then(|v| {
+                        let (i, n) = v.as_str().split_once('/')?;
+                        Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?))
+                    });
+                let payload = match part {
+                    None => m.payload.clone(),
+                    Some((i, n)) => {
+                        if i == 1 {
+                            parts = Some((n, BytesMut::with_capacity(n * m.payload.len())));
+                        }
+                        match parts.as_mut() {
+                            Some((total, buf)) if *total == n => buf.extend_from_slice(&m.payload),
+                            _ => {
+                                // A part without its first: a record the
+                                // stream's retention cut. Every replica
+                                // skips it alike.
+                                tracing::error!(
+                                    seq,
+                                    part = i,
+                                    of = n,
+                                    "skipping a part of a record whose first part is gone"
+                                );
+                                parts = None;
+                            }
+                        }
+                        if i < n || parts.is_none() {
+                            if applier.send(vec![Item::Skip(seq)]).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        match parts.take() {
+                            Some((_, buf)) => buf.freeze(),
+                            None => continue,
+                        }
+                    }
+                };
                 let reply = m
                     .headers
                     .as_ref()
@@ -929,7 +1066,7 @@ impl<S: StateMachine> Writer<S> {
                     .and_then(|rest| rest.strip_prefix('.'))
                     .and_then(|n| n.parse::<u64>().ok())
                     .and_then(|n| self.pending_map().remove(&n));
-                let item = match decode_frame(&m.payload) {
+                let item = match decode_frame(&payload) {
                     Ok((kind, received_ms, payload)) => Item::Record {
                         lsn: seq,
                         kind,

@@ -866,11 +866,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run<S: StateMachine>(
-        mut self,
-        rx: mpsc::Receiver<Msg<S>>,
-        to_applier: ApplierTx<S>,
-    ) {
+    fn run<S: StateMachine>(mut self, rx: mpsc::Receiver<Msg<S>>, to_applier: ApplierTx<S>) {
         while let Ok(first) = rx.recv() {
             let mut closed = false;
             let mut msgs = vec![first];
@@ -1022,6 +1018,9 @@ impl Writer {
     }
 }
 
+/// Called with every snapshot written: (LSN, state).
+type SnapshotHook = Box<dyn Fn(u64, &[u8]) + Send>;
+
 /// Applies records to the state in log order, answers their requests, and
 /// writes snapshots; one thread, whatever the backend.
 struct Applier<S: StateMachine> {
@@ -1034,7 +1033,7 @@ struct Applier<S: StateMachine> {
     progress: Option<tokio::sync::watch::Sender<u64>>,
     /// Also given every snapshot written (a replicated log keeps one in
     /// its object store for replicas that start empty).
-    on_snapshot: Option<Box<dyn Fn(u64, &[u8]) + Send>>,
+    on_snapshot: Option<SnapshotHook>,
 }
 
 impl<S: StateMachine> Applier<S> {
