@@ -3,7 +3,9 @@
 # the abmesh filter in front of the abmesh sidecar, which hosts three
 # versions of a model; simulated users; a faulty version halted by its
 # guardrail; the report's decision. Extra arguments go to the demo
-# (--users N, --rate R, --data-dir DIR, --keep-running).
+# (--users N, --rate R, --data-dir DIR, --replicas N, --keep-running;
+# `--replicas 3`: three sidecars sharing one log on a three-node NATS
+# JetStream cluster, one of them killed partway).
 #
 # `scripts/demo.sh --split` runs the first, filter-only demo instead (two
 # plain upstreams, prints the split).

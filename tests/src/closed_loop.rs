@@ -2,8 +2,14 @@
 //! abmesh filter is delivered through ECDS from a file, in front of a real
 //! `abmesh serve` that hosts the example models and keeps the outcome log.
 //! Shared by the closed-loop tests and the demo.
+//!
+//! With [`Options::replicas`] above 1 the loop runs several sidecars that
+//! share one log on a real three-node NATS JetStream cluster
+//! (`abmesh serve --log nats://...`), and Envoy balances both the model
+//! traffic and the filter's batches over them round-robin.
 
 use crate::envoy::{plugin_json, read_repo_file, render, scratch_dir, with_plugin_json, Envoy};
+use crate::nats::NatsCluster;
 use crate::sidecar::Sidecar;
 use abmesh_testkit::http::{AsyncClient as Client, Response as Reply};
 use std::path::{Path, PathBuf};
@@ -51,17 +57,47 @@ pub struct Options {
     pub plugin: Option<serde_json::Value>,
     /// More `abmesh serve` arguments (e.g. `--webhook URL`).
     pub sidecar_args: Vec<String>,
+    /// Sidecar replicas: 1 is one sidecar with its file log; more share a
+    /// JetStream stream (R3) on a three-node NATS cluster. Replica 0 uses
+    /// [`Ports::sidecar`] and [`Ports::sidecar_admin`], the others free
+    /// ports.
+    pub replicas: usize,
 }
 
-/// A running loop; both processes are killed on drop.
+impl Options {
+    /// One sidecar on `ports`, the committed plugin, no extra arguments.
+    pub fn new(ports: Ports) -> Options {
+        Options {
+            ports,
+            data_dir: None,
+            plugin: None,
+            sidecar_args: Vec::new(),
+            replicas: 1,
+        }
+    }
+}
+
+/// One sidecar replica of the loop.
+pub struct Replica {
+    pub sidecar: Option<Sidecar>,
+    /// Data plane, admin.
+    pub ports: (u16, u16),
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// A running loop; every process is killed on drop.
 pub struct ClosedLoop {
     pub envoy: Envoy,
-    pub sidecar: Option<Sidecar>,
+    /// The sidecars; [`ClosedLoop::sidecar`] is replica 0.
+    pub replicas: Vec<Replica>,
     pub ports: Ports,
     pub data_dir: PathBuf,
     ecds: Ecds,
     sidecar_args: Vec<String>,
     pub sidecar_log: PathBuf,
+    /// The NATS cluster of a replicated loop.
+    pub nats: Option<NatsCluster>,
 }
 
 /// The filter's ECDS resource file, which Envoy watches.
@@ -116,9 +152,39 @@ impl ClosedLoop {
         std::fs::create_dir_all(&ecds.dir).expect("create ECDS dir");
         ecds.write(&opts.plugin.unwrap_or_else(demo_plugin));
         let sidecar_log = scratch.join("sidecar.log");
-        let sidecar = start_sidecar(opts.ports, &data_dir, &opts.sidecar_args, &sidecar_log).await;
+        let mut sidecar_args = opts.sidecar_args;
+        let nats = if opts.replicas > 1 {
+            let nats = NatsCluster::start(&scratch.join("nats"), 3).await;
+            sidecar_args.extend(["--log".to_owned(), nats.log_url("ABMESH", 3)]);
+            Some(nats)
+        } else {
+            None
+        };
+        let mut replicas = Vec::new();
+        for i in 0..opts.replicas.max(1) {
+            let (ports, dir, log) = if i == 0 {
+                (
+                    (opts.ports.sidecar, opts.ports.sidecar_admin),
+                    data_dir.clone(),
+                    sidecar_log.clone(),
+                )
+            } else {
+                (
+                    (abmesh_testkit::free_port(), abmesh_testkit::free_port()),
+                    scratch.join(format!("data-{i}")),
+                    scratch.join(format!("sidecar-{i}.log")),
+                )
+            };
+            let sidecar = start_sidecar(ports, &dir, &sidecar_args, &log).await;
+            replicas.push(Replica {
+                sidecar: Some(sidecar),
+                ports,
+                data_dir: dir,
+                log,
+            });
+        }
 
-        let bootstrap = render(
+        let mut bootstrap = render(
             &read_repo_file("envoy/closed-loop.yaml"),
             &[
                 (10000, opts.ports.proxy),
@@ -136,30 +202,67 @@ impl ClosedLoop {
             &format!("watched_directory: {{ path: {} }}", ecds.dir.display()),
         );
         assert!(bootstrap.contains(&ecds.path().display().to_string()));
+        // Every replica an endpoint of the sidecar cluster (round-robin).
+        let endpoint = |port: u16| {
+            format!("        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}")
+        };
+        let first = endpoint(opts.ports.sidecar);
+        assert!(
+            bootstrap.contains(&first),
+            "the sidecar endpoint line of closed-loop.yaml changed"
+        );
+        let all = replicas
+            .iter()
+            .map(|r| endpoint(r.ports.0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        bootstrap = bootstrap.replace(&first, &all);
         let envoy = Envoy::start(&bootstrap, opts.ports.admin).await;
         ClosedLoop {
             envoy,
-            sidecar: Some(sidecar),
+            replicas,
             ports: opts.ports,
             data_dir,
             ecds,
-            sidecar_args: opts.sidecar_args,
+            sidecar_args,
             sidecar_log,
+            nats,
         }
+    }
+
+    /// Replica 0 (the only sidecar of an unreplicated loop).
+    pub fn sidecar(&mut self) -> &mut Option<Sidecar> {
+        &mut self.replicas[0].sidecar
     }
 
     /// Starts the sidecar again (after [`Sidecar::kill`]) on the same port
     /// and data directory.
     pub async fn restart_sidecar(&mut self) {
-        self.sidecar = Some(
-            start_sidecar(
-                self.ports,
-                &self.data_dir,
-                &self.sidecar_args,
-                &self.sidecar_log,
-            )
-            .await,
-        );
+        self.restart_replica(0).await;
+    }
+
+    /// Starts replica `i` again on its ports and data directory.
+    pub async fn restart_replica(&mut self, i: usize) {
+        let r = &self.replicas[i];
+        let s = start_sidecar(r.ports, &r.data_dir, &self.sidecar_args, &r.log).await;
+        self.replicas[i].sidecar = Some(s);
+    }
+
+    /// SIGKILLs replica `i`.
+    pub async fn kill_replica(&mut self, i: usize) {
+        if let Some(s) = self.replicas[i].sidecar.take() {
+            s.kill().await;
+        }
+    }
+
+    /// The admin listener of replica `i`.
+    pub fn replica_admin(&self, i: usize) -> Client {
+        Client::new(self.replicas[i].ports.1)
+    }
+
+    /// The data plane of replica `i`.
+    pub fn replica_client(&self, i: usize) -> Client {
+        Client::new(self.replicas[i].ports.0)
     }
 
     /// Changes the filter's configuration live (ECDS file update).
@@ -190,9 +293,14 @@ impl ClosedLoop {
     }
 }
 
-async fn start_sidecar(ports: Ports, data_dir: &Path, extra: &[String], log: &Path) -> Sidecar {
+async fn start_sidecar(
+    ports: (u16, u16),
+    data_dir: &Path,
+    extra: &[String],
+    log: &Path,
+) -> Sidecar {
     let models = abmesh_testkit::repo_root().join("examples/models/repo");
-    let admin = format!("127.0.0.1:{}", ports.sidecar_admin);
+    let admin = format!("127.0.0.1:{}", ports.1);
     let mut args = vec![
         "--models",
         models.to_str().expect("UTF-8 repo path"),
@@ -200,7 +308,7 @@ async fn start_sidecar(ports: Ports, data_dir: &Path, extra: &[String], log: &Pa
         &admin,
     ];
     args.extend(extra.iter().map(String::as_str));
-    Sidecar::start_with(ports.sidecar, data_dir, &args, Some(log)).await
+    Sidecar::start_with(ports.0, data_dir, &args, Some(log)).await
 }
 
 /// A KServe v2 request for the example scorer: one row of 16 features.

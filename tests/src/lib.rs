@@ -10,6 +10,7 @@
 
 pub mod closed_loop;
 pub mod envoy;
+pub mod nats;
 pub mod sidecar;
 pub mod upstream;
 

@@ -24,10 +24,8 @@ fn plugin(edit: impl FnOnce(&mut Value)) -> Value {
 
 async fn start(plugin: Value) -> ClosedLoop {
     ClosedLoop::start(Options {
-        ports: Ports::free(),
-        data_dir: None,
         plugin: Some(plugin),
-        sidecar_args: Vec::new(),
+        ..Options::new(Ports::free())
     })
     .await
 }
@@ -260,4 +258,107 @@ async fn a_plugin_config_change_applies_live_and_the_sidecar_learns_it() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Issue 11: three sidecar replicas share one log on a three-node NATS
+/// JetStream cluster, and Envoy balances the model traffic and the
+/// filter's batches over them round-robin. A guardrail halt decided from
+/// traffic spread over every replica is in every replica's batch answer
+/// within two ticks, and the filter's halt set never flips back (with
+/// independent sidecars, a replica that had not decided the halt would
+/// answer "no halts" and the filter would route v3 again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_three_replicas_a_guardrail_halt_reaches_every_replica_and_never_flips_back() {
+    let p = plugin(|_| {});
+    let lp = ClosedLoop::start(Options {
+        plugin: Some(p.clone()),
+        replicas: 3,
+        ..Options::new(Ports::free())
+    })
+    .await;
+    let mut proxy = lp.proxy();
+    let started = Instant::now();
+    let mut requests = 0u64;
+    let halted_at = 'traffic: loop {
+        for _ in 0..50 {
+            let u = requests % 2000;
+            infer(&mut proxy, &format!("user-{u}"), &features(requests)).await;
+            requests += 1;
+        }
+        for i in 0..3 {
+            if !halts(&mut lp.replica_admin(i)).await.is_empty() {
+                break 'traffic Instant::now();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no halt after {requests} requests; replica 0 log:\n{}",
+            lp.sidecar_log()
+        );
+    };
+    // Every replica answers the halt in its batch replies within two ticks.
+    for i in 0..3 {
+        let mut seq = 0;
+        loop {
+            seq += 1;
+            let batch = json!({"instance": format!("probe-{i}"), "seq": seq,
+                "experiments": [{"name": "scorer", "variants": ["v1", "v2", "v3"]}], "exposures": []});
+            let r = lp
+                .replica_client(i)
+                .post_json("/v1/exposures", &[], &batch)
+                .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            if r.json()["halted"] == json!([{"experiment": "scorer", "variant": "v3"}]) {
+                break;
+            }
+            assert!(
+                halted_at.elapsed() < Duration::from_millis(2 * TICK_MS),
+                "replica {i} does not answer the halt {:?} after it was decided: {}",
+                halted_at.elapsed(),
+                String::from_utf8_lossy(&r.body)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The traffic was spread: every replica served requests through Envoy.
+    let clusters = Client::new(lp.envoy.admin_port())
+        .get("/clusters", &[])
+        .await;
+    let clusters = String::from_utf8_lossy(&clusters.body).into_owned();
+    for r in &lp.replicas {
+        let line = format!("abmesh_sidecar::127.0.0.1:{}::rq_success::", r.ports.0);
+        let served: u64 = clusters
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            served > 0,
+            "replica on port {} served nothing:\n{clusters}",
+            r.ports.0
+        );
+    }
+    // For ten ticks after the filter learned it, every v3 user goes to v1:
+    // the halt set never flips back, whichever replica answers a batch.
+    tokio::time::sleep(Duration::from_millis(2 * TICK_MS)).await;
+    let v3_users = users_in(&p, "v3", 40);
+    let until = Instant::now() + Duration::from_millis(10 * TICK_MS);
+    let mut checked = 0;
+    while Instant::now() < until {
+        for (i, user) in v3_users.iter().enumerate() {
+            let s = infer(&mut proxy, user, &features(i as u64)).await;
+            assert_eq!(
+                (s.status, s.model_version.as_deref(), s.variant.as_deref()),
+                (200, Some("1"), Some("v1")),
+                "halted user {user}, {checked} requests after the halt"
+            );
+            checked += 1;
+        }
+    }
+    // The three replicas hold the same halts.
+    let mut all = Vec::new();
+    for i in 0..3 {
+        all.push(halts(&mut lp.replica_admin(i)).await);
+    }
+    assert!(all.windows(2).all(|w| w[0] == w[1]), "{all:?}");
 }

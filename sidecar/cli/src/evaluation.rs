@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use abmesh_eval::aggregate::{Definitions, EngineOptions};
 use abmesh_eval::report::Settings;
 use abmesh_server::handlers::reports::ReportSettings;
-use abmesh_server::ingest::{Ingest, DEFAULT_INGEST_BODY_LIMIT};
+use abmesh_server::ingest::{Ingest, IngestConfig, LogChoice, DEFAULT_INGEST_BODY_LIMIT};
 use abmesh_server::state::AppStateBuilder;
 use abmesh_server::webhook::Webhook;
 use abmesh_store::StoreOptions;
@@ -51,6 +51,10 @@ pub struct EvaluationArgs {
     /// --data-dir.
     #[arg(long, value_name = "URL")]
     pub webhook: Option<http::Uri>,
+
+    // --log nats://... and its credentials.
+    #[command(flatten)]
+    pub log: crate::log::LogArgs,
 }
 
 /// What [`install`] started.
@@ -76,11 +80,19 @@ pub fn load_settings(path: Option<&Path>) -> Result<Settings> {
     }
 }
 
-/// Opens the log (recovering it) and installs [`Ingest`] and the report
-/// settings; None without `--data-dir`. Must run inside the tokio runtime
-/// (the webhook's task starts on it).
-pub fn install(args: &EvaluationArgs, state: &mut AppStateBuilder) -> Result<Option<Installed>> {
+/// Opens the log (recovering it, or catching up with a replicated one)
+/// and installs [`Ingest`] and the report settings; None without
+/// `--data-dir`. Must run inside the tokio runtime (the webhook's task
+/// starts on it).
+pub async fn install(
+    args: &EvaluationArgs,
+    state: &mut AppStateBuilder,
+) -> Result<Option<Installed>> {
+    let log = args.log.choice()?;
     let Some(dir) = &args.data_dir else {
+        if args.log.log.is_some() {
+            anyhow::bail!("--log needs --data-dir (where this replica keeps its snapshots)");
+        }
         if args.webhook.is_some() {
             anyhow::bail!("--webhook needs --data-dir: halts and alarms come from the outcome log");
         }
@@ -101,19 +113,28 @@ pub fn install(args: &EvaluationArgs, state: &mut AppStateBuilder) -> Result<Opt
     let definitions = load_definitions(args.experiments.as_deref())?;
     let settings = load_settings(args.evaluation.as_deref())?;
     let t = std::time::Instant::now();
-    let (ingest, recovery) = Ingest::open(
-        dir,
-        definitions.clone(),
-        StoreOptions {
-            snapshot_every_bytes: args.snapshot_every as u64,
-            ..StoreOptions::default()
+    let what = match &log {
+        LogChoice::File => format!("opening the outcome log in {}", dir.display()),
+        #[cfg(feature = "jetstream")]
+        LogChoice::JetStream(o) => format!("opening the replicated log {}", o.url),
+    };
+    let (ingest, recovery) = Ingest::open_log(
+        &log,
+        IngestConfig {
+            dir,
+            definitions: definitions.clone(),
+            store_options: StoreOptions {
+                snapshot_every_bytes: args.snapshot_every as u64,
+                ..StoreOptions::default()
+            },
+            engine_options: EngineOptions::default(),
+            body_limit: args.ingest_body_limit,
+            registry: Some(state.registry_mut()),
+            webhook: webhook.clone(),
         },
-        EngineOptions::default(),
-        args.ingest_body_limit,
-        Some(state.registry_mut()),
-        webhook.clone(),
     )
-    .with_context(|| format!("opening the outcome log in {}", dir.display()))?;
+    .await
+    .context(what)?;
     tracing::info!(
         dir = %dir.display(),
         snapshot_lsn = recovery.snapshot_lsn,

@@ -18,6 +18,7 @@ mod error;
 mod evaluation;
 mod http;
 mod limits;
+mod log;
 mod report;
 mod serve;
 mod service;

@@ -61,7 +61,7 @@ impl ServeConfig {
         };
         // Opened, recovered and installed before the port opens; closed
         // after the server stops (`Service::run`).
-        let outcome_log = evaluation::install(&self.evaluation, &mut state)?;
+        let outcome_log = evaluation::install(&self.evaluation, &mut state).await?;
         let state = state.build();
 
         // Both ports are bound before either is announced, so whoever

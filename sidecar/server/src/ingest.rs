@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use abmesh_eval::aggregate::engine::{EncodeError, KnownIds, SnapshotError};
+use abmesh_eval::aggregate::engine::{EncodeError, KnownIds, NoticeSink, SnapshotError};
 use abmesh_eval::aggregate::{Aggregates, Applied, Definitions, Engine, EngineOptions};
 use abmesh_eval::RecordKind;
 use abmesh_store::{
@@ -40,6 +40,7 @@ impl StateMachine for EngineMachine {
     }
 
     fn apply(&mut self, record: &RecordRef<'_>) -> Applied {
+        self.0.set_local(record.local);
         self.0
             .apply_record(record.kind, record.lsn, record.received_ms, record.payload)
     }
@@ -77,11 +78,92 @@ pub struct Ingest {
     pub(crate) metrics: IngestMetrics,
 }
 
+/// Which log keeps the records ([`Ingest::open_log`]).
+#[derive(Debug, Clone, Default)]
+pub enum LogChoice {
+    /// The embedded file log in the data directory (one node).
+    #[default]
+    File,
+    /// A NATS JetStream stream shared by every replica; the data directory
+    /// keeps only this replica's snapshots.
+    #[cfg(feature = "jetstream")]
+    JetStream(Box<abmesh_store::jetstream::JetStreamOptions>),
+}
+
+/// What [`Ingest::open_log`] needs besides the choice of log.
+pub struct IngestConfig<'a> {
+    pub dir: &'a Path,
+    pub definitions: Option<Arc<Definitions>>,
+    pub store_options: StoreOptions,
+    pub engine_options: EngineOptions,
+    pub body_limit: usize,
+    pub registry: Option<&'a mut Registry>,
+    pub webhook: Option<Arc<Webhook>>,
+}
+
+impl IngestMetrics {
+    /// Registers the ingest and guardrail counters, and the log's metrics,
+    /// as `abmesh_ingest_*`, `abmesh_guardrail_*` and `abmesh_log_*`.
+    fn register(registry: Option<&mut Registry>) -> (IngestMetrics, StoreMetrics) {
+        let metrics = IngestMetrics::default();
+        let Some(r) = registry else {
+            return (metrics, StoreMetrics::new());
+        };
+        let store = StoreMetrics::register(r.sub_registry_with_prefix("log"));
+        Register(r.sub_registry_with_prefix("ingest"))
+            .metric("events", "Outcome events accepted", &metrics.events)
+            .metric(
+                "duplicate_events",
+                "Outcome events ignored as duplicates (same id)",
+                &metrics.duplicate_events,
+            )
+            .metric("exposures", "Exposure rows accepted", &metrics.exposures)
+            .metric(
+                "rejected_requests",
+                "Ingest requests refused (400)",
+                &metrics.rejected,
+            );
+        Register(r.sub_registry_with_prefix("guardrail"))
+            .metric(
+                "halts",
+                "Variants halted (by a guardrail or an operator)",
+                &metrics.halts,
+            )
+            .metric("lifts", "Halts lifted by an operator", &metrics.lifts);
+        (metrics, store)
+    }
+}
+
+/// The handles on the engine that the component keeps, taken when the log
+/// restores it.
+struct Restored {
+    aggregates: Arc<Mutex<Aggregates>>,
+    slot: Arc<Mutex<Option<NoticeSink>>>,
+    known: KnownIds,
+}
+
+/// Restores the engine from a snapshot and keeps its handles in `out`.
+fn restore(
+    snapshot: Option<&[u8]>,
+    definitions: Option<Arc<Definitions>>,
+    options: EngineOptions,
+    out: &mut Option<Restored>,
+) -> Result<EngineMachine, SnapshotError> {
+    let engine = Engine::restore(snapshot, definitions, options)?;
+    *out = Some(Restored {
+        aggregates: engine.aggregates(),
+        slot: engine.notice_slot(),
+        known: engine.known_ids(),
+    });
+    Ok(EngineMachine(engine))
+}
+
 impl Ingest {
     /// Opens (or creates) the data directory, recovers it, and starts the
-    /// log. Metrics go to `registry` as `abmesh_log_*`, `abmesh_ingest_*`
-    /// and `abmesh_guardrail_*` when given. Notices of new halts, lifts and
-    /// SRM alarms after the recovery go to `webhook` (never blocking).
+    /// embedded file log. Metrics go to `registry` as `abmesh_log_*`,
+    /// `abmesh_ingest_*` and `abmesh_guardrail_*` when given. Notices of
+    /// new halts, lifts and SRM alarms after the recovery go to `webhook`
+    /// (never blocking).
     pub fn open(
         dir: &Path,
         definitions: Option<Arc<Definitions>>,
@@ -91,49 +173,79 @@ impl Ingest {
         registry: Option<&mut Registry>,
         webhook: Option<Arc<Webhook>>,
     ) -> Result<(Ingest, Recovery), StoreError> {
-        let metrics = IngestMetrics::default();
-        let store_metrics = match registry {
-            Some(r) => {
-                let m = StoreMetrics::register(r.sub_registry_with_prefix("log"));
-                Register(r.sub_registry_with_prefix("ingest"))
-                    .metric("events", "Outcome events accepted", &metrics.events)
-                    .metric(
-                        "duplicate_events",
-                        "Outcome events ignored as duplicates (same id)",
-                        &metrics.duplicate_events,
-                    )
-                    .metric("exposures", "Exposure rows accepted", &metrics.exposures)
-                    .metric(
-                        "rejected_requests",
-                        "Ingest requests refused (400)",
-                        &metrics.rejected,
-                    );
-                Register(r.sub_registry_with_prefix("guardrail"))
-                    .metric(
-                        "halts",
-                        "Variants halted (by a guardrail or an operator)",
-                        &metrics.halts,
-                    )
-                    .metric("lifts", "Halts lifted by an operator", &metrics.lifts);
-                m
-            }
-            None => StoreMetrics::new(),
-        };
-        let mut aggregates = None;
-        let mut slot = None;
-        let mut known = None;
+        let (metrics, store_metrics) = IngestMetrics::register(registry);
+        let mut restored = None;
         let (store, recovery) = Store::open(dir, store_options, store_metrics, |snapshot| {
-            let engine = Engine::restore(snapshot, definitions, engine_options)?;
-            aggregates = Some(engine.aggregates());
-            slot = Some(engine.notice_slot());
-            known = Some(engine.known_ids());
-            Ok::<_, SnapshotError>(EngineMachine(engine))
+            restore(snapshot, definitions, engine_options, &mut restored)
         })?;
-        let aggregates = aggregates.expect("restore ran");
-        let known = known.expect("restore ran");
-        // Recovery is over: from now on, halts and alarms are news.
+        Ingest::finish(store, recovery, restored, metrics, body_limit, webhook)
+    }
+
+    /// [`Ingest::open`] with a choice of log: with a replicated one, it
+    /// returns once this replica has caught up with the stream.
+    pub async fn open_log(
+        log: &LogChoice,
+        config: IngestConfig<'_>,
+    ) -> Result<(Ingest, Recovery), StoreError> {
+        let IngestConfig {
+            dir,
+            definitions,
+            store_options,
+            engine_options,
+            body_limit,
+            registry,
+            webhook,
+        } = config;
+        match log {
+            LogChoice::File => Ingest::open(
+                dir,
+                definitions,
+                store_options,
+                engine_options,
+                body_limit,
+                registry,
+                webhook,
+            ),
+            #[cfg(feature = "jetstream")]
+            LogChoice::JetStream(options) => {
+                let (metrics, store_metrics) = IngestMetrics::register(registry);
+                let mut restored = None;
+                let (store, recovery) = Store::open_jetstream(
+                    dir,
+                    store_options,
+                    (**options).clone(),
+                    store_metrics,
+                    |snapshot| restore(snapshot, definitions, engine_options, &mut restored),
+                )
+                .await?;
+                Ingest::finish(store, recovery, restored, metrics, body_limit, webhook)
+            }
+        }
+    }
+
+    /// After recovery: installs the notice sink (from now on, halts and
+    /// alarms are news) and assembles the component.
+    fn finish(
+        store: Store<EngineMachine>,
+        recovery: Recovery,
+        restored: Option<Restored>,
+        metrics: IngestMetrics,
+        body_limit: usize,
+        webhook: Option<Arc<Webhook>>,
+    ) -> Result<(Ingest, Recovery), StoreError> {
+        // Both opens call `restore` exactly once before they return Ok.
+        let Some(Restored {
+            aggregates,
+            slot,
+            known,
+        }) = restored
+        else {
+            return Err(StoreError::Setup(
+                "the log opened without restoring the engine".into(),
+            ));
+        };
         let (halts, lifts) = (metrics.halts.clone(), metrics.lifts.clone());
-        *slot.expect("restore ran").lock() = Some(Box::new(move |notice: serde_json::Value| {
+        *slot.lock() = Some(Box::new(move |notice: serde_json::Value| {
             match notice["event"].as_str() {
                 Some("halt") => {
                     halts.inc();
@@ -187,7 +299,13 @@ impl Ingest {
 /// Maps log failures to statuses: the client may retry a 503.
 pub fn store_error(e: StoreError) -> ApiError {
     match e {
+        StoreError::Unavailable(_) | StoreError::NotYetApplied(_) => {
+            ApiError::unavailable(e.to_string()).retry_after(1)
+        }
         StoreError::Failed(_) | StoreError::Closed => ApiError::unavailable(e.to_string()),
+        StoreError::TooLarge { .. } => {
+            ApiError::new(http::StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
         other => ApiError::internal(other.to_string()),
     }
 }

@@ -64,6 +64,8 @@
 //! states carry it with the LSN they cover, as their idempotency key.
 
 pub mod identity;
+#[cfg(feature = "jetstream")]
+pub mod jetstream;
 pub mod record;
 
 use std::fs::{self, File, OpenOptions};
@@ -152,6 +154,21 @@ pub enum StoreError {
     Closed,
     #[error("record kind {0} is not one the state machine knows")]
     UnknownKind(u8),
+    /// The replicated log cannot take the write now (a JetStream stream
+    /// without its quorum, the NATS servers out of reach): retryable.
+    #[error("the replicated outcome log is unavailable, nothing was written; retry later: {0}")]
+    Unavailable(String),
+    /// The replicated log stored the record, but this replica has not
+    /// applied it in time (it will, and every replica will).
+    #[error("the record was stored by the replicated log but not yet applied here after {0:?}; it will be applied, and a retry is safe for events with ids")]
+    NotYetApplied(Duration),
+    /// Connecting to or setting up the replicated log failed at startup.
+    #[error("{0}")]
+    Setup(String),
+    /// A record larger than the replicated log's servers take in one
+    /// message (their `max_payload`).
+    #[error("a request body of {bytes} bytes is larger than the replicated log takes in one record ({max} bytes: the NATS servers' max_payload); send smaller batches, or raise max_payload in the NATS server configuration")]
+    TooLarge { bytes: usize, max: usize },
 }
 
 fn io_err(path: &Path, e: io::Error) -> StoreError {
@@ -237,6 +254,11 @@ impl StoreMetrics {
 
 type Reply<O> = tokio::sync::oneshot::Sender<Result<O, StoreError>>;
 type Call<S> = Box<dyn FnOnce(&mut S, u64) + Send>;
+/// What feeds the applier thread: bounded, so a replica catching up from a
+/// replicated log cannot queue more than this many groups in memory.
+type ApplierTx<S> = tokio::sync::mpsc::Sender<Vec<Item<S>>>;
+type ApplierRx<S> = tokio::sync::mpsc::Receiver<Vec<Item<S>>>;
+const APPLIER_QUEUE: usize = 256;
 
 enum Msg<S: StateMachine> {
     Append {
@@ -256,9 +278,15 @@ enum Item<S: StateMachine> {
         kind: u8,
         received_ms: i64,
         payload: Bytes,
-        reply: Reply<S::Output>,
+        /// The request waiting for this record, when this process appended
+        /// it (`None` for records of other replicas).
+        reply: Option<Reply<S::Output>>,
     },
     Call(Call<S>),
+    /// A position of a replicated log that holds no record of ours (a
+    /// message something else published on the subject): the LSN moves on.
+    #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
+    Skip(u64),
     Close(std::sync::mpsc::Sender<()>),
 }
 
@@ -277,15 +305,43 @@ struct Shared {
 
 /// A handle on the running log; cheap to clone.
 pub struct Store<S: StateMachine> {
-    tx: mpsc::Sender<Msg<S>>,
+    backend: Backend<S>,
     shared: Arc<Shared>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// Where appends go.
+enum Backend<S: StateMachine> {
+    /// The embedded file log: the writer thread, which also passes calls
+    /// on to the applier in order.
+    File(mpsc::Sender<Msg<S>>),
+    /// A NATS JetStream stream: appends are published; the applier is fed
+    /// by this replica's consumer of the stream, and calls go to it
+    /// directly.
+    #[cfg(feature = "jetstream")]
+    JetStream {
+        log: Arc<jetstream::Writer<S>>,
+        applier: ApplierTx<S>,
+    },
+}
+
+impl<S: StateMachine> Clone for Backend<S> {
+    fn clone(&self) -> Self {
+        match self {
+            Backend::File(tx) => Backend::File(tx.clone()),
+            #[cfg(feature = "jetstream")]
+            Backend::JetStream { log, applier } => Backend::JetStream {
+                log: log.clone(),
+                applier: applier.clone(),
+            },
+        }
+    }
 }
 
 impl<S: StateMachine> Clone for Store<S> {
     fn clone(&self) -> Self {
         Store {
-            tx: self.tx.clone(),
+            backend: self.backend.clone(),
             shared: self.shared.clone(),
             threads: self.threads.clone(),
         }
@@ -356,28 +412,54 @@ enum SnapshotFileError {
 
 /// Reads a snapshot file: (LSN, payload) if its checksum holds.
 fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>), SnapshotFileError> {
-    let data = fs::read(path)?;
+    read_snapshot_bytes(&fs::read(path)?)
+}
+
+/// Reads the bytes of a snapshot (a file, or a replicated log's shared
+/// copy): (LSN, payload) if its checksum holds.
+fn read_snapshot_bytes(data: &[u8]) -> Result<(u64, Vec<u8>), SnapshotFileError> {
     if data.len() < 28 || &data[..8] != SNAPSHOT_MAGIC {
         return Err(SnapshotFileError::NotASnapshot);
     }
-    let lsn = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
-    let len = u64::from_le_bytes(data[16..24].try_into().expect("8 bytes")) as usize;
-    let crc = u32::from_le_bytes(data[24..28].try_into().expect("4 bytes"));
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&data[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let lsn = word(8);
+    let len = word(16);
+    let mut c = [0u8; 4];
+    c.copy_from_slice(&data[24..28]);
+    let crc = u32::from_le_bytes(c);
     let payload = &data[28..];
-    if payload.len() != len || crc32fast::hash(payload) != crc {
+    if payload.len() as u64 != len || crc32fast::hash(payload) != crc {
         return Err(SnapshotFileError::Checksum);
     }
     Ok((lsn, payload.to_vec()))
 }
 
-fn write_snapshot_file(dir: &Path, lsn: u64, payload: &[u8]) -> Result<PathBuf, StoreError> {
-    let path = snapshot_path(dir, lsn);
-    let tmp = path.with_extension("tmp");
+/// The 28 bytes before a snapshot's payload: magic, LSN, length, CRC-32.
+fn snapshot_header(lsn: u64, payload: &[u8]) -> Vec<u8> {
     let mut head = Vec::with_capacity(28);
     head.extend_from_slice(SNAPSHOT_MAGIC);
     head.extend_from_slice(&lsn.to_le_bytes());
     head.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     head.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    head
+}
+
+/// The bytes of a snapshot file of the state `payload` at `lsn`.
+#[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
+fn snapshot_file_bytes(lsn: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = snapshot_header(lsn, payload);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn write_snapshot_file(dir: &Path, lsn: u64, payload: &[u8]) -> Result<PathBuf, StoreError> {
+    let path = snapshot_path(dir, lsn);
+    let tmp = path.with_extension("tmp");
+    let head = snapshot_header(lsn, payload);
     let written = File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(&head)?;
@@ -397,7 +479,10 @@ fn write_snapshot_file(dir: &Path, lsn: u64, payload: &[u8]) -> Result<PathBuf, 
 
 /// Whether a file name is one of the temporary files this module writes.
 fn is_temp_file(name: &str) -> bool {
-    name.ends_with(".tmp") && (name.starts_with("snapshot-") || name.starts_with(identity::FILE))
+    name.ends_with(".tmp")
+        && (name.starts_with("snapshot-")
+            || name.starts_with(identity::FILE)
+            || name.starts_with("stream-id"))
 }
 
 /// Removes the temporary files a crash left (see the module docs); returns
@@ -647,7 +732,7 @@ impl<S: StateMachine> Store<S> {
             lock: Mutex::new(Some(lock)),
         });
         let (tx, rx) = mpsc::channel::<Msg<S>>();
-        let (atx, arx) = mpsc::channel::<Vec<Item<S>>>();
+        let (atx, arx) = tokio::sync::mpsc::channel::<Vec<Item<S>>>(APPLIER_QUEUE);
         let writer = Writer {
             shared: shared.clone(),
             file,
@@ -660,19 +745,11 @@ impl<S: StateMachine> Store<S> {
             .name("abmesh-log-writer".into())
             .spawn(move || writer.run(rx, atx))
             .map_err(|e| io_err(dir, e))?;
-        let applier = Applier {
-            shared: shared.clone(),
-            state,
-            applied_lsn: rec.last_lsn,
-            since_snapshot: if rec.replayed > 0 { 1 } else { 0 },
-        };
-        let a = std::thread::Builder::new()
-            .name("abmesh-log-applier".into())
-            .spawn(move || applier.run(arx))
-            .map_err(|e| io_err(dir, e))?;
+        let applier = Applier::new(shared.clone(), state, rec.last_lsn, rec.replayed > 0);
+        let a = applier.spawn(arx)?;
         Ok((
             Store {
-                tx,
+                backend: Backend::File(tx),
                 shared,
                 threads: Arc::new(Mutex::new(vec![w, a])),
             },
@@ -709,16 +786,21 @@ impl<S: StateMachine> Store<S> {
         if let Some(msg) = self.shared.failed.get() {
             return Err(StoreError::Failed(msg.clone()));
         }
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Msg::Append {
-                kind,
-                received_ms,
-                payload,
-                reply,
-            })
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::File(tx) => {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                tx.send(Msg::Append {
+                    kind,
+                    received_ms,
+                    payload,
+                    reply,
+                })
+                .map_err(|_| StoreError::Closed)?;
+                rx.await.map_err(|_| StoreError::Closed)?
+            }
+            #[cfg(feature = "jetstream")]
+            Backend::JetStream { log, .. } => log.append(kind, received_ms, payload).await,
+        }
     }
 
     /// Runs `f` on the state after every record appended before this call
@@ -731,9 +813,18 @@ impl<S: StateMachine> Store<S> {
         let call: Call<S> = Box::new(move |s, lsn| {
             let _ = tx.send(f(s, lsn));
         });
-        self.tx
-            .send(Msg::Call(call))
-            .map_err(|_| StoreError::Closed)?;
+        match &self.backend {
+            Backend::File(writer) => writer
+                .send(Msg::Call(call))
+                .map_err(|_| StoreError::Closed)?,
+            // Every record whose append has returned was applied before
+            // it returned, so the applier's order is enough.
+            #[cfg(feature = "jetstream")]
+            Backend::JetStream { applier, .. } => applier
+                .send(vec![Item::Call(call)])
+                .await
+                .map_err(|_| StoreError::Closed)?,
+        }
         rx.await.map_err(|_| StoreError::Closed)
     }
 
@@ -747,7 +838,15 @@ impl<S: StateMachine> Store<S> {
     /// [`StoreError::Closed`].
     pub fn shutdown(&self) {
         let (tx, rx) = mpsc::channel();
-        if self.tx.send(Msg::Close(tx)).is_ok() {
+        let sent = match &self.backend {
+            Backend::File(writer) => writer.send(Msg::Close(tx)).is_ok(),
+            #[cfg(feature = "jetstream")]
+            Backend::JetStream { log, applier } => {
+                log.stop();
+                applier.blocking_send(vec![Item::Close(tx)]).is_ok()
+            }
+        };
+        if sent {
             let _ = rx.recv_timeout(Duration::from_secs(120));
         }
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
@@ -788,11 +887,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run<S: StateMachine>(
-        mut self,
-        rx: mpsc::Receiver<Msg<S>>,
-        to_applier: mpsc::Sender<Vec<Item<S>>>,
-    ) {
+    fn run<S: StateMachine>(mut self, rx: mpsc::Receiver<Msg<S>>, to_applier: ApplierTx<S>) {
         while let Ok(first) = rx.recv() {
             let mut closed = false;
             let mut msgs = vec![first];
@@ -832,7 +927,7 @@ impl Writer {
                             kind,
                             received_ms,
                             payload,
-                            reply,
+                            reply: Some(reply),
                         });
                     }
                     Msg::Call(f) => items.push(Item::Call(f)),
@@ -852,7 +947,9 @@ impl Writer {
                         .into_iter()
                         .filter_map(|it| match it {
                             Item::Record { reply, .. } => {
-                                let _ = reply.send(Err(StoreError::Failed(msg.clone())));
+                                if let Some(reply) = reply {
+                                    let _ = reply.send(Err(StoreError::Failed(msg.clone())));
+                                }
                                 None
                             }
                             other => Some(other),
@@ -866,7 +963,7 @@ impl Writer {
                 m.bytes.inc_by(self.buf.len() as u64);
                 m.group_records.observe(records as f64);
             }
-            if to_applier.send(items).is_err() || closed {
+            if to_applier.blocking_send(items).is_err() || closed {
                 // Appends after Close get StoreError::Closed: their sends
                 // fail once the receiver is gone.
                 return;
@@ -914,11 +1011,11 @@ impl Writer {
     fn fail_rest<S: StateMachine>(
         &self,
         rx: &mpsc::Receiver<Msg<S>>,
-        to_applier: &mpsc::Sender<Vec<Item<S>>>,
+        to_applier: &ApplierTx<S>,
         first: Vec<Item<S>>,
         msg: &str,
     ) {
-        if !first.is_empty() && to_applier.send(first).is_err() {
+        if !first.is_empty() && to_applier.blocking_send(first).is_err() {
             return;
         }
         while let Ok(m) = rx.recv() {
@@ -931,23 +1028,53 @@ impl Writer {
                 Msg::Close(ack) => Item::Close(ack),
             };
             let close = matches!(item, Item::Close(_));
-            if to_applier.send(vec![item]).is_err() || close {
+            if to_applier.blocking_send(vec![item]).is_err() || close {
                 return;
             }
         }
     }
 }
 
+/// Called with every snapshot written: (LSN, state).
+type SnapshotHook = Box<dyn Fn(u64, &[u8]) + Send>;
+
+/// Applies records to the state in log order, answers their requests, and
+/// writes snapshots; one thread, whatever the backend.
 struct Applier<S: StateMachine> {
     shared: Arc<Shared>,
     state: S,
     applied_lsn: u64,
     since_snapshot: u64,
+    /// Told the LSN applied after every group (a replicated log waits on
+    /// it to know a replica has caught up).
+    progress: Option<tokio::sync::watch::Sender<u64>>,
+    /// Also given every snapshot written (a replicated log keeps one in
+    /// its object store for replicas that start empty).
+    on_snapshot: Option<SnapshotHook>,
 }
 
 impl<S: StateMachine> Applier<S> {
-    fn run(mut self, rx: mpsc::Receiver<Vec<Item<S>>>) {
-        while let Ok(items) = rx.recv() {
+    fn new(shared: Arc<Shared>, state: S, applied_lsn: u64, replayed: bool) -> Self {
+        Applier {
+            shared,
+            state,
+            applied_lsn,
+            since_snapshot: u64::from(replayed),
+            progress: None,
+            on_snapshot: None,
+        }
+    }
+
+    fn spawn(self, rx: ApplierRx<S>) -> Result<JoinHandle<()>, StoreError> {
+        let dir = self.shared.dir.clone();
+        std::thread::Builder::new()
+            .name("abmesh-log-applier".into())
+            .spawn(move || self.run(rx))
+            .map_err(|e| io_err(&dir, e))
+    }
+
+    fn run(mut self, mut rx: ApplierRx<S>) {
+        while let Some(items) = rx.blocking_recv() {
             let mut close = None;
             for item in items {
                 match item {
@@ -963,15 +1090,22 @@ impl<S: StateMachine> Applier<S> {
                             kind,
                             received_ms,
                             payload: &payload,
+                            local: reply.is_some(),
                         };
                         let out = self.state.apply(&r);
                         self.applied_lsn = lsn;
                         self.since_snapshot += record::framed_len(payload.len()) as u64;
-                        let _ = reply.send(Ok(out));
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(out));
+                        }
                     }
                     Item::Call(f) => f(&mut self.state, self.applied_lsn),
+                    Item::Skip(lsn) => self.applied_lsn = lsn,
                     Item::Close(ack) => close = Some(ack),
                 }
+            }
+            if let Some(p) = &self.progress {
+                p.send_replace(self.applied_lsn);
             }
             let due = self.since_snapshot >= self.shared.options.snapshot_every_bytes;
             if due || (close.is_some() && self.since_snapshot > 0) {
@@ -1023,6 +1157,7 @@ impl<S: StateMachine> Applier<S> {
                         removed += 1;
                     }
                 }
+                drop(segs);
                 tracing::info!(
                     file = %path.display(),
                     lsn,
@@ -1031,6 +1166,9 @@ impl<S: StateMachine> Applier<S> {
                     ms = t.elapsed().as_millis() as u64,
                     "snapshot written"
                 );
+                if let Some(f) = &self.on_snapshot {
+                    f(lsn, &buf);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "writing a snapshot failed; the log keeps growing until one succeeds")

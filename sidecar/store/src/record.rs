@@ -40,6 +40,12 @@ pub struct RecordRef<'a> {
     /// events that carry none, so replay gives the same state.
     pub received_ms: i64,
     pub payload: &'a [u8],
+    /// Whether this process appended the record and is answering its
+    /// request now. False for records read back at startup and, with a
+    /// replicated log, for records other replicas appended: side effects
+    /// that must happen once per record (webhook notices) belong to the
+    /// replica where it is `true`.
+    pub local: bool,
 }
 
 /// Appends one framed record to `out`.
@@ -126,6 +132,7 @@ pub fn decode(data: &[u8]) -> Result<Option<(RecordRef<'_>, usize)>, Stop> {
             kind,
             received_ms,
             payload: &body[BODY_HEADER..],
+            local: false,
         },
         end,
     )))

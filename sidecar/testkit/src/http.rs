@@ -284,15 +284,56 @@ impl AsyncClient {
     /// panicking: the status, or None when nothing answered (a readiness
     /// probe).
     pub async fn try_get(&mut self, path: &str) -> Option<StatusCode> {
-        let mut probe = AsyncClient {
+        let r = self
+            .probe()
+            .try_send("GET", path, &[], Bytes::new())
+            .await
+            .ok()?;
+        StatusCode::from_u16(r.status).ok()
+    }
+
+    /// A client like this one on a fresh connection that is not reopened
+    /// when it closes: for probing servers that may be down.
+    fn probe(&self) -> AsyncClient {
+        AsyncClient {
             authority: self.authority.clone(),
             host: self.host.clone(),
             sender: None,
             reconnect: false,
             timeout: Duration::from_secs(10),
-        };
-        let r = probe.try_send("GET", path, &[], Bytes::new()).await.ok()?;
-        StatusCode::from_u16(r.status).ok()
+        }
+    }
+
+    /// The body of a GET answered 200 on a fresh connection, or None
+    /// (nothing answered, another status).
+    pub async fn try_get_body(&mut self, path: &str) -> Option<Bytes> {
+        let r = self
+            .probe()
+            .try_send("GET", path, &[], Bytes::new())
+            .await
+            .ok()?;
+        (r.status == 200).then_some(r.body)
+    }
+
+    /// POSTs a JSON document on a fresh connection: the status and body, or
+    /// None when the connection fails (a server being killed) instead of
+    /// panicking.
+    pub async fn try_post_json(
+        &mut self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Option<(u16, Bytes)> {
+        let r = self
+            .probe()
+            .try_send(
+                "POST",
+                path,
+                &[("content-type", b"application/json")],
+                body.to_string(),
+            )
+            .await
+            .ok()?;
+        Some((r.status, r.body))
     }
 }
 

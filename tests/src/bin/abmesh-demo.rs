@@ -16,10 +16,15 @@
 //!   30 % of rows. Its error-rate guardrail should halt it by itself.
 //!
 //! `cargo run -p abmesh-e2e --bin abmesh-demo -- [--users N] [--rate R]
-//! [--data-dir DIR] [--keep-running]` (scripts/demo.sh builds everything
-//! first). Exit status 0 only when the loop did what it should: v3 halted
-//! by its guardrail, its users then served by control without errors, and
-//! the report deciding to ship v2.
+//! [--data-dir DIR] [--replicas N] [--keep-running]` (scripts/demo.sh
+//! builds everything first). Exit status 0 only when the loop did what it
+//! should: v3 halted by its guardrail, its users then served by control
+//! without errors, and the report deciding to ship v2.
+//!
+//! `--replicas 3` runs three sidecars sharing one log on a three-node NATS
+//! JetStream cluster, Envoy balancing over them, and SIGKILLs the last
+//! replica a third of the way through the users: the survivors still halt
+//! v3, agree on every number, and ship v2.
 
 use abmesh_e2e::closed_loop::{infer, ClosedLoop, Options, Ports};
 use abmesh_testkit::http::AsyncClient as Client;
@@ -72,12 +77,12 @@ async fn main() {
     let rate: f64 = arg(&args, "--rate").unwrap_or(400.0);
     let data_dir: Option<std::path::PathBuf> = arg(&args, "--data-dir");
     let keep_running = args.iter().any(|a| a == "--keep-running");
+    let replicas: usize = arg(&args, "--replicas").unwrap_or(1).max(1);
 
-    let lp = ClosedLoop::start(Options {
-        ports: Ports::DEMO,
+    let mut lp = ClosedLoop::start(Options {
         data_dir,
-        plugin: None,
-        sidecar_args: Vec::new(),
+        replicas,
+        ..Options::new(Ports::DEMO)
     })
     .await;
     let side = lp.ports.sidecar;
@@ -89,6 +94,18 @@ async fn main() {
     );
     println!("  abmesh sidecar              http://127.0.0.1:{side}  (models: scorer v1, v2, v3; outcome log {})", lp.data_dir.display());
     println!("  abmesh sidecar admin        http://127.0.0.1:{side_admin}  (reports, halts)");
+    for (i, r) in lp.replicas.iter().enumerate().skip(1) {
+        println!(
+            "  abmesh sidecar replica {i}    http://127.0.0.1:{}  (admin :{}), same models, same log",
+            r.ports.0, r.ports.1
+        );
+    }
+    if let Some(nats) = &lp.nats {
+        println!(
+            "  NATS JetStream, 3 nodes     the sidecars' shared log (stream ABMESH, R3; {})",
+            nats.dir().display()
+        );
+    }
     println!("  experiment \"scorer\": v1 (control) 40 %, v2 40 %, v3 20 %, guardrails on 5xx share, p95 latency, purchases");
     println!("\n{users} simulated users at ~{rate:.0}/s; each calls /v2/models/scorer/infer through Envoy once.\n");
 
@@ -157,6 +174,20 @@ async fn main() {
             post_events(&mut oracle, &mut events).await;
             seen
         }));
+    }
+    // With replicas, one of them dies a third of the way through.
+    let mut killed = None;
+    if replicas > 1 {
+        while next_user.load(Ordering::Relaxed) < users / 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let victim = replicas - 1;
+        lp.kill_replica(victim).await;
+        killed = Some(victim);
+        println!(
+            "[{:5.1} s] SIGKILLed sidecar replica {victim}; Envoy sends its share to the others",
+            started.elapsed().as_secs_f64()
+        );
     }
     let mut seen = Vec::new();
     for t in tasks {
@@ -235,6 +266,38 @@ async fn main() {
         decision.trim() == "ship v2",
         format!("report decision: {}", decision.trim()),
     );
+    if let Some(victim) = killed {
+        // Every surviving replica answers the same report (once each has
+        // applied the last records).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (same, reports) = loop {
+            let mut reports = Vec::new();
+            for i in (0..replicas).filter(|&i| i != victim) {
+                let mut r = lp
+                    .replica_admin(i)
+                    .get("/admin/experiments/scorer", &[])
+                    .await
+                    .json();
+                if let Some(o) = r.as_object_mut() {
+                    o.remove("generated_at_ms");
+                }
+                reports.push(r);
+            }
+            let same = reports.windows(2).all(|w| w[0] == w[1]);
+            if same || Instant::now() > deadline {
+                break (same, reports);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        check(
+            same,
+            format!(
+                "replica {victim} killed partway; the {} others report the same numbers (log position {})",
+                reports.len(),
+                reports[0]["applied_lsn"]
+            ),
+        );
+    }
     println!("\nHTML report: http://127.0.0.1:{side_admin}/admin/experiments/scorer?format=html");
     if keep_running {
         println!("Envoy and the sidecar keep running; Ctrl-C to stop.");

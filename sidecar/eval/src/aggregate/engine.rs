@@ -476,6 +476,11 @@ pub struct Engine {
     decisions: Option<abmesh_filter::Decisions>,
     options: EngineOptions,
     notices: Arc<Mutex<Option<NoticeSink>>>,
+    /// Whether the record being applied was appended by this process (the
+    /// log's `RecordRef::local`, set by [`Engine::set_local`]): notices are
+    /// sent only then, so with a replicated log each halt is notified once,
+    /// by the replica that took the request that caused it.
+    local: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -588,6 +593,7 @@ impl Engine {
             definitions,
             options,
             notices: Arc::default(),
+            local: true,
         }
     }
 
@@ -953,7 +959,7 @@ impl Engine {
     }
 
     fn notify(&self, notices: Vec<serde_json::Value>) {
-        if notices.is_empty() {
+        if notices.is_empty() || !self.local {
             return;
         }
         if let Some(sink) = self.notices.lock().as_ref() {
@@ -1638,6 +1644,15 @@ fn add_exposure(
 }
 
 impl Engine {
+    /// Says whether the next records applied were appended by this process
+    /// and are being answered now (true) or are read back: at startup, or
+    /// appended by another replica of a replicated log (false). Side
+    /// effects that must happen once per record (webhook notices) happen
+    /// only for local records.
+    pub fn set_local(&mut self, local: bool) {
+        self.local = local;
+    }
+
     /// Applies one record of the outcome log: what the log's applier (and
     /// its replay after a restart) calls for every record, in log order.
     /// `kind` is the record's [`RecordKind`] byte; a record that cannot be
