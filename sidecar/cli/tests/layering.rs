@@ -477,11 +477,30 @@ fn the_cycle_check_sees_cycles() {
     assert!(graph[&vec!["c".to_owned()]].is_empty(), "{graph:?}");
 }
 
+/// The target tuple of this machine (`rustc --print host-tuple`).
+fn host_tuple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let out = Command::new(rustc)
+        .args(["--print", "host-tuple"])
+        .output()
+        .expect("rustc --print host-tuple");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// `cargo metadata` of the workspace: for each package, its normal
 /// dependencies.
 fn workspace_deps() -> BTreeMap<String, BTreeSet<String>> {
+    // Only this platform's dependencies: resolving every platform's
+    // (macOS frameworks under the NATS client's TLS) would need sources
+    // that an offline build never downloaded.
     let out = Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", &host_tuple()])
         .current_dir(abmesh_testkit::repo_root())
         .output()
         .expect("cargo metadata");
