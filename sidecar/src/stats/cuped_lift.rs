@@ -10,7 +10,16 @@
 //!   grand means, ddof 1), so one linear adjustment applies to everyone
 //!   and the estimator stays unbiased; θ = 0 (no adjustment) when x or y
 //!   does not vary over the pooled sample, as gbstats reverts to the
-//!   unadjusted statistic there.
+//!   unadjusted statistic there. "Does not vary" means a centred sum of
+//!   squares of at most [`CONSTANT_RESOLUTION`] times the raw Σx² (or Σy²):
+//!   from raw sums (the reference cases, the sidecar's aggregates) a
+//!   constant covariate leaves Σx² − (Σx)²/n at rounding noise, ±5e-15·Σx²
+//!   in gbstats's own cases, and θ = noise/noise is then any number (gbstats
+//!   0.8.0 tests `== 0` and reports θ from −32 to 16 on such data, and a
+//!   θ of 1e17 times a last-bit difference of the arms' x̄ moves the
+//!   estimate by O(1)). The price: a real covariate whose coefficient of
+//!   variation is below 1e-6 is not used (from sums it could not be
+//!   resolved to better than three digits anyway).
 //! * Per arm: adjusted mean a = ȳ − θ·x̄ and per-user variance
 //!   V = v_y + θ²·v_x − 2θ·cov(x, y), the variance of y − θx within the arm
 //!   (computed from the centred sums, so it does not cancel).
@@ -27,6 +36,16 @@ use serde::Serialize;
 use super::effect::{check_cross, check_sums, effect, Arm};
 use super::error::{Result, StatsError};
 use super::moments::CoMoments;
+
+/// A pooled centred sum of squares at most this share of the raw sum of
+/// squares counts as zero variance (see the module docs).
+pub const CONSTANT_RESOLUTION: f64 = 1e-12;
+
+/// Whether a pooled variable with centred sum of squares `m2`, mean `mean`
+/// and `n` values is constant up to the rounding of raw sums.
+fn is_constant(m2: f64, mean: f64, n: f64) -> bool {
+    !(m2 > CONSTANT_RESOLUTION * (m2 + n * mean * mean))
+}
 
 /// Result of [`cuped_lift`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -96,7 +115,9 @@ pub fn cuped_lift(
     }
     let pooled = control.merged(treatment);
     let (m2x, m2y, cxy) = (pooled.x().m2(), pooled.y().m2(), pooled.c_xy());
-    let (theta, variance_reduction) = if m2x > 0.0 && m2y > 0.0 {
+    let n = pooled.n() as f64;
+    let constant = is_constant(m2x, pooled.x().mean(), n) || is_constant(m2y, pooled.y().mean(), n);
+    let (theta, variance_reduction) = if !constant {
         (cxy / m2x, (cxy * cxy / (m2x * m2y)).min(1.0))
     } else {
         (0.0, 0.0)
@@ -176,6 +197,35 @@ mod tests {
         assert!((r.estimate - l.lift).abs() < 1e-15);
         assert!((r.se - l.se).abs() < 1e-15);
         assert!((r.ci_high - l.ci_high).abs() < 1e-14);
+    }
+
+    #[test]
+    fn a_constant_covariate_from_rounded_sums_is_not_used() {
+        // 1 000 users with x = 0.1 in each arm: Σx² − (Σx)²/n is rounding
+        // noise, not 0, but θ must be 0 (the README's "no adjustment").
+        let n = 1000u64;
+        let x = 0.1f64;
+        let sum_x = (0..n).map(|_| x).sum::<f64>();
+        let sum_x2 = (0..n).map(|_| x * x).sum::<f64>();
+        let arm = |y: &[f64]| {
+            let (s, ss) = (y.iter().sum::<f64>(), y.iter().map(|v| v * v).sum::<f64>());
+            comoments_from_sums("arm", n, s, ss, sum_x, sum_x2, s * x).unwrap()
+        };
+        let yc: Vec<f64> = (0..n).map(|i| f64::from(i as u32 % 7)).collect();
+        let yt: Vec<f64> = (0..n).map(|i| f64::from(i as u32 % 9)).collect();
+        let (c, t) = (arm(&yc), arm(&yt));
+        let pooled = c.merged(&t);
+        assert_ne!(pooled.x().m2(), 0.0, "the sums leave rounding noise");
+        let r = cuped_lift(&c, &t, 0.05, false).unwrap();
+        assert_eq!(r.theta, 0.0);
+        let w = welch_t(&c.y(), &t.y(), 0.05).unwrap();
+        assert!(
+            (r.estimate - w.diff).abs() < 1e-12,
+            "{} vs {}",
+            r.estimate,
+            w.diff
+        );
+        assert!((r.se - w.se).abs() < 1e-12);
     }
 
     #[test]
