@@ -23,8 +23,9 @@
 //!   ν, e.g. 0.95), `alpha`, `relative`; expected `control_quantile`,
 //!   `treatment_quantile` (the ν-quantiles of the piecewise-linear CDFs),
 //!   `estimate` (q_t − q_c, or (q_t − q_c)/q_c), `se` (Woodruff,
-//!   [`quantile_test`]), `p_value` (two-sided normal), `ci_low`, `ci_high`
-//!   (estimate ∓ z_{1−α/2}·se).
+//!   [`quantile_test`]), `df` (Welch–Satterthwaite over the arms' effective
+//!   df z·√(ν(1 − ν)n)), `p_value` (two-sided Student t(df)), `ci_low`,
+//!   `ci_high` (estimate ∓ t_{1−α/2, df}·se).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -420,7 +421,8 @@ pub fn evaluate(kind: &str, input: &Value) -> Result<Value, String> {
             let r = quantile_test(&c, &t, i.q, i.alpha, i.relative).map_err(e)?;
             json!({"control_quantile": r.control_quantile,
                    "treatment_quantile": r.treatment_quantile, "estimate": r.estimate,
-                   "se": r.se, "p_value": r.p_value, "ci_low": r.ci_low, "ci_high": r.ci_high})
+                   "se": r.se, "df": r.df, "p_value": r.p_value, "ci_low": r.ci_low,
+                   "ci_high": r.ci_high})
         }
         other => {
             return Err(format!(
@@ -465,6 +467,57 @@ mod tests {
                            "treatment": {"n": 10, "mean": 1, "sd": 1}, "alpha": 0.05});
         let e = evaluate("welch_t", &input).unwrap_err();
         assert!(e.starts_with("invalid input at control.n:"), "{e}");
+    }
+
+    #[test]
+    fn new_kinds_give_typed_per_case_errors() {
+        let arm = |n: u64, den_sum: f64| {
+            json!({"n": n, "num_sum": 3, "num_sum_sq": 5, "den_sum": den_sum,
+                   "den_sum_sq": den_sum * den_sum, "sum_products": 3.0 * den_sum})
+        };
+        let ok = json!({"n": 4, "num_sum": 3, "num_sum_sq": 5, "den_sum": 8,
+                        "den_sum_sq": 20, "sum_products": 7});
+        let e = evaluate(
+            "ratio",
+            &json!({"control": arm(4, 0.0), "treatment": ok, "alpha": 0.05}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "control: the denominator sums to 0, so the ratio is undefined"
+        );
+        let r = evaluate(
+            "ratio",
+            &json!({"control": ok, "treatment": ok, "alpha": 0.05, "relative": true}),
+        )
+        .unwrap();
+        assert_eq!(r["estimate"], 0.0);
+        let cuped = json!({"n": 3, "y_sum": 6, "y_sum_sq": 14, "x_sum": 3, "x_sum_sq": 5,
+                           "xy_sum": 50});
+        let e = evaluate(
+            "cuped_lift",
+            &json!({"control": cuped, "treatment": cuped, "alpha": 0.05}),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("control: inconsistent sums for x × y"), "{e}");
+        let e = evaluate(
+            "quantile",
+            &json!({"control": {"bounds": [0, 1], "counts": [10]},
+                    "treatment": {"bounds": [0, 1, 2], "counts": [10]}, "q": 0.5, "alpha": 0.05}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "treatment: invalid histogram: 1 counts need 2 bounds, got 3"
+        );
+        let e = evaluate(
+            "quantile",
+            &json!({"control": {"bounds": [0, 1], "counts": [10]},
+                    "treatment": {"bounds": [0, 1], "counts": [10]}, "q": 0.99, "alpha": 0.05}),
+        )
+        .unwrap_err();
+        assert_eq!(e, "n must be ≥ 381 in each group (control has n = 10)");
+        assert!(evaluate("quantile", &json!({"q": 0.5})).is_err());
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub use power::{
     mde_at, mde_means, mde_proportions, power_at, sample_size_means, sample_size_proportions,
 };
 pub use proportions::{bernoulli_variance, two_proportion, Proportion, TwoProportionResult};
-pub use quantile::{quantile_test, Histogram, LogHistogram, QuantileResult};
+pub use quantile::{
+    quantile_se, quantile_test, Histogram, LogHistogram, QuantileEstimate, QuantileResult,
+};
 pub use ratio::{ratio, RatioMoments};
 pub use sequential::{
     confidence_sequence, sequential, SequentialParams, SequentialResult, DEFAULT_N_STAR,
