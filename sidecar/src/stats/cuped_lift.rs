@@ -42,9 +42,11 @@ use super::moments::CoMoments;
 pub const CONSTANT_RESOLUTION: f64 = 1e-12;
 
 /// Whether a pooled variable with centred sum of squares `m2`, mean `mean`
-/// and `n` values is constant up to the rounding of raw sums.
+/// and `n` values is constant up to the rounding of raw sums (NaN counts
+/// as constant: there is no variance to adjust with).
 fn is_constant(m2: f64, mean: f64, n: f64) -> bool {
-    !(m2 > CONSTANT_RESOLUTION * (m2 + n * mean * mean))
+    let varies = m2 > CONSTANT_RESOLUTION * (m2 + n * mean * mean);
+    !varies
 }
 
 /// Result of [`cuped_lift`].
