@@ -518,9 +518,7 @@ fn make_state_seeds() -> Vec<Vec<u8>> {
     // Exported states, in the envelope `GET /admin/state` serves.
     let exporter = abmesh_sidecar::store::SidecarId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
     let mut empty = Vec::new();
-    small_engine()
-        .export_state(exporter, 0, &mut empty)
-        .unwrap();
+    small_engine().export_state(exporter, 0, &mut empty).unwrap();
     out.push(empty);
     let mut engine = small_engine();
     engine.apply_exposures(&parse_exposures(EXPOSURE_SEEDS[0].as_bytes()).unwrap());

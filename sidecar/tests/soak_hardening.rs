@@ -747,10 +747,7 @@ fn malformed_slow_and_idle_clients_do_not_hurt_the_sidecar() {
                 }
                 if is_admin && i.is_multiple_of(2) {
                     if let Some(f) = run_case(addr, &cases[i], &tally) {
-                        failures
-                            .lock()
-                            .unwrap()
-                            .push(format!("case {i} (data plane): {f}"));
+                        failures.lock().unwrap().push(format!("case {i} (data plane): {f}"));
                     }
                 }
                 if i.is_multiple_of(50) {

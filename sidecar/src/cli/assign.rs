@@ -17,8 +17,8 @@
 //! UTF-8 ids have no `user_b64`.
 
 use abmesh_filter::Plan;
-use anyhow::{Context, Result};
 use base64::Engine as _;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -111,10 +111,7 @@ mod tests {
         // same `user`, and differ in `user_b64`, which decodes to the id.
         let lines = run_on(b"u-\xff\n u-\xfe\nplain\n");
         assert_eq!(lines.len(), 3);
-        assert_eq!(
-            lines[0]["user"],
-            lines[1]["user"].as_str().unwrap().trim_start()
-        );
+        assert_eq!(lines[0]["user"], lines[1]["user"].as_str().unwrap().trim_start());
         let decode = |v: &serde_json::Value| {
             base64::engine::general_purpose::STANDARD
                 .decode(v["user_b64"].as_str().expect("user_b64"))
@@ -123,9 +120,6 @@ mod tests {
         assert_eq!(decode(&lines[0]), b"u-\xff");
         assert_eq!(decode(&lines[1]), b" u-\xfe");
         assert_eq!(lines[2]["user"], "plain");
-        assert!(
-            lines[2].get("user_b64").is_none(),
-            "UTF-8 ids have no user_b64"
-        );
+        assert!(lines[2].get("user_b64").is_none(), "UTF-8 ids have no user_b64");
     }
 }

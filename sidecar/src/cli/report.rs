@@ -31,8 +31,8 @@ use super::http::Client;
 use crate::aggregate::engine::Applied;
 use crate::aggregate::{Engine, EngineOptions};
 use crate::report::{html, report, text};
-use crate::server::Token;
 use crate::store::{identity, SidecarId};
+use crate::server::Token;
 
 /// Where `abmesh serve --admin-listen` listens by default.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8001";
