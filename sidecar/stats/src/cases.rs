@@ -12,7 +12,21 @@
 //! `sequential` case may omit `n_star` ([`DEFAULT_N_STAR`]) and `relative`
 //! (false); a `cuped` case may give `alpha` (default 0.05, only the interval,
 //! which is not part of the output, depends on it); a `beta_binomial` case
-//! may omit `prior` (uniform Beta(1, 1)).
+//! may omit `prior` (uniform Beta(1, 1)); `ratio`, `cuped_lift` and
+//! `quantile` cases may omit `relative` (false).
+//!
+//! One kind beyond the reference cases, defined by abmesh (the README's
+//! "Kind `quantile`"; EVALUATION.md, "Statistics"):
+//!
+//! * `quantile`: input `control`, `treatment`: `{bounds, counts}` (a
+//!   histogram: bucket i holds values in (bounds[i], bounds[i+1]], so
+//!   `bounds` has one more element than `counts`), `q` (the quantile level
+//!   ν, e.g. 0.95), `alpha`, `relative`; expected `control_quantile`,
+//!   `treatment_quantile` (the ν-quantiles of the piecewise-linear CDFs),
+//!   `estimate` (q_t − q_c, or (q_t − q_c)/q_c), `se` (Woodruff,
+//!   [`quantile_test`]), `df` (Welch–Satterthwaite over the arms' effective
+//!   df z·√(ν(1 − ν)n)), `p_value` (two-sided Student t(df)), `ci_low`,
+//!   `ci_high` (estimate ∓ t_{1−α/2, df}·se).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -20,17 +34,21 @@ use serde_json::{json, Value};
 
 use super::bayes::{chance_to_beat, BetaPrior};
 use super::cuped::cuped;
+use super::cuped_lift::{comoments_from_sums, cuped_lift};
+use super::effect::EffectResult;
 use super::lift::relative_lift;
 use super::moments::{CoMoments, Summary};
 use super::multiple::{adjust, Adjustment};
 use super::power::sample_size_proportions;
 use super::proportions::{two_proportion, Proportion};
+use super::quantile::{quantile_test, Histogram};
+use super::ratio::{ratio, RatioMoments};
 use super::sequential::{sequential, SequentialParams, DEFAULT_N_STAR};
 use super::srm::srm;
 use super::welch::welch_t;
 
 /// The kinds of case this evaluator knows.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 12] = [
     "welch_t",
     "relative_lift",
     "sequential",
@@ -40,6 +58,9 @@ pub const KINDS: [&str; 9] = [
     "beta_binomial",
     "cuped",
     "multiple_testing",
+    "ratio",
+    "cuped_lift",
+    "quantile",
 ];
 
 /// The evaluation of one case: `{"id", "output"}` or `{"id", "error"}`.
@@ -239,6 +260,101 @@ struct MultipleInput {
     method: String,
 }
 
+/// One arm of a `ratio` case: per-user numerator m and denominator d.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RatioArm {
+    n: u64,
+    num_sum: f64,
+    num_sum_sq: f64,
+    den_sum: f64,
+    den_sum_sq: f64,
+    sum_products: f64,
+}
+
+impl RatioArm {
+    fn moments(&self, group: &'static str) -> super::Result<RatioMoments> {
+        RatioMoments::from_sums(
+            group,
+            self.n,
+            self.num_sum,
+            self.num_sum_sq,
+            self.den_sum,
+            self.den_sum_sq,
+            self.sum_products,
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RatioInput {
+    control: RatioArm,
+    treatment: RatioArm,
+    alpha: f64,
+    #[serde(default)]
+    relative: bool,
+}
+
+/// One arm of a `cuped_lift` case: outcome y, pre-experiment covariate x.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CupedArm {
+    n: u64,
+    y_sum: f64,
+    y_sum_sq: f64,
+    x_sum: f64,
+    x_sum_sq: f64,
+    xy_sum: f64,
+}
+
+impl CupedArm {
+    fn comoments(&self, group: &'static str) -> super::Result<CoMoments> {
+        comoments_from_sums(
+            group,
+            self.n,
+            self.y_sum,
+            self.y_sum_sq,
+            self.x_sum,
+            self.x_sum_sq,
+            self.xy_sum,
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CupedLiftInput {
+    control: CupedArm,
+    treatment: CupedArm,
+    alpha: f64,
+    #[serde(default)]
+    relative: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistogramInput {
+    bounds: Vec<f64>,
+    counts: Vec<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuantileInput {
+    control: HistogramInput,
+    treatment: HistogramInput,
+    q: f64,
+    alpha: f64,
+    #[serde(default)]
+    relative: bool,
+}
+
+fn effect_json(r: &EffectResult) -> Value {
+    json!({"estimate": r.estimate, "se": r.se, "df": r.df, "p_value": r.p_value,
+           "ci_low": r.ci_low, "ci_high": r.ci_high})
+}
+
 /// Evaluates one case of `kind` on `input`; the output has the README's
 /// `expected` keys for that kind.
 pub fn evaluate(kind: &str, input: &Value) -> Result<Value, CaseError> {
@@ -302,6 +418,31 @@ pub fn evaluate(kind: &str, input: &Value) -> Result<Value, CaseError> {
             let method: Adjustment = i.method.parse()?;
             json!({ "adjusted": adjust(&i.p_values, method).map_err(e)? })
         }
+        "ratio" => {
+            let i: RatioInput = parse(input)?;
+            let c = i.control.moments("control").map_err(e)?;
+            let t = i.treatment.moments("treatment").map_err(e)?;
+            effect_json(&ratio(&c, &t, i.alpha, i.relative).map_err(e)?)
+        }
+        "cuped_lift" => {
+            let i: CupedLiftInput = parse(input)?;
+            let c = i.control.comoments("control").map_err(e)?;
+            let t = i.treatment.comoments("treatment").map_err(e)?;
+            let r = cuped_lift(&c, &t, i.alpha, i.relative).map_err(e)?;
+            json!({"theta": r.theta, "estimate": r.estimate, "se": r.se, "df": r.df,
+                   "p_value": r.p_value, "ci_low": r.ci_low, "ci_high": r.ci_high})
+        }
+        "quantile" => {
+            let i: QuantileInput = parse(input)?;
+            let c = Histogram::checked("control", i.control.bounds, i.control.counts).map_err(e)?;
+            let t = Histogram::checked("treatment", i.treatment.bounds, i.treatment.counts)
+                .map_err(e)?;
+            let r = quantile_test(&c, &t, i.q, i.alpha, i.relative).map_err(e)?;
+            json!({"control_quantile": r.control_quantile,
+                   "treatment_quantile": r.treatment_quantile, "estimate": r.estimate,
+                   "se": r.se, "df": r.df, "p_value": r.p_value, "ci_low": r.ci_low,
+                   "ci_high": r.ci_high})
+        }
         other => {
             return Err(CaseError::UnknownKind {
                 kind: other.to_owned(),
@@ -344,6 +485,61 @@ mod tests {
                            "treatment": {"n": 10, "mean": 1, "sd": 1}, "alpha": 0.05});
         let e = evaluate("welch_t", &input).unwrap_err().to_string();
         assert!(e.starts_with("invalid input at control.n:"), "{e}");
+    }
+
+    #[test]
+    fn new_kinds_give_typed_per_case_errors() {
+        let arm = |n: u64, den_sum: f64| {
+            json!({"n": n, "num_sum": 3, "num_sum_sq": 5, "den_sum": den_sum,
+                   "den_sum_sq": den_sum * den_sum, "sum_products": 3.0 * den_sum})
+        };
+        let ok = json!({"n": 4, "num_sum": 3, "num_sum_sq": 5, "den_sum": 8,
+                        "den_sum_sq": 20, "sum_products": 7});
+        let e = evaluate(
+            "ratio",
+            &json!({"control": arm(4, 0.0), "treatment": ok, "alpha": 0.05}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "control: the denominator sums to 0, so the ratio is undefined"
+        );
+        let r = evaluate(
+            "ratio",
+            &json!({"control": ok, "treatment": ok, "alpha": 0.05, "relative": true}),
+        )
+        .unwrap();
+        assert_eq!(r["estimate"], 0.0);
+        let cuped = json!({"n": 3, "y_sum": 6, "y_sum_sq": 14, "x_sum": 3, "x_sum_sq": 5,
+                           "xy_sum": 50});
+        let e = evaluate(
+            "cuped_lift",
+            &json!({"control": cuped, "treatment": cuped, "alpha": 0.05}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("control: inconsistent sums for x × y"), "{e}");
+        let e = evaluate(
+            "quantile",
+            &json!({"control": {"bounds": [0, 1], "counts": [10]},
+                    "treatment": {"bounds": [0, 1, 2], "counts": [10]}, "q": 0.5, "alpha": 0.05}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "treatment: invalid histogram: 1 counts need 2 bounds, got 3"
+        );
+        let e = evaluate(
+            "quantile",
+            &json!({"control": {"bounds": [0, 1], "counts": [10]},
+                    "treatment": {"bounds": [0, 1], "counts": [10]}, "q": 0.99, "alpha": 0.05}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "n must be ≥ 381 in each group (control has n = 10)");
+        assert!(evaluate("quantile", &json!({"q": 0.5})).is_err());
     }
 
     #[test]

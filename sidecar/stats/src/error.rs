@@ -55,6 +55,24 @@ pub enum StatsError {
     /// CUPED divides by the pooled covariate variance.
     #[error("the covariate x has zero variance over both groups: CUPED θ is undefined")]
     ZeroCovariateVariance,
+    /// A relative effect divides by the control's value (its ratio, or its
+    /// unadjusted mean), which is zero.
+    #[error("the control's {what} is zero: the relative effect is undefined")]
+    ZeroRelativeBaseline { what: &'static str },
+    /// A ratio metric's denominator sums to zero in an arm.
+    #[error("{group}: the denominator sums to 0, so the ratio is undefined")]
+    ZeroDenominator { group: &'static str },
+    /// Raw sums that no data can produce (e.g. Σy² < (Σy)²/n).
+    #[error("{group}: inconsistent sums for {what}: {detail}")]
+    InconsistentSums {
+        group: &'static str,
+        what: &'static str,
+        detail: &'static str,
+    },
+    /// A histogram that cannot be read (bounds not increasing, counts not
+    /// matching the buckets, ...).
+    #[error("{group}: invalid histogram: {reason}")]
+    InvalidHistogram { group: &'static str, reason: String },
     /// A statistic or input that must be a finite number is not.
     #[error("{what} must be finite, got {value}")]
     NonFinite { what: &'static str, value: f64 },

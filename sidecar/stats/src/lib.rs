@@ -23,7 +23,9 @@
 //! | relative lift | [`relative_lift`] (delta method) |
 //! | conversion rates | [`two_proportion`], [`chance_to_beat`] |
 //! | peeking-safe monitoring | [`sequential()`] / [`confidence_sequence`] |
-//! | variance reduction | [`cuped()`] |
+//! | variance reduction | [`cuped()`], [`cuped_lift()`] (from sums, relative too) |
+//! | ratio metrics (clicks per impression) | [`ratio()`] (delta method) |
+//! | quantiles (p50/p95/p99 latency) | [`quantile_test`] on [`Histogram`]s |
 //! | broken assignment | [`srm()`] |
 //! | planning, MDE, power | [`sample_size_proportions`], [`sample_size_means`], [`mde_at`], [`mde_means`], [`mde_proportions`], [`power_at`] |
 //! | many metrics | [`holm`], [`benjamini_hochberg`], [`adjust`] |
@@ -36,6 +38,8 @@
 pub mod bayes;
 pub mod cases;
 pub mod cuped;
+pub mod cuped_lift;
+pub mod effect;
 pub mod error;
 pub mod guardrail;
 pub mod lift;
@@ -43,6 +47,8 @@ pub mod moments;
 pub mod multiple;
 pub mod power;
 pub mod proportions;
+pub mod quantile;
+pub mod ratio;
 pub mod sequential;
 pub mod special;
 pub mod srm;
@@ -50,6 +56,8 @@ pub mod welch;
 
 pub use bayes::{chance_to_beat, prob_greater, BetaPrior};
 pub use cuped::{cuped, CupedResult};
+pub use cuped_lift::{comoments_from_sums, cuped_lift, CupedLiftResult};
+pub use effect::EffectResult;
 pub use error::{Result, StatsError};
 pub use lift::{relative_lift, LiftResult};
 pub use moments::{CoMoments, GroupStats, Moments, Summary};
@@ -57,7 +65,11 @@ pub use multiple::{adjust, benjamini_hochberg, holm, Adjustment};
 pub use power::{
     mde_at, mde_means, mde_proportions, power_at, sample_size_means, sample_size_proportions,
 };
-pub use proportions::{two_proportion, Proportion, TwoProportionResult};
+pub use proportions::{bernoulli_variance, two_proportion, Proportion, TwoProportionResult};
+pub use quantile::{
+    quantile_se, quantile_test, Histogram, LogHistogram, QuantileEstimate, QuantileResult,
+};
+pub use ratio::{ratio, RatioMoments};
 pub use sequential::{
     confidence_sequence, sequential, SequentialParams, SequentialResult, DEFAULT_N_STAR,
 };

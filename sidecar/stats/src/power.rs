@@ -10,6 +10,7 @@
 
 use super::error::{check_alpha, check_open_unit, Result, StatsError};
 use super::moments::{checked, GroupStats};
+use super::proportions::bernoulli_variance;
 use super::special::{normal_cdf, normal_upper_quantile};
 
 /// z_{1−α/2} + z_power.
@@ -39,7 +40,7 @@ pub fn sample_size_proportions(
             expected: "non-zero with baseline_rate + mde_abs in (0, 1)",
         });
     }
-    let var = baseline_rate * (1.0 - baseline_rate) + p2 * (1.0 - p2);
+    let var = bernoulli_variance(baseline_rate) + bernoulli_variance(p2);
     Ok(k * k * var / (mde_abs * mde_abs))
 }
 
@@ -143,7 +144,7 @@ pub fn mde_proportions(
     let p1 = baseline_rate;
     let f = |d: f64| {
         let p2 = p1 + d;
-        d - k * ((p1 * (1.0 - p1) + p2 * (1.0 - p2)) / n_per_variant).sqrt()
+        d - k * ((bernoulli_variance(p1) + bernoulli_variance(p2)) / n_per_variant).sqrt()
     };
     let (mut lo, mut hi) = (0.0, 1.0 - p1);
     if f(hi) <= 0.0 {

@@ -12,6 +12,22 @@ use super::error::{check_alpha, Result, StatsError};
 use super::moments::GroupStats;
 use super::special::{normal_two_sided_p, normal_upper_quantile};
 
+/// The variance of a conversion (0/1) outcome with rate `p`: p(1 − p).
+///
+/// The one definition the statistics engine uses for conversions: in
+/// [`two_proportion`]'s Wald interval (p(1 − p)/n per arm), in the
+/// [`GroupStats`] view of a [`Proportion`] that Welch, the relative lift,
+/// the sequential test and the metric guardrails read, and in the sample
+/// size and MDE formulas ([`super::power`]). It is the maximum-likelihood
+/// variance of a Bernoulli variable, which is what gbstats's
+/// `ProportionStatistic` uses everywhere. The ddof = 1 sample variance of
+/// the zeros and ones, p(1 − p)·n/(n − 1), differs from it only by n/(n − 1)
+/// (0.1 % at n = 1 000), so the choice matters for agreement, not for
+/// decisions; one definition keeps the report's intervals consistent.
+pub fn bernoulli_variance(p: f64) -> f64 {
+    p * (1.0 - p)
+}
+
 /// Users exposed and users converted in one variant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +47,12 @@ impl Proportion {
     /// conversions / n (NaN when n = 0).
     pub fn rate(&self) -> f64 {
         self.conversions as f64 / self.n as f64
+    }
+
+    /// Per-user variance of the conversion outcome, [`bernoulli_variance`]
+    /// of the rate (NaN when n = 0).
+    pub fn variance(&self) -> f64 {
+        bernoulli_variance(self.rate())
     }
 
     /// Adds the counts of another sidecar or time bucket.
@@ -58,8 +80,9 @@ impl Proportion {
     }
 }
 
-/// As a 0/1 outcome: mean p, sample variance p(1 − p)·n/(n − 1), so that
-/// conversions can also go through Welch, the lift and the sequential test.
+/// As a 0/1 outcome: mean p and variance [`bernoulli_variance`] p(1 − p)
+/// (not the ddof = 1 sample variance; see there), so that conversions can
+/// also go through Welch, the lift and the sequential test.
 impl GroupStats for Proportion {
     fn n(&self) -> u64 {
         self.n
@@ -71,8 +94,7 @@ impl GroupStats for Proportion {
         if self.n < 2 {
             return f64::NAN;
         }
-        let p = self.rate();
-        p * (1.0 - p) * self.n as f64 / (self.n - 1) as f64
+        Proportion::variance(self)
     }
     fn check(&self, group: &'static str) -> Result<()> {
         self.validate(group)
@@ -111,14 +133,14 @@ pub fn two_proportion(
     let (pc, pt) = (control.rate(), treatment.rate());
     let diff = pt - pc;
     let pooled = (control.conversions + treatment.conversions) as f64 / (nc + nt);
-    let se_pooled = (pooled * (1.0 - pooled) * (1.0 / nc + 1.0 / nt)).sqrt();
+    let se_pooled = (bernoulli_variance(pooled) * (1.0 / nc + 1.0 / nt)).sqrt();
     if se_pooled == 0.0 {
         return Err(StatsError::ZeroStandardError {
             reason: "no user converted, or every user did, in both groups",
         });
     }
     let z = diff / se_pooled;
-    let se = (pc * (1.0 - pc) / nc + pt * (1.0 - pt) / nt).sqrt();
+    let se = (control.variance() / nc + treatment.variance() / nt).sqrt();
     let q = normal_upper_quantile(alpha / 2.0);
     Ok(TwoProportionResult {
         diff,
@@ -209,12 +231,24 @@ mod tests {
     }
 
     #[test]
-    fn bernoulli_variance_is_the_sample_variance_of_zeros_and_ones() {
+    fn conversions_have_one_variance_p_times_one_minus_p() {
+        // 3 of 10: p(1 − p) = 0.21, the population variance of the zeros
+        // and ones (their ddof = 1 sample variance is 0.21·10/9).
         let p = Proportion {
             n: 10,
             conversions: 3,
         };
         let m = crate::Moments::from_values(&[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        assert!((GroupStats::variance(&p) - m.variance()).abs() < 1e-15);
+        assert!((GroupStats::variance(&p) - 0.21).abs() < 1e-15);
+        assert!((p.variance() - 0.21).abs() < 1e-15);
+        assert!((GroupStats::variance(&p) - m.variance() * 9.0 / 10.0).abs() < 1e-15);
+        // The Welch view and the Wald interval agree on the same se.
+        let q = Proportion {
+            n: 20,
+            conversions: 12,
+        };
+        let w = crate::welch_t(&p, &q, 0.05).unwrap();
+        let z = two_proportion(&p, &q, 0.05).unwrap();
+        assert!((w.se - z.se).abs() < 1e-15, "{} vs {}", w.se, z.se);
     }
 }
