@@ -10,6 +10,7 @@
 pub mod closed_loop;
 pub mod envoy;
 pub mod http;
+pub mod kind;
 pub mod sidecar;
 pub mod upstream;
 
@@ -23,7 +24,7 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"))
