@@ -1,3 +1,7 @@
+// The hooks take Envoy's pointers, and the module's own back from Envoy;
+// their safety contract is the ABI's (see `abi`), which is why they are
+// `unsafe extern "C"` without a `# Safety` section each.
+#![allow(clippy::missing_safety_doc)]
 //! abmesh as a native Envoy dynamic module (`envoy.filters.http.dynamic_modules`).
 //!
 //! The same assignment core as the proxy-wasm filter ([`abmesh_filter`]),
@@ -20,8 +24,8 @@
 //! workspace's release profile unwinds, for the sidecar binary).
 
 pub mod abi;
-pub mod filter;
-pub mod shipping;
+mod filter;
+mod shipping;
 mod streams;
 
 use abi::{EnvoyBuffer, HttpFilterConfigEnvoyPtr, HttpFilterEnvoyPtr, HttpHeader};
@@ -63,7 +67,7 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
 /// Parses and validates the plugin JSON. NULL makes Envoy refuse the
 /// filter; the log line names the offending field.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     filter_config_envoy_ptr: HttpFilterConfigEnvoyPtr,
     name: EnvoyBuffer,
     config: EnvoyBuffer,
@@ -87,7 +91,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
     filter_config_ptr: *const c_void,
 ) {
     guard("on_http_filter_config_destroy", (), || {
@@ -103,7 +107,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
 /// Per stream: no allocation, no callback (after a thread's first stream),
 /// just the worker's slot.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     filter_config_ptr: *const c_void,
     filter_envoy_ptr: HttpFilterEnvoyPtr,
 ) -> *const c_void {
@@ -117,7 +121,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter_envoy_ptr: HttpFilterEnvoyPtr,
     filter_module_ptr: *const c_void,
     _end_of_stream: bool,
@@ -132,7 +136,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter_envoy_ptr: HttpFilterEnvoyPtr,
     filter_module_ptr: *const c_void,
     _end_of_stream: bool,
@@ -147,7 +151,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     filter_envoy_ptr: HttpFilterEnvoyPtr,
     filter_module_ptr: *const c_void,
 ) {
@@ -161,11 +165,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 
 /// The slot belongs to the configuration: nothing to free per stream.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter_module_ptr: *const c_void) {}
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
+    _filter_module_ptr: *const c_void,
+) {
+}
 
 /// Main thread: the clock thread's tick.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     filter_config_envoy_ptr: HttpFilterConfigEnvoyPtr,
     filter_config_ptr: *const c_void,
     _event_id: u64,
@@ -181,7 +188,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
 /// Main thread: the sidecar answered a batch (or the call failed).
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     _filter_config_envoy_ptr: HttpFilterConfigEnvoyPtr,
     filter_config_ptr: *const c_void,
     callout_id: u64,
@@ -217,7 +224,7 @@ unsafe fn array<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
 // ---- use them. Each answers "continue" / does nothing.
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
     _: bool,
@@ -225,14 +232,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     abi::CONTINUE
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
 ) -> u32 {
     abi::CONTINUE
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
     _: bool,
@@ -240,7 +247,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     abi::CONTINUE
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
 ) -> u32 {
@@ -248,7 +255,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
 }
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
     _: u64,
@@ -260,7 +267,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 ) {
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
     _: u64,
@@ -270,7 +277,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
 ) {
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
     _: u64,
@@ -280,7 +287,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
 ) {
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
     _: u64,
@@ -289,14 +296,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
 ) {
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
     _: u64,
 ) {
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
     _: u64,
@@ -304,20 +311,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
     _: u64,
 ) {
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
 ) {
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
     _: HttpFilterEnvoyPtr,
     _: *const c_void,
 ) {

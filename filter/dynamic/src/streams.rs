@@ -130,7 +130,7 @@ mod tests {
             x ^= x << 17;
             // Aligned "pointers" from a small range, so keys repeat.
             let key = ((x % 300) as usize + 1) * 64;
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 assert_eq!(m.remove(key), model.remove(&key), "step {step}");
             } else {
                 m.insert(key, step);
