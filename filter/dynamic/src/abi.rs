@@ -153,6 +153,14 @@ extern "C" {
         value: ModuleBuffer,
     ) -> bool;
 
+    /// Adds a value to header `key` (appends; the header may repeat).
+    pub fn envoy_dynamic_module_callback_http_add_header(
+        filter_envoy_ptr: HttpFilterEnvoyPtr,
+        header_type: HeaderType,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+
     /// Has Envoy select the route again (it does not after a dynamic
     /// module changed request headers).
     pub fn envoy_dynamic_module_callback_http_clear_route_cache(

@@ -262,6 +262,7 @@ impl WorkerSlot {
         // copied into the exposure ring.
         w.changes.clear();
         plan.apply(&w.decisions, &req, &mut w.path_buf, &mut w.changes);
+        w.changes.note_present(&req);
         if self.shared.per_stream {
             w.next_stream += 1;
             let stream = w.next_stream;
@@ -412,7 +413,9 @@ impl RequestHeaders for EnvoyHeaders<'_> {
 /// written to Envoy afterwards. Sized at configuration: no allocation for
 /// paths up to [`PATH_CAPACITY`].
 pub struct Changes {
-    ops: Vec<(usize, usize, Option<usize>)>,
+    /// (start in `bytes`, name length, value length or `None` to remove,
+    /// whether the request had the header).
+    ops: Vec<(usize, usize, Option<usize>, bool)>,
     bytes: Vec<u8>,
 }
 
@@ -436,14 +439,27 @@ impl Changes {
             self.bytes.extend_from_slice(v);
             v.len()
         });
-        self.ops.push((start, name.len(), value_len));
+        self.ops.push((start, name.len(), value_len, true));
+    }
+
+    /// Notes which headers the request lacks (read before any setter), so
+    /// that those are added: Envoy's `add_header` skips the search for
+    /// existing values that `set_header` makes.
+    fn note_present(&mut self, req: &EnvoyHeaders<'_>) {
+        for op in &mut self.ops {
+            let name = &self.bytes[op.0..op.0 + op.1];
+            op.3 = req.0.iter().any(|h| {
+                // SAFETY: as in `EnvoyHeaders`: before the first setter.
+                unsafe { abi::bytes(h.key_ptr, h.key_length) == name }
+            });
+        }
     }
 
     /// Writes the recorded changes, then has Envoy re-select the route if
     /// anything changed.
     fn write(&self, fenv: HttpFilterEnvoyPtr) {
-        for &(start, name_len, value_len) in &self.ops {
-            let name = &self.bytes[start..start + name_len];
+        for &(start, name_len, value_len, present) in &self.ops {
+            let name = ModuleBuffer::of(&self.bytes[start..start + name_len]);
             let value = match value_len {
                 Some(n) => ModuleBuffer::of(&self.bytes[start + name_len..start + name_len + n]),
                 None => ModuleBuffer::NULL,
@@ -451,12 +467,21 @@ impl Changes {
             // SAFETY: a live filter pointer during its hook; the buffers
             // are ours.
             unsafe {
-                abi::envoy_dynamic_module_callback_http_set_header(
-                    fenv,
-                    abi::REQUEST_HEADER,
-                    ModuleBuffer::of(name),
-                    value,
-                );
+                if present || value_len.is_none() {
+                    abi::envoy_dynamic_module_callback_http_set_header(
+                        fenv,
+                        abi::REQUEST_HEADER,
+                        name,
+                        value,
+                    );
+                } else {
+                    abi::envoy_dynamic_module_callback_http_add_header(
+                        fenv,
+                        abi::REQUEST_HEADER,
+                        name,
+                        value,
+                    );
+                }
             }
         }
         if !self.ops.is_empty() {

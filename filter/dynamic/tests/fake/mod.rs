@@ -337,3 +337,20 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_http_c
         0
     })
 }
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_callback_http_add_header(
+    _: *mut c_void,
+    t: u32,
+    key: ModuleBuffer,
+    value: ModuleBuffer,
+) -> bool {
+    with(|f| {
+        let key = bytes(key.ptr, key.length).to_vec();
+        let value = bytes(value.ptr, value.length).to_vec();
+        f.setter_calls += 1;
+        f.poison();
+        f.map(t).push((key, value));
+        true
+    })
+}
