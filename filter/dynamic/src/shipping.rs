@@ -75,7 +75,6 @@ struct State {
     timeout_ms: u64,
     in_flight: Option<u64>,
     notes: Vec<Note>,
-    body: Vec<u8>,
 }
 
 // SAFETY: `headers` points into `header_values`, owned by the same State;
@@ -117,7 +116,6 @@ impl Shipping {
             timeout_ms: u64::from(sidecar.timeout_ms),
             in_flight: None,
             notes: Vec::new(),
-            body: Vec::new(),
         };
         // SAFETY: config_new runs on the main thread with a live pointer.
         let scheduler = unsafe {
@@ -153,12 +151,11 @@ impl Shipping {
                 r.move_into(&mut st.ring, &mut st.health);
             }
         }
+        // The sender keeps the body until the sidecar took it (a retry
+        // sends it again); Envoy copies it into the request.
         let Some(body) = st.sender.batch(&mut st.ring, Some(&mut st.health)) else {
             return;
         };
-        // The callout copies the body; keep ours for a retry.
-        st.body.clear();
-        st.body.extend_from_slice(body);
         let mut id = 0u64;
         // SAFETY: main thread, live configuration pointer; every buffer is
         // ours and outlives the call.
@@ -169,7 +166,7 @@ impl Shipping {
                 ModuleBuffer::of(st.cluster.as_bytes()),
                 st.headers.as_mut_ptr(),
                 st.headers.len(),
-                ModuleBuffer::of(&st.body),
+                ModuleBuffer::of(body),
                 st.timeout_ms,
             )
         };
