@@ -1,18 +1,24 @@
 //! The batch the filter POSTs to the sidecar (`POST /v1/exposures`):
 //!
 //! ```json
-//! {"instance": "...", "seq": 7, "dropped": 0,
+//! {"instance": "...", "seq": 7,
 //!  "config_id": "0123456789abcdef", "config": {...verbatim...},
 //!  "experiments": [{"name": "ranker", "variants": ["control", "treatment"]}],
 //!  "health": [[e, v, requests, [s1xx, .., s5xx], [h0, .., h24]], ...],
-//!  "exposures": [[t_ms, experiment_index, variant_index, "user"], ...]}
+//!  "exposures": [[t_ms, experiment_index, variant_index, "user"], ...],
+//!  "dropped": 0}
 //! ```
+//!
+//! `dropped` comes last because it counts rows left out while the
+//! exposures are written (see [`write_batch`]); the sidecar reads fields in
+//! any order.
 //!
 //! `config` is present only when the sidecar asked for it (and in the first
 //! batch), `health` only when the glue records health. Batches are written
 //! on the flush tick, where allocation is fine; the rows are written by
 //! hand because a tick may carry thousands of them.
 
+use super::MAX_USER_BYTES;
 use crate::exposures::ExposureRing;
 use crate::health::HealthTable;
 use crate::Plan;
@@ -58,7 +64,11 @@ pub fn experiments_json(plan: &Plan) -> String {
 /// number of exposures written.
 ///
 /// User ids that are not UTF-8 are sent with U+FFFD in place of the bad
-/// bytes (JSON strings are Unicode), as `abmesh assign` prints them.
+/// bytes (JSON strings are Unicode), as `abmesh assign` prints them. One
+/// that this makes longer than [`MAX_USER_BYTES`] (U+FFFD is 3 bytes) is
+/// counted as dropped rather than sent: the sidecar would refuse the whole
+/// batch for it, and a refused batch is re-sent unchanged. So `dropped` is
+/// written after the exposures.
 pub fn write_batch(
     meta: &BatchMeta<'_>,
     ring: &mut ExposureRing,
@@ -70,12 +80,7 @@ pub fn write_batch(
     // Writing to a Vec cannot fail.
     let _ = write!(out, "{{\"instance\":");
     let _ = serde_json::to_writer(&mut *out, meta.instance);
-    let _ = write!(
-        out,
-        ",\"seq\":{},\"dropped\":{},\"config_id\":",
-        meta.seq,
-        ring.dropped()
-    );
+    let _ = write!(out, ",\"seq\":{},\"config_id\":", meta.seq);
     let _ = serde_json::to_writer(&mut *out, meta.config_id);
     if let Some(config) = meta.config {
         out.extend_from_slice(b",\"config\":");
@@ -93,7 +98,18 @@ pub fn write_batch(
     // Exposures of one tick share their time: its digits are reused.
     let (mut t_last, mut t_digits) = (None, Vec::with_capacity(24));
     let mut first = true;
-    let n = ring.take_oldest(max, |t_ms, experiment, variant, user| {
+    let mut dropped = ring.dropped();
+    let mut written = 0;
+    ring.take_oldest(max, |t_ms, experiment, variant, user| {
+        let plain = user
+            .iter()
+            .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+        let lossy = (!plain).then(|| String::from_utf8_lossy(user));
+        if lossy.as_ref().is_some_and(|u| u.len() > MAX_USER_BYTES) {
+            dropped += 1;
+            return;
+        }
+        written += 1;
         if !first {
             out.push(b',');
         }
@@ -110,21 +126,22 @@ pub fn write_batch(
         out.push(b',');
         push_u64(out, u64::from(variant));
         out.push(b',');
-        if user
-            .iter()
-            .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-        {
-            out.push(b'"');
-            out.extend_from_slice(user);
-            out.push(b'"');
-        } else {
-            let user = String::from_utf8_lossy(user);
-            let _ = serde_json::to_writer(&mut *out, &*user);
+        match &lossy {
+            None => {
+                out.push(b'"');
+                out.extend_from_slice(user);
+                out.push(b'"');
+            }
+            Some(user) => {
+                let _ = serde_json::to_writer(&mut *out, &**user);
+            }
         }
         out.push(b']');
     });
-    out.extend_from_slice(b"]}");
-    n
+    out.extend_from_slice(b"],\"dropped\":");
+    push_u64(out, dropped);
+    out.push(b'}');
+    written
 }
 
 /// Appends the decimal digits of `n`.
@@ -250,6 +267,35 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["exposures"][0][3], "q\"uote\\\n");
         assert_eq!(v["exposures"][1][3], "\u{fffd}bad");
+    }
+
+    /// An id that is not UTF-8 is sent with U+FFFD (3 bytes) per bad
+    /// sequence, so it can outgrow the sidecar's 256-byte limit although its
+    /// bytes fit the ring; such a row would make the sidecar refuse the
+    /// whole batch (400), and the filter re-send it forever. It is counted
+    /// as dropped instead, and the rest of the batch goes out.
+    #[test]
+    fn ids_too_long_once_made_utf8_are_dropped_not_sent() {
+        let mut r = ExposureRing::new(8);
+        r.push(1, 0, 0, b"before");
+        r.push(1, 0, 0, &[0xff; 100]); // 300 bytes as sent
+        r.push(1, 0, 1, &[0xff; MAX_USER_BYTES / 3]); // 255 bytes as sent: fits
+        r.push(2, 0, 1, b"after");
+        let mut out = Vec::new();
+        let table = experiments_json(&plan());
+        assert_eq!(write_batch(&meta(&table, 1), &mut r, None, 10, &mut out), 3);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["dropped"], 1);
+        let users: Vec<&str> = v["exposures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row[3].as_str().unwrap())
+            .collect();
+        assert_eq!(users.len(), 3);
+        assert_eq!((users[0], users[2]), ("before", "after"));
+        assert_eq!(users[1], "\u{fffd}".repeat(MAX_USER_BYTES / 3));
+        assert!(r.is_empty() && r.dropped() == 0);
     }
 
     #[test]

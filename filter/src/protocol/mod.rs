@@ -27,7 +27,9 @@ pub use sender::{Note, NoteLevel, Sender};
 use crate::config::SidecarConfig;
 
 /// Longest user id shipped; the sidecar accepts ids of 1 to 256 bytes.
-/// Longer ids are counted as dropped.
+/// Longer ids are counted as dropped: longer in bytes when recorded, or,
+/// for ids that are not UTF-8, longer once sent as UTF-8
+/// ([`batch::write_batch`]).
 pub const MAX_USER_BYTES: usize = 256;
 
 /// Longest sidecar answer the filter reads.

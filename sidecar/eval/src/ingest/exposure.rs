@@ -431,6 +431,9 @@ mod tests {
             config_id: &id,
             config: Some(config),
         };
+        // Not UTF-8, and 3 * 100 bytes once sent with U+FFFD: the filter
+        // counts it as dropped rather than have the batch refused.
+        ring.push(1_777_636_800_009, 0, 0, &[0xff; 100]);
         let mut body = Vec::new();
         assert_eq!(
             protocol::write_batch(&meta, &mut ring, Some(&mut health), 100, &mut body),
@@ -440,7 +443,7 @@ mod tests {
         let b = parse_exposures(&body).unwrap();
         assert_eq!(
             (b.instance.as_str(), b.seq, b.dropped),
-            (meta.instance, 9, 0)
+            (meta.instance, 9, 1)
         );
         assert_eq!(b.config_id(), Some(protocol::config_id_u64(config)));
         assert_eq!(b.config_bytes(), Some(&config[..]));
