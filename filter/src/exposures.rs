@@ -1,20 +1,14 @@
-//! Exposures waiting to be shipped to the sidecar, and the batch format
-//! they are shipped in (`POST /v1/exposures`, see sidecar/EVALUATION.md).
+//! Exposures waiting to be shipped to the sidecar.
 //!
 //! The per-request side is [`ExposureRing::push`]: a copy of the user id
 //! into a preallocated slot, no allocation, no hostcall. When the ring is
 //! full the oldest exposure is overwritten and counted as dropped, so a slow
 //! or absent sidecar costs memory that was reserved up front and never
-//! slows requests. Batches are written on the flush tick, where allocation
-//! is fine.
+//! slows requests. The batch format they are shipped in is
+//! [`crate::protocol::batch`].
 
 use crate::health::HealthTable;
-use crate::{Halts, Plan};
-use std::io::Write;
-
-/// Longest user id shipped; the sidecar accepts ids of 1 to 256 bytes.
-/// Longer ids are counted as dropped.
-pub const MAX_USER_BYTES: usize = 256;
+pub use crate::protocol::{experiments_json, parse_reply, BatchMeta, Reply, MAX_USER_BYTES};
 
 #[derive(Clone, Copy)]
 struct Slot {
@@ -32,22 +26,6 @@ const EMPTY: Slot = Slot {
     len: 0,
     user: [0; MAX_USER_BYTES],
 };
-
-/// The batch's `experiments` table for `plan`: names and variant names in
-/// index order, which the rows' indexes refer to.
-pub fn experiments_json(plan: &Plan) -> String {
-    let table: Vec<serde_json::Value> = plan
-        .experiments()
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "name": e.name(),
-                "variants": e.variants().iter().map(|v| v.name()).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    serde_json::Value::from(table).to_string()
-}
 
 /// Exposures shipped recently, so that a user's repeated requests are not
 /// shipped again: the sidecar keeps only a user's first exposure, and
@@ -177,22 +155,8 @@ impl ExposureRing {
 
     /// Moves up to `max` of the oldest exposures, and the dropped count, into
     /// a batch body written to `out` (replacing its contents), together with
-    /// the `health` counters (which are then reset). Returns the number of
-    /// exposures written.
-    ///
-    /// ```json
-    /// {"instance": "...", "seq": 7, "dropped": 0,
-    ///  "config_id": "0123456789abcdef", "config": {...verbatim...},
-    ///  "experiments": [{"name": "ranker", "variants": ["control", "treatment"]}],
-    ///  "health": [[e, v, requests, [s1xx, .., s5xx], [h0, .., h24]], ...],
-    ///  "exposures": [[t_ms, experiment_index, variant_index, "user"], ...]}
-    /// ```
-    ///
-    /// `config` is present only when [`BatchMeta::config`] is given, and
-    /// `health` only when `health` is.
-    ///
-    /// User ids that are not UTF-8 are sent with U+FFFD in place of the bad
-    /// bytes (JSON strings are Unicode), as `abmesh assign` prints them.
+    /// the `health` counters (which are then reset): see
+    /// [`crate::protocol::write_batch`].
     pub fn write_batch(
         &mut self,
         meta: &BatchMeta<'_>,
@@ -200,304 +164,48 @@ impl ExposureRing {
         max: usize,
         out: &mut Vec<u8>,
     ) -> usize {
-        out.clear();
+        crate::protocol::write_batch(meta, self, health, max, out)
+    }
+
+    /// Hands up to `max` of the oldest exposures to `row` (time, experiment
+    /// index, variant index, user id), oldest first, removes them, and
+    /// resets the dropped count (it went out with them). Returns how many.
+    pub fn take_oldest(&mut self, max: usize, mut row: impl FnMut(u64, u16, u16, &[u8])) -> usize {
         let n = self.len.min(max);
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "{{\"instance\":");
-        let _ = serde_json::to_writer(&mut *out, meta.instance);
-        let _ = write!(
-            out,
-            ",\"seq\":{},\"dropped\":{},\"config_id\":",
-            meta.seq, self.dropped
-        );
-        let _ = serde_json::to_writer(&mut *out, meta.config_id);
-        if let Some(config) = meta.config {
-            out.extend_from_slice(b",\"config\":");
-            out.extend_from_slice(config);
-        }
-        out.extend_from_slice(b",\"experiments\":");
-        out.extend_from_slice(meta.experiments.as_bytes());
-        if let Some(h) = health {
-            out.extend_from_slice(b",\"health\":");
-            h.write_json(out);
-            h.reset();
-        }
-        out.extend_from_slice(b",\"exposures\":[");
         let cap = self.slots.len();
-        // Runs on the tick for every exposure, so the rows are written by
-        // hand: `write!` and serde_json's escaping cost several times more.
-        out.reserve(n * 64);
-        // Exposures of one tick share their time: its digits are reused.
-        let (mut t_last, mut t_digits) = (None, Vec::with_capacity(24));
         let mut at = self.head;
-        for i in 0..n {
+        for _ in 0..n {
             let s = &self.slots[at];
+            row(
+                s.t_ms,
+                s.experiment,
+                s.variant,
+                &s.user[..usize::from(s.len)],
+            );
             at = if at + 1 == cap { 0 } else { at + 1 };
-            if i > 0 {
-                out.push(b',');
-            }
-            if t_last != Some(s.t_ms) {
-                t_last = Some(s.t_ms);
-                t_digits.clear();
-                t_digits.push(b'[');
-                push_u64(&mut t_digits, s.t_ms);
-                t_digits.push(b',');
-            }
-            out.extend_from_slice(&t_digits);
-            push_u64(out, u64::from(s.experiment));
-            out.push(b',');
-            push_u64(out, u64::from(s.variant));
-            out.push(b',');
-            let user = &s.user[..usize::from(s.len)];
-            if user
-                .iter()
-                .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-            {
-                out.push(b'"');
-                out.extend_from_slice(user);
-                out.push(b'"');
-            } else {
-                let user = String::from_utf8_lossy(user);
-                let _ = serde_json::to_writer(&mut *out, &*user);
-            }
-            out.push(b']');
         }
-        out.extend_from_slice(b"]}");
         self.head = (self.head + n) % cap;
         self.len -= n;
         self.dropped = 0;
         n
     }
-}
 
-/// Appends the decimal digits of `n`.
-pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+    /// Moves every exposure into `to` (which drops its oldest when full, and
+    /// counts them), adds this ring's dropped count to `to`'s, and leaves
+    /// this ring empty. No allocation.
+    pub fn move_into(&mut self, to: &mut ExposureRing) {
+        let dropped = self.dropped;
+        let len = self.len;
+        self.take_oldest(len, |t, e, v, user| {
+            to.push(t, usize::from(e), usize::from(v), user)
+        });
+        to.dropped += dropped;
     }
-    out.extend_from_slice(&buf[at..]);
-}
-
-/// The fields of a batch besides exposures and health.
-#[derive(Clone, Copy, Debug)]
-pub struct BatchMeta<'a> {
-    /// Unique per filter instance (VM lifetime).
-    pub instance: &'a str,
-    /// Batch number; a retried batch keeps its number.
-    pub seq: u64,
-    /// The plan's table as [`experiments_json`] writes it, made once when
-    /// the plugin is configured.
-    pub experiments: &'a str,
-    /// [`crate::config_id`] of the configuration bytes.
-    pub config_id: &'a str,
-    /// The raw configuration bytes, embedded verbatim as `config`. They
-    /// must be the bytes [`Plan::from_json`] accepted (so they are one JSON
-    /// object and nothing else).
-    pub config: Option<&'a [u8]>,
-}
-
-/// The sidecar's answer to a batch:
-/// `{"accepted": 12, "halted": [{"experiment": "x", "variant": "y"}], "config_needed": false}`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
-    /// Exposures the sidecar took, if it said.
-    pub accepted: Option<u64>,
-    /// Every currently halted variant, when the answer has `halted` (the
-    /// filter then replaces its set with this one); `None` when it has not
-    /// (an older sidecar), which keeps the current set. Names the plan does
-    /// not know, and control variants (see [`Halts::halt`]), are left out.
-    pub halted: Option<Halts>,
-    /// Whether the sidecar wants the configuration in the next batch, when
-    /// it said.
-    pub config_needed: Option<bool>,
-}
-
-/// Reads the sidecar's answer to a batch. Fields are optional and unknown
-/// fields ignored, so older and newer sidecars are understood; the error is
-/// for a body that is not a JSON object.
-pub fn parse_reply(plan: &Plan, body: &[u8]) -> Result<Reply, String> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let Some(obj) = v.as_object() else {
-        return Err("not a JSON object".into());
-    };
-    let halted = obj.get("halted").and_then(|h| h.as_array()).map(|list| {
-        let mut halts = Halts::new(plan);
-        for item in list {
-            let name = |k: &str| item.get(k).and_then(|x| x.as_str());
-            let (Some(exp), Some(var)) = (name("experiment"), name("variant")) else {
-                continue;
-            };
-            let Some(e) = plan.experiments().iter().position(|x| x.name() == exp) else {
-                continue;
-            };
-            if let Some(v) = plan.experiments()[e].variant_index(var) {
-                halts.halt(e, v);
-            }
-        }
-        halts
-    });
-    Ok(Reply {
-        accepted: obj.get("accepted").and_then(|a| a.as_u64()),
-        halted,
-        config_needed: obj.get("config_needed").and_then(|c| c.as_bool()),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const CONFIG: &str = r#"{"experiments": [{"name": "ranker", "variants": [{"name": "control", "weight": 1}, {"name": "treatment", "weight": 1}]},
-        {"name": "banner", "control": "b", "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}, {"name": "c", "weight": 1}]}]}
-"#;
-
-    fn plan() -> Plan {
-        Plan::from_json(CONFIG.as_bytes()).unwrap()
-    }
-
-    fn meta<'a>(experiments: &'a str, seq: u64) -> BatchMeta<'a> {
-        BatchMeta {
-            instance: "i-1",
-            seq,
-            experiments,
-            config_id: "0123456789abcdef",
-            config: None,
-        }
-    }
-
-    #[test]
-    fn batches_oldest_first_and_drops_oldest_when_full() {
-        let mut r = ExposureRing::new(3);
-        for (i, u) in ["a", "b", "c", "d"].iter().enumerate() {
-            r.push(100 + i as u64, 0, i % 2, u.as_bytes());
-        }
-        assert_eq!((r.len(), r.dropped()), (3, 1));
-        r.push(7, 0, 0, &[b'x'; MAX_USER_BYTES + 1]);
-        assert_eq!(r.dropped(), 2);
-        let table = experiments_json(&plan());
-        let mut out = Vec::new();
-        assert_eq!(r.write_batch(&meta(&table, 5), None, 2, &mut out), 2);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["instance"], "i-1");
-        assert_eq!(v["seq"], 5);
-        assert_eq!(v["dropped"], 2);
-        assert_eq!(v["config_id"], "0123456789abcdef");
-        assert!(v.get("config").is_none() && v.get("health").is_none());
-        assert_eq!(v["experiments"][0]["variants"][1], "treatment");
-        assert_eq!(
-            v["exposures"],
-            serde_json::json!([[101, 0, 1, "b"], [102, 0, 0, "c"]])
-        );
-        assert_eq!(r.write_batch(&meta(&table, 6), None, 10, &mut out), 1);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["dropped"], 0);
-        assert_eq!(v["exposures"], serde_json::json!([[103, 0, 1, "d"]]));
-        assert!(r.is_empty());
-        // An empty batch is still a well-formed batch (the halt poll).
-        assert_eq!(r.write_batch(&meta(&table, 7), None, 10, &mut out), 0);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(
-            (v["seq"].as_u64(), v["exposures"].as_array().map(Vec::len)),
-            (Some(7), Some(0))
-        );
-    }
-
-    #[test]
-    fn config_verbatim_and_health_are_embedded() {
-        let p = plan();
-        let table = experiments_json(&p);
-        let mut health = HealthTable::new(&p);
-        health.record_request(1, 2);
-        health.record_response(1, 2, 502, 800);
-        let mut r = ExposureRing::new(4);
-        r.push(9, 1, 2, b"u");
-        let mut out = Vec::new();
-        let id = crate::config_id(CONFIG.as_bytes());
-        let m = BatchMeta {
-            config_id: &id,
-            config: Some(CONFIG.as_bytes()),
-            ..meta(&table, 1)
-        };
-        r.write_batch(&m, Some(&mut health), 10, &mut out);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["config_id"], id.as_str());
-        let embedded = serde_json::to_vec(&v["config"]).unwrap();
-        assert!(Plan::from_json(&embedded).is_ok());
-        assert_eq!(
-            v["config"],
-            serde_json::from_str::<serde_json::Value>(CONFIG).unwrap()
-        );
-        let mut hist = vec![0u64; 25];
-        hist[1] = 1;
-        assert_eq!(
-            v["health"],
-            serde_json::json!([[1, 2, 1, [0, 0, 0, 0, 1], hist]])
-        );
-        assert!(health.is_empty(), "taking a batch resets the counters");
-        r.write_batch(&meta(&table, 2), Some(&mut health), 10, &mut out);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["health"], serde_json::json!([]));
-    }
-
-    #[test]
-    fn config_id_is_siphash13_hex() {
-        let id = crate::config_id(b"");
-        assert_eq!(id.len(), 16);
-        assert!(id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-        assert_ne!(crate::config_id(b"{}"), crate::config_id(b"{} "));
-        // Independent reference: the pure-Python SipHash-1-3 of
-        // benches/envoy/render.py, `siphash13(0, 0, data)`.
-        assert_eq!(crate::config_id(b""), "d1fba762150c532c");
-        assert_eq!(
-            crate::config_id(br#"{"experiments": []}"#),
-            "f8ad1df3030097e5"
-        );
-        // SipHash-1-3, key 0: pinned so filter and sidecar builds agree.
-        use std::hash::Hasher;
-        let mut h = siphasher::sip::SipHasher13::new_with_keys(0, 0);
-        h.write(CONFIG.as_bytes());
-        assert_eq!(
-            crate::config_id(CONFIG.as_bytes()),
-            format!("{:016x}", h.finish())
-        );
-    }
-
-    #[test]
-    fn replies_become_halts() {
-        let p = plan();
-        let r = parse_reply(
-            &p,
-            br#"{"accepted": 3, "duplicate_batch": false, "config_needed": true, "halted": [
-                {"experiment": "ranker", "variant": "treatment"},
-                {"experiment": "banner", "variant": "c"},
-                {"experiment": "banner", "variant": "b"},
-                {"experiment": "gone", "variant": "treatment"},
-                {"experiment": "ranker", "variant": "v9"},
-                {"experiment": "ranker"}, 7]}"#,
-        )
-        .unwrap();
-        assert_eq!(r.accepted, Some(3));
-        assert_eq!(r.config_needed, Some(true));
-        let h = r.halted.unwrap();
-        // banner's control "b" and unknown names are ignored.
-        assert_eq!(h.iter().collect::<Vec<_>>(), vec![(0, 1), (1, 2)]);
-
-        let r = parse_reply(&p, br#"{"accepted": 0}"#).unwrap();
-        assert_eq!((r.halted, r.config_needed), (None, None));
-        let r = parse_reply(&p, br#"{"halted": []}"#).unwrap();
-        assert!(r.halted.unwrap().is_empty());
-        assert!(parse_reply(&p, b"ok").is_err());
-        assert!(parse_reply(&p, b"[1]").is_err());
-    }
 
     #[test]
     fn recent_exposures_skip_repeats_and_forget_on_collision() {
@@ -526,16 +234,33 @@ mod tests {
         assert!(off.first_time(0, 0, b"a") && off.first_time(0, 0, b"a"));
     }
 
-    #[test]
-    fn user_ids_are_escaped() {
-        let mut r = ExposureRing::new(4);
-        r.push(1, 0, 0, b"q\"uote\\\n");
-        r.push(1, 0, 0, b"\xffbad");
+    fn rows(r: &mut ExposureRing) -> Vec<(u64, u16, u16, Vec<u8>)> {
         let mut out = Vec::new();
-        let table = experiments_json(&plan());
-        r.write_batch(&meta(&table, 1), None, 10, &mut out);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["exposures"][0][3], "q\"uote\\\n");
-        assert_eq!(v["exposures"][1][3], "\u{fffd}bad");
+        r.take_oldest(usize::MAX, |t, e, v, u| out.push((t, e, v, u.to_vec())));
+        out
+    }
+
+    #[test]
+    fn moving_keeps_order_and_counts_drops() {
+        let mut worker = ExposureRing::new(4);
+        let mut main = ExposureRing::new(3);
+        main.push(1, 0, 0, b"old");
+        for (i, u) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            worker.push(10 + i as u64, 1, i % 2, u.as_bytes());
+        }
+        assert_eq!(worker.dropped(), 1);
+        worker.move_into(&mut main);
+        assert!(worker.is_empty() && worker.dropped() == 0);
+        // "a" was dropped by the worker ring, "old" and "b" by the main one.
+        assert_eq!(main.dropped(), 3);
+        assert_eq!(
+            rows(&mut main),
+            [
+                (12, 1, 0, b"c".to_vec()),
+                (13, 1, 1, b"d".to_vec()),
+                (14, 1, 0, b"e".to_vec())
+            ]
+        );
+        assert_eq!(main.dropped(), 0);
     }
 }

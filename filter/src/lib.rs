@@ -8,9 +8,14 @@
 //!   configuration once, then decides requests without allocating. The
 //!   sidecar's `abmesh assign` links this same code, so assignments computed
 //!   outside Envoy agree bit for bit with the filter.
+//! * the **sidecar protocol** ([`protocol`]): the batch the filter ships
+//!   exposures and health in, the sidecar's answer (halts), and the
+//!   retry rules; with [`telemetry`], what is recorded per request for it;
 //! * the **proxy-wasm glue** (`wasm` module, built only for
 //!   `wasm32-wasip1`): a thin layer over the proxy-wasm ABI that feeds
-//!   request headers to the core and writes its decisions back.
+//!   request headers to the core and writes its decisions back. The
+//!   native Envoy dynamic module (`filter/dynamic`, crate
+//!   `abmesh-filter-dynamic`) is another such layer over the same core.
 //!
 //! The hashing scheme is documented in [`hash`].
 
@@ -23,32 +28,15 @@ pub mod header_map;
 pub mod health;
 pub mod identity;
 mod plan;
+pub mod protocol;
+pub mod streams;
+pub mod telemetry;
 
 pub use config::{Config, GuardrailsConfig, MissingIdentity};
 pub use decide::{Assignment, Decisions, HeaderSink, RequestHeaders, Source, Verdict};
 pub use halts::Halts;
 pub use plan::{ConfigError, Experiment, Plan, Slot, Variant};
-
-/// Identifies one version of the plugin configuration: 16 lowercase hex
-/// digits of SipHash-1-3 (64-bit, all-zero key) over the configuration
-/// bytes the filter ships ([`config::shipped_config`]): exactly as the
-/// proxy handed them to the filter, or, when they set `sidecar.token`,
-/// the same document without the token.
-///
-/// The filter sends it with every exposure batch (`config_id`), and the
-/// configuration itself only when the sidecar asks for it, so the sidecar
-/// learns which experiment definitions (names, variants, control,
-/// guardrails) the batch's indexes refer to without receiving the whole
-/// configuration every second. Filter and sidecar compute it with this one
-/// function, so they agree on the id. It is not a security measure: the
-/// key is public, and it only tells versions apart. Any byte change,
-/// whitespace included, is a new version.
-pub fn config_id(bytes: &[u8]) -> String {
-    use std::hash::Hasher;
-    let mut h = siphasher::sip::SipHasher13::new_with_keys(0, 0);
-    h.write(bytes);
-    format!("{:016x}", h.finish())
-}
+pub use protocol::config_id;
 
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod wasm;

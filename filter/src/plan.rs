@@ -228,6 +228,25 @@ struct Compiler {
     header_names: Vec<Box<str>>,
 }
 
+/// What the experiments of one configuration must not share, gathered as
+/// they are compiled in order (so an error names the later of two).
+#[derive(Default)]
+struct Seen<'c> {
+    names: BTreeSet<&'c str>,
+    layer_names: Vec<String>,
+    /// layer index -> (start, end, experiment index) of slices seen so far
+    slices: BTreeMap<usize, Vec<(u32, u32, usize)>>,
+    /// variant header -> experiment index
+    variant_headers: BTreeMap<String, usize>,
+}
+
+/// The request headers the plan writes besides variant headers.
+struct Routing {
+    cluster_header: String,
+    force: Option<Slot>,
+    echo_header: Option<Box<str>>,
+}
+
 impl Compiler {
     fn slot(&mut self, name: &str) -> Slot {
         if let Some(i) = self.header_names.iter().position(|n| &**n == name) {
@@ -237,10 +256,47 @@ impl Compiler {
         (self.header_names.len() - 1) as Slot
     }
 
+    /// Validates the whole configuration, in the order its errors are
+    /// reported: identity, routing headers, each experiment in order, the
+    /// header count, then the sidecar.
     fn compile(mut self, config: &Config) -> Result<Plan, ConfigError> {
         let path_slot = self.slot(PATH);
         let method_slot = self.slot(METHOD);
+        let identity = self.identity(config)?;
+        let routing = self.routing(config)?;
+        let experiments = self.experiments(config, &routing.cluster_header)?;
+        let (experiments, layer_names) = experiments;
+        if self.header_names.len() > usize::from(Slot::MAX) {
+            return Err(ConfigError::invalid(
+                "experiments",
+                "reference too many distinct headers",
+            ));
+        }
+        let sidecar = match &config.sidecar {
+            None => None,
+            Some(s) => Some(check_sidecar(s)?),
+        };
+        Ok(Plan {
+            header_names: self.header_names.into_boxed_slice(),
+            identity,
+            missing_identity: config.missing_identity,
+            cluster_header: routing.cluster_header.into_boxed_str(),
+            force: routing.force,
+            echo_header: routing.echo_header,
+            clear_route_cache: config.clear_route_cache,
+            layer_keys: layer_names
+                .iter()
+                .map(|n| BucketKey::derive(Purpose::Layer, n))
+                .collect(),
+            experiments,
+            path_slot,
+            method_slot,
+            sidecar,
+        })
+    }
 
+    /// `identity`: at least one source, each a valid header or cookie name.
+    fn identity(&mut self, config: &Config) -> Result<Box<[IdentityRule]>, ConfigError> {
         if config.identity.is_empty() {
             return Err(ConfigError::invalid(
                 "identity",
@@ -263,7 +319,11 @@ impl Compiler {
                 }
             });
         }
+        Ok(identity.into_boxed_slice())
+    }
 
+    /// `cluster_header`, `force_header`, `echo_header`.
+    fn routing(&mut self, config: &Config) -> Result<Routing, ConfigError> {
         let cluster_header = header_name("cluster_header", &config.cluster_header)?;
         let force = match &config.force_header {
             Some(h) => Some(self.slot(&header_name("force_header", h)?)),
@@ -273,265 +333,107 @@ impl Compiler {
             Some(h) => Some(header_name("echo_header", h)?.into_boxed_str()),
             None => None,
         };
+        Ok(Routing {
+            cluster_header,
+            force,
+            echo_header,
+        })
+    }
 
+    /// Every experiment, in order; returns them and the layer names in
+    /// index order.
+    fn experiments(
+        &mut self,
+        config: &Config,
+        cluster_header: &str,
+    ) -> Result<(Box<[Experiment]>, Vec<String>), ConfigError> {
         if config.experiments.is_empty() {
             return Err(ConfigError::invalid(
                 "experiments",
                 "must list at least one experiment",
             ));
         }
-
-        let mut names = BTreeSet::new();
-        let mut layer_names: Vec<String> = Vec::new();
-        // layer index -> (start, end, experiment index) of slices seen so far
-        let mut slices: BTreeMap<usize, Vec<(u32, u32, usize)>> = BTreeMap::new();
-        let mut variant_headers = BTreeMap::new();
+        let mut seen = Seen::default();
         let mut experiments = Vec::with_capacity(config.experiments.len());
-
         for (ei, exp) in config.experiments.iter().enumerate() {
-            let at = |f: &str| format!("experiments[{ei}].{f}");
-            check_name(&at("name"), &exp.name, false)?;
-            if !names.insert(exp.name.as_str()) {
-                return Err(ConfigError::invalid(
-                    at("name"),
-                    format!("duplicates experiment name {:?}", exp.name),
-                ));
-            }
-            let salt = exp.salt.as_deref().unwrap_or(&exp.name);
-            if salt.is_empty() {
-                return Err(ConfigError::invalid(at("salt"), "must not be empty"));
-            }
-            let traffic = percent_to_buckets(&at("traffic_percent"), exp.traffic_percent)?;
-
-            let layer = match &exp.layer {
-                None => None,
-                Some(l) => {
-                    check_name(&at("layer.name"), &l.name, false)?;
-                    let [s, e] = l.range_percent;
-                    let start = percent_to_buckets(&at("layer.range_percent[0]"), s)?;
-                    let end = percent_to_buckets(&at("layer.range_percent[1]"), e)?;
-                    if start >= end {
-                        return Err(ConfigError::invalid(
-                            at("layer.range_percent"),
-                            format!(
-                                "must be an interval [start, end) with start < end, got [{s}, {e}]"
-                            ),
-                        ));
-                    }
-                    let li = match layer_names.iter().position(|n| n == &l.name) {
-                        Some(i) => i,
-                        None => {
-                            layer_names.push(l.name.clone());
-                            layer_names.len() - 1
-                        }
-                    };
-                    let seen = slices.entry(li).or_default();
-                    if let Some(&(_, _, other)) =
-                        seen.iter().find(|&&(s2, e2, _)| start < e2 && s2 < end)
-                    {
-                        return Err(ConfigError::invalid(
-                            at("layer.range_percent"),
-                            format!(
-                                "overlaps experiment {:?} in layer {:?}; experiments in one layer must own disjoint ranges",
-                                config.experiments[other].name, l.name
-                            ),
-                        ));
-                    }
-                    seen.push((start, end, ei));
-                    Some(LayerSlice {
-                        layer: li as u16,
-                        start,
-                        end,
-                    })
-                }
-            };
-
-            let conditions = self.conditions(&at("match"), &exp.matches)?;
-
-            if exp.variants.len() < 2 {
-                return Err(ConfigError::invalid(
-                    at("variants"),
-                    format!("needs at least 2 variants, got {}", exp.variants.len()),
-                ));
-            }
-            if exp.variants.len() > usize::from(u16::MAX) {
-                return Err(ConfigError::invalid(
-                    at("variants"),
-                    "has too many variants",
-                ));
-            }
-            let total: f64 = exp.variants.iter().map(|v| v.weight).sum();
-            let mut variants: Vec<Variant> = Vec::with_capacity(exp.variants.len());
-            let mut cumulative = 0.0;
-            for (vi, v) in exp.variants.iter().enumerate() {
-                let vat = |f: &str| at(&format!("variants[{vi}].{f}"));
-                check_name(&vat("name"), &v.name, true)?;
-                if variants.iter().any(|o| *o.name == *v.name) {
-                    return Err(ConfigError::invalid(
-                        vat("name"),
-                        format!("duplicates variant name {:?}", v.name),
-                    ));
-                }
-                if !(v.weight.is_finite() && v.weight > 0.0) {
-                    return Err(ConfigError::invalid(
-                        vat("weight"),
-                        format!("must be a positive number, got {}", v.weight),
-                    ));
-                }
-                cumulative += v.weight;
-                let upper = if vi + 1 == exp.variants.len() {
-                    BUCKETS
-                } else {
-                    ((cumulative / total) * f64::from(BUCKETS)).round() as u32
-                };
-                let lower = variants.last().map_or(0, |p| p.upper);
-                if upper <= lower {
-                    return Err(ConfigError::invalid(
-                        vat("weight"),
-                        format!(
-                            "is too small: {} of a total {} rounds to no bucket (resolution is 0.01%)",
-                            v.weight, total
-                        ),
-                    ));
-                }
-                let cluster = match &v.cluster {
-                    Some(c) if c.is_empty() || !c.bytes().all(is_header_value_byte) => {
-                        return Err(ConfigError::invalid(
-                            vat("cluster"),
-                            "must be a non-empty cluster name of printable ASCII",
-                        ))
-                    }
-                    c => c.as_deref().map(Into::into),
-                };
-                let path_prefix = match &v.path_prefix {
-                    None => None,
-                    Some(p) => {
-                        if conditions.path_prefix.is_none() {
-                            return Err(ConfigError::invalid(
-                                vat("path_prefix"),
-                                format!(
-                                    "rewrites the matched path prefix, so {} must be set",
-                                    at("match.path_prefix")
-                                ),
-                            ));
-                        }
-                        check_path(&vat("path_prefix"), p)?;
-                        Some(p.as_bytes().into())
-                    }
-                };
-                let authority = match &v.authority {
-                    Some(a) if a.is_empty() || !a.bytes().all(|b| b.is_ascii_graphic()) => {
-                        return Err(ConfigError::invalid(
-                            vat("authority"),
-                            "must be a non-empty host[:port] without spaces",
-                        ))
-                    }
-                    a => a.as_deref().map(Into::into),
-                };
-                variants.push(Variant {
-                    name: v.name.as_str().into(),
-                    upper,
-                    cluster,
-                    path_prefix,
-                    authority,
-                });
-            }
-
-            let find_variant = |field: String, name: &str| -> Result<u16, ConfigError> {
-                variants
-                    .iter()
-                    .position(|v| &*v.name == name)
-                    .map(|i| i as u16)
-                    .ok_or_else(|| {
-                        ConfigError::invalid(field, format!("names unknown variant {name:?}"))
-                    })
-            };
-            let control = match &exp.control {
-                None => 0,
-                Some(c) => find_variant(at("control"), c)?,
-            };
-            let mut allowlist = Vec::with_capacity(exp.allowlist.len());
-            for (user, variant) in &exp.allowlist {
-                if user.is_empty() {
-                    return Err(ConfigError::invalid(
-                        at("allowlist"),
-                        "has an empty user id",
-                    ));
-                }
-                let vi = find_variant(at(&format!("allowlist.{user}")), variant)?;
-                allowlist.push((user.as_bytes().into(), vi));
-            }
-            // BTreeMap iteration is already sorted by key bytes.
-
-            let variant_header = match &exp.variant_header {
-                Some(h) => header_name(&at("variant_header"), h)?,
-                None => format!("x-abmesh-{}", exp.name),
-            };
-            if let Some(other) = variant_headers.insert(variant_header.clone(), ei) {
-                return Err(ConfigError::invalid(
-                    at("variant_header"),
-                    format!(
-                        "{variant_header:?} is also experiment {:?}'s variant header",
-                        config.experiments[other].name
-                    ),
-                ));
-            }
-            if variant_header == cluster_header {
-                return Err(ConfigError::invalid(
-                    at("variant_header"),
-                    "must differ from cluster_header",
-                ));
-            }
-
-            let guardrails = match &exp.guardrails {
-                None => None,
-                Some(g) => {
-                    check_guardrails(&at("guardrails"), g)?;
-                    Some(g.clone())
-                }
-            };
-
-            experiments.push(Experiment {
-                name: exp.name.as_str().into(),
-                enroll_key: BucketKey::derive(Purpose::Enroll, salt),
-                variant_key: BucketKey::derive(Purpose::Variant, salt),
-                traffic,
-                layer,
-                conditions,
-                variants: variants.into_boxed_slice(),
-                control,
-                variant_header: variant_header.into_boxed_str(),
-                allowlist: allowlist.into_boxed_slice(),
-                guardrails,
-            });
+            experiments.push(self.experiment(config, ei, exp, cluster_header, &mut seen)?);
         }
+        Ok((experiments.into_boxed_slice(), seen.layer_names))
+    }
 
-        if self.header_names.len() > usize::from(Slot::MAX) {
+    /// One experiment, `experiments[ei]`.
+    fn experiment<'c>(
+        &mut self,
+        config: &'c Config,
+        ei: usize,
+        exp: &'c crate::config::ExperimentConfig,
+        cluster_header: &str,
+        seen: &mut Seen<'c>,
+    ) -> Result<Experiment, ConfigError> {
+        let at = |f: &str| format!("experiments[{ei}].{f}");
+        check_name(&at("name"), &exp.name, false)?;
+        if !seen.names.insert(exp.name.as_str()) {
             return Err(ConfigError::invalid(
-                "experiments",
-                "reference too many distinct headers",
+                at("name"),
+                format!("duplicates experiment name {:?}", exp.name),
             ));
         }
-
-        Ok(Plan {
-            header_names: self.header_names.into_boxed_slice(),
-            identity: identity.into_boxed_slice(),
-            missing_identity: config.missing_identity,
-            cluster_header: cluster_header.into_boxed_str(),
-            force,
-            echo_header,
-            clear_route_cache: config.clear_route_cache,
-            layer_keys: layer_names
+        let salt = exp.salt.as_deref().unwrap_or(&exp.name);
+        if salt.is_empty() {
+            return Err(ConfigError::invalid(at("salt"), "must not be empty"));
+        }
+        let traffic = percent_to_buckets(&at("traffic_percent"), exp.traffic_percent)?;
+        let layer = match &exp.layer {
+            None => None,
+            Some(l) => Some(layer_slice(config, ei, l, seen)?),
+        };
+        let conditions = self.conditions(&at("match"), &exp.matches)?;
+        let variants = variants(ei, exp, &conditions)?;
+        let find_variant = |field: String, name: &str| -> Result<u16, ConfigError> {
+            variants
                 .iter()
-                .map(|n| BucketKey::derive(Purpose::Layer, n))
-                .collect(),
-            experiments: experiments.into_boxed_slice(),
-            path_slot,
-            method_slot,
-            sidecar: match &config.sidecar {
-                None => None,
-                Some(s) => Some(check_sidecar(s)?),
-            },
+                .position(|v| &*v.name == name)
+                .map(|i| i as u16)
+                .ok_or_else(|| {
+                    ConfigError::invalid(field, format!("names unknown variant {name:?}"))
+                })
+        };
+        let control = match &exp.control {
+            None => 0,
+            Some(c) => find_variant(at("control"), c)?,
+        };
+        let mut allowlist = Vec::with_capacity(exp.allowlist.len());
+        for (user, variant) in &exp.allowlist {
+            if user.is_empty() {
+                return Err(ConfigError::invalid(
+                    at("allowlist"),
+                    "has an empty user id",
+                ));
+            }
+            let vi = find_variant(at(&format!("allowlist.{user}")), variant)?;
+            allowlist.push((user.as_bytes().into(), vi));
+        }
+        // BTreeMap iteration is already sorted by key bytes.
+        let variant_header = variant_header(config, ei, exp, cluster_header, seen)?;
+        let guardrails = match &exp.guardrails {
+            None => None,
+            Some(g) => {
+                check_guardrails(&at("guardrails"), g)?;
+                Some(g.clone())
+            }
+        };
+        Ok(Experiment {
+            name: exp.name.as_str().into(),
+            enroll_key: BucketKey::derive(Purpose::Enroll, salt),
+            variant_key: BucketKey::derive(Purpose::Variant, salt),
+            traffic,
+            layer,
+            conditions,
+            variants,
+            control,
+            variant_header: variant_header.into_boxed_str(),
+            allowlist: allowlist.into_boxed_slice(),
+            guardrails,
         })
     }
 
@@ -571,6 +473,192 @@ impl Compiler {
             headers: headers.into_boxed_slice(),
         })
     }
+}
+
+/// `experiments[ei].layer`: its slice, which must not overlap another
+/// experiment's slice of the same layer.
+fn layer_slice(
+    config: &Config,
+    ei: usize,
+    l: &crate::config::LayerConfig,
+    seen: &mut Seen<'_>,
+) -> Result<LayerSlice, ConfigError> {
+    let at = |f: &str| format!("experiments[{ei}].{f}");
+    check_name(&at("layer.name"), &l.name, false)?;
+    let [s, e] = l.range_percent;
+    let start = percent_to_buckets(&at("layer.range_percent[0]"), s)?;
+    let end = percent_to_buckets(&at("layer.range_percent[1]"), e)?;
+    if start >= end {
+        return Err(ConfigError::invalid(
+            at("layer.range_percent"),
+            format!("must be an interval [start, end) with start < end, got [{s}, {e}]"),
+        ));
+    }
+    let li = match seen.layer_names.iter().position(|n| n == &l.name) {
+        Some(i) => i,
+        None => {
+            seen.layer_names.push(l.name.clone());
+            seen.layer_names.len() - 1
+        }
+    };
+    let slices = seen.slices.entry(li).or_default();
+    if let Some(&(_, _, other)) = slices.iter().find(|&&(s2, e2, _)| start < e2 && s2 < end) {
+        return Err(ConfigError::invalid(
+            at("layer.range_percent"),
+            format!(
+                "overlaps experiment {:?} in layer {:?}; experiments in one layer must own disjoint ranges",
+                config.experiments[other].name, l.name
+            ),
+        ));
+    }
+    slices.push((start, end, ei));
+    Ok(LayerSlice {
+        layer: li as u16,
+        start,
+        end,
+    })
+}
+
+/// `experiments[ei].variants`: two or more, names unique, weights turned
+/// into cumulative bucket bounds.
+fn variants(
+    ei: usize,
+    exp: &crate::config::ExperimentConfig,
+    conditions: &Conditions,
+) -> Result<Box<[Variant]>, ConfigError> {
+    let at = |f: &str| format!("experiments[{ei}].{f}");
+    if exp.variants.len() < 2 {
+        return Err(ConfigError::invalid(
+            at("variants"),
+            format!("needs at least 2 variants, got {}", exp.variants.len()),
+        ));
+    }
+    if exp.variants.len() > usize::from(u16::MAX) {
+        return Err(ConfigError::invalid(
+            at("variants"),
+            "has too many variants",
+        ));
+    }
+    let total: f64 = exp.variants.iter().map(|v| v.weight).sum();
+    let mut variants: Vec<Variant> = Vec::with_capacity(exp.variants.len());
+    let mut cumulative = 0.0;
+    for (vi, v) in exp.variants.iter().enumerate() {
+        let vat = |f: &str| at(&format!("variants[{vi}].{f}"));
+        check_name(&vat("name"), &v.name, true)?;
+        if variants.iter().any(|o| *o.name == *v.name) {
+            return Err(ConfigError::invalid(
+                vat("name"),
+                format!("duplicates variant name {:?}", v.name),
+            ));
+        }
+        if !(v.weight.is_finite() && v.weight > 0.0) {
+            return Err(ConfigError::invalid(
+                vat("weight"),
+                format!("must be a positive number, got {}", v.weight),
+            ));
+        }
+        cumulative += v.weight;
+        let upper = if vi + 1 == exp.variants.len() {
+            BUCKETS
+        } else {
+            ((cumulative / total) * f64::from(BUCKETS)).round() as u32
+        };
+        let lower = variants.last().map_or(0, |p| p.upper);
+        if upper <= lower {
+            return Err(ConfigError::invalid(
+                vat("weight"),
+                format!(
+                    "is too small: {} of a total {} rounds to no bucket (resolution is 0.01%)",
+                    v.weight, total
+                ),
+            ));
+        }
+        variants.push(variant_actions(v, upper, conditions, &vat, &at)?);
+    }
+    Ok(variants.into_boxed_slice())
+}
+
+/// A variant's routing actions: cluster, path prefix, authority.
+fn variant_actions(
+    v: &crate::config::VariantConfig,
+    upper: u32,
+    conditions: &Conditions,
+    vat: &dyn Fn(&str) -> String,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Variant, ConfigError> {
+    let cluster = match &v.cluster {
+        Some(c) if c.is_empty() || !c.bytes().all(is_header_value_byte) => {
+            return Err(ConfigError::invalid(
+                vat("cluster"),
+                "must be a non-empty cluster name of printable ASCII",
+            ))
+        }
+        c => c.as_deref().map(Into::into),
+    };
+    let path_prefix = match &v.path_prefix {
+        None => None,
+        Some(p) => {
+            if conditions.path_prefix.is_none() {
+                return Err(ConfigError::invalid(
+                    vat("path_prefix"),
+                    format!(
+                        "rewrites the matched path prefix, so {} must be set",
+                        at("match.path_prefix")
+                    ),
+                ));
+            }
+            check_path(&vat("path_prefix"), p)?;
+            Some(p.as_bytes().into())
+        }
+    };
+    let authority = match &v.authority {
+        Some(a) if a.is_empty() || !a.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(ConfigError::invalid(
+                vat("authority"),
+                "must be a non-empty host[:port] without spaces",
+            ))
+        }
+        a => a.as_deref().map(Into::into),
+    };
+    Ok(Variant {
+        name: v.name.as_str().into(),
+        upper,
+        cluster,
+        path_prefix,
+        authority,
+    })
+}
+
+/// `experiments[ei].variant_header`: valid, unique among experiments, and
+/// not the cluster header.
+fn variant_header(
+    config: &Config,
+    ei: usize,
+    exp: &crate::config::ExperimentConfig,
+    cluster_header: &str,
+    seen: &mut Seen<'_>,
+) -> Result<String, ConfigError> {
+    let at = |f: &str| format!("experiments[{ei}].{f}");
+    let variant_header = match &exp.variant_header {
+        Some(h) => header_name(&at("variant_header"), h)?,
+        None => format!("x-abmesh-{}", exp.name),
+    };
+    if let Some(other) = seen.variant_headers.insert(variant_header.clone(), ei) {
+        return Err(ConfigError::invalid(
+            at("variant_header"),
+            format!(
+                "{variant_header:?} is also experiment {:?}'s variant header",
+                config.experiments[other].name
+            ),
+        ));
+    }
+    if variant_header == cluster_header {
+        return Err(ConfigError::invalid(
+            at("variant_header"),
+            "must differ from cluster_header",
+        ));
+    }
+    Ok(variant_header)
 }
 
 fn check_sidecar(

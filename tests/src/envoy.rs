@@ -54,7 +54,8 @@ pub fn render(template: &str, ports: &[(u16, u16)], wasm: &Path) -> String {
             _ => lines.push(line.to_string()),
         }
     }
-    lines.join("\n")
+    // ABMESH_FILTER=dynamic: the same config with the native module.
+    crate::kind::render_for_kind(lines.join("\n"))
 }
 
 /// Line range of the plugin JSON of the first Wasm filter in an Envoy

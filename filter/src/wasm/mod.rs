@@ -12,12 +12,11 @@
 
 mod abi;
 mod shipping;
-mod streams;
 
+use crate::streams::StreamTable;
 use crate::{HeaderSink, MissingIdentity, Plan, RequestHeaders, Slot, Verdict};
 use abi::{LogLevel, MapType};
 use std::cell::{OnceCell, RefCell};
-use streams::StreamTable;
 
 /// Longest `:path` the rewrite buffer holds without growing.
 const PATH_CAPACITY: usize = 8 * 1024;
@@ -87,7 +86,8 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u3
             });
         } else if vm.roots.len() > 1 {
             if let Some(i) = vm.roots.iter().position(|r| r.id == parent_context_id) {
-                vm.stream_roots.insert(context_id, &[i as u16 + 1]);
+                vm.stream_roots
+                    .insert(u64::from(context_id), &[i as u16 + 1]);
             }
         }
     })
@@ -214,7 +214,7 @@ fn root_of(vm: &mut Vm, context_id: u32) -> Option<&mut Root> {
         return vm.roots.first_mut();
     }
     let mut idx = [0u16];
-    if !vm.stream_roots.get(context_id, &mut idx) || idx[0] == 0 {
+    if !vm.stream_roots.get(u64::from(context_id), &mut idx) || idx[0] == 0 {
         return None;
     }
     vm.roots.get_mut(usize::from(idx[0] - 1))
@@ -260,7 +260,7 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
             }
         }
         if let Some(echo) = &mut root.echo {
-            echo.insert_assignments(context_id, s.decisions.assignments());
+            echo.insert_assignments(u64::from(context_id), s.decisions.assignments());
         }
         if let Some(shipper) = &mut root.shipper {
             shipper.record(context_id, &s.decisions, || plan.identity(&s.headers));
@@ -282,7 +282,7 @@ pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, _e
         else {
             return abi::ACTION_CONTINUE;
         };
-        if echo.take_assignments(context_id, &mut s.decisions) {
+        if echo.take_assignments(u64::from(context_id), &mut s.decisions) {
             plan.write_echo(&s.decisions, &mut s.echo_buf);
             if !s.echo_buf.is_empty() {
                 let name = plan.echo_header().unwrap_or_default();

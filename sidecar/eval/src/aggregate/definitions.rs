@@ -13,11 +13,10 @@ use abmesh_filter::config::GuardrailsConfig;
 use abmesh_filter::{Config, ConfigError, Decisions, Plan};
 
 /// The id of a plugin configuration: SipHash-1-3 of its raw bytes, as
-/// `abmesh_filter::config_id` computes it (the filter sends it as 16 hex
-/// digits).
+/// the filter computes it (`abmesh_filter::protocol::config_id`, which it
+/// sends as 16 hex digits).
 pub fn config_id(bytes: &[u8]) -> u64 {
-    let hex = abmesh_filter::config_id(bytes);
-    u64::from_str_radix(&hex, 16).expect("config_id is 16 hex digits")
+    abmesh_filter::protocol::config_id_u64(bytes)
 }
 
 /// One experiment as the configuration defines it.

@@ -1,5 +1,9 @@
 //! Exposure batches: what the filter posts to `POST /v1/exposures` on its
-//! tick.
+//! tick. The filter writes them with `abmesh_filter::protocol` (the batch,
+//! the health rows' shape and histogram, the id limit, the configuration
+//! id); this parser takes those from there, so the two sides cannot drift
+//! apart, and `a_batch_the_filter_writes_parses_as_written` below reads
+//! what the filter's own writer produced.
 //!
 //! ```json
 //! {"instance": "envoy-7f9c/0/1777636800123", "seq": 42, "dropped": 0,
@@ -29,8 +33,8 @@
 //!   per (experiment index, variant index) deltas since the filter's last
 //!   successful flush: requests assigned by hash (exact), and the sampled
 //!   responses by status class and latency bucket
-//!   ([`abmesh_stats::guardrail::LATENCY_BUCKETS`]); both arrays count the same
-//!   responses.
+//!   ([`abmesh_filter::protocol::health::LATENCY_BUCKETS`]); both arrays
+//!   count the same responses.
 //! * Other top-level fields are ignored, so an older sidecar accepts a newer
 //!   filter's batches.
 //!
@@ -46,7 +50,13 @@ use serde_json::value::RawValue;
 use super::error::ValidationError;
 use super::fields::{self, parse_json, Text, MAX_TIMESTAMP_MS};
 use abmesh_common::quote::{bound, clip};
-use abmesh_stats::guardrail::{Health, LATENCY_BUCKETS, STATUS_CLASSES};
+use abmesh_filter::protocol::health::{LATENCY_BUCKETS, STATUS_CLASSES};
+pub use abmesh_filter::protocol::{format_config_id, parse_config_id};
+use abmesh_stats::guardrail::Health;
+
+// The filter ships user ids of up to `MAX_USER_BYTES` (and counts longer
+// ones as dropped); the sidecar must take every id the filter sends.
+const _: () = assert!(abmesh_filter::protocol::MAX_USER_BYTES <= fields::MAX_ID_BYTES);
 
 /// Most rows in one batch.
 pub const MAX_EXPOSURES_PER_BATCH: usize = 1_000_000;
@@ -119,23 +129,6 @@ impl HealthRow {
         }
         h
     }
-}
-
-/// Parses a configuration id: exactly 16 lowercase hex digits.
-pub fn parse_config_id(s: &str) -> Option<u64> {
-    if s.len() != 16
-        || !s
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-    {
-        return None;
-    }
-    u64::from_str_radix(s, 16).ok()
-}
-
-/// A configuration id as the filter writes it.
-pub fn format_config_id(id: u64) -> String {
-    format!("{id:016x}")
 }
 
 /// An experiment as the batch's rows refer to it.
@@ -403,6 +396,89 @@ mod tests {
     const OK: &[u8] = br#"{"instance":"envoy-1/0/1","seq":7,"dropped":3,
         "experiments":[{"name":"ranker","variants":["control","treatment"]}],
         "exposures":[[1000,0,1,"u1"],[1001,0,0,"u\"2"]],"future":[{"x":true}],"config_v9":"v3"}"#;
+
+    /// Both sides of the contract: a batch written by the filter's own
+    /// writer (`abmesh_filter::protocol::write_batch`) with config, health
+    /// rows, ids that need escaping and ids at the length limit, read back
+    /// by this parser with every value as the filter recorded it.
+    #[test]
+    fn a_batch_the_filter_writes_parses_as_written() {
+        use abmesh_filter::exposures::ExposureRing;
+        use abmesh_filter::health::HealthTable;
+        use abmesh_filter::protocol::{self, BatchMeta, MAX_USER_BYTES};
+
+        let config = br#"{"experiments": [{"name": "ranker", "variants": [{"name": "control", "weight": 1}, {"name": "treatment", "weight": 1}]},
+            {"name": "banner", "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}, {"name": "c", "weight": 1}]}]}"#;
+        let plan = abmesh_filter::Plan::from_json(config).unwrap();
+        let table = protocol::experiments_json(&plan);
+        let id = protocol::config_id(config);
+        let long = "x".repeat(MAX_USER_BYTES);
+        let users: [&[u8]; 4] = [b"u-1", b"q\"uote\\\n\t", long.as_bytes(), b"caf\xc3\xa9"];
+        let mut ring = ExposureRing::new(16);
+        for (i, u) in users.iter().enumerate() {
+            ring.push(1_777_636_800_000 + i as u64, i % 2, i % 2, u);
+        }
+        let mut health = HealthTable::new(&plan);
+        for _ in 0..3 {
+            health.record_request(1, 2);
+        }
+        health.record_response(1, 2, 503, 12_000);
+        health.record_response(1, 2, 200, 20_000_000);
+        let meta = BatchMeta {
+            instance: "native/1/1777636800000",
+            seq: 9,
+            experiments: &table,
+            config_id: &id,
+            config: Some(config),
+        };
+        // Not UTF-8, and 3 * 100 bytes once sent with U+FFFD: the filter
+        // counts it as dropped rather than have the batch refused.
+        ring.push(1_777_636_800_009, 0, 0, &[0xff; 100]);
+        let mut body = Vec::new();
+        assert_eq!(
+            protocol::write_batch(&meta, &mut ring, Some(&mut health), 100, &mut body),
+            users.len()
+        );
+
+        let b = parse_exposures(&body).unwrap();
+        assert_eq!(
+            (b.instance.as_str(), b.seq, b.dropped),
+            (meta.instance, 9, 1)
+        );
+        assert_eq!(b.config_id(), Some(protocol::config_id_u64(config)));
+        assert_eq!(b.config_bytes(), Some(&config[..]));
+        let names: Vec<(&str, Vec<&str>)> = b
+            .experiments
+            .iter()
+            .map(|e| {
+                (
+                    e.name.as_str(),
+                    e.variants.iter().map(|v| v.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("ranker", vec!["control", "treatment"]),
+                ("banner", vec!["a", "b", "c"])
+            ]
+        );
+        assert_eq!(b.exposures.len(), users.len());
+        for (i, (row, u)) in b.exposures.iter().zip(users).enumerate() {
+            assert_eq!(row.t_ms(), 1_777_636_800_000 + i as i64);
+            assert_eq!((row.experiment(), row.variant()), (i % 2, i % 2));
+            assert_eq!(row.user().as_bytes(), u);
+        }
+        assert_eq!(b.health.len(), 1);
+        let (row, h) = (&b.health[0], b.health[0].health());
+        assert_eq!((row.experiment(), row.variant(), h.requests), (1, 2, 3));
+        assert_eq!(h.status, [0, 1, 0, 0, 1]);
+        let mut latency = [0; LATENCY_BUCKETS];
+        latency[abmesh_filter::protocol::health::latency_bucket(12_000)] = 1;
+        latency[LATENCY_BUCKETS - 1] = 1;
+        assert_eq!(h.latency, latency);
+    }
 
     #[test]
     fn parses_a_batch_and_ignores_unknown_top_level_fields() {

@@ -4,12 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The wire format's constants come from the filter's crate, which writes
-/// the rows: status classes 1xx..5xx, and the latency histogram's bounds
-/// (inclusive upper bounds in µs: bucket `i` holds latencies
-/// `> LATENCY_BOUNDS_US[i - 1]` and `<= LATENCY_BOUNDS_US[i]`; the last
-/// bucket everything above 10 s).
-pub use abmesh_filter::health::{
+/// The wire format's constants come from the filter's `protocol` module,
+/// which writes the rows: status classes 1xx..5xx, and the latency
+/// histogram's bounds (inclusive upper bounds in µs: bucket `i` holds
+/// latencies `> LATENCY_BOUNDS_US[i - 1]` and `<= LATENCY_BOUNDS_US[i]`; the
+/// last bucket everything above 10 s).
+pub use abmesh_filter::protocol::health::{
     latency_bucket, LATENCY_BOUNDS_US, LATENCY_BUCKETS, STATUS_CLASSES,
 };
 
