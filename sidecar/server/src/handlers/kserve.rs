@@ -33,16 +33,23 @@ use crate::router::{HandlerResult, Request};
 use crate::state::AppState;
 
 /// Extensions of the protocol this server implements, as `GET /v2` lists
-/// them.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+/// them: the binary tensor extension, and Triton's model configuration,
+/// model repository (index on the data plane; load and unload on the admin
+/// listener) and statistics (`handlers::triton`).
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+];
 
-fn host(state: &AppState) -> Result<&Arc<ModelHost>, ApiError> {
+pub(crate) fn host(state: &AppState) -> Result<&Arc<ModelHost>, ApiError> {
     state.models().ok_or_else(|| {
         ApiError::not_found("this server hosts no models (start it with --models DIR)")
     })
 }
 
-fn lookup(
+pub(crate) fn lookup(
     req: &Request,
     state: &AppState,
     versioned: bool,
@@ -159,7 +166,9 @@ async fn infer(mut req: Request, state: AppState, versioned: bool) -> HandlerRes
     let metrics = model.metrics();
     metrics.requests.inc();
     let result = run_infer(&mut req, &state, &model).await;
-    metrics.latency.observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    metrics.latency.observe(elapsed.as_secs_f64());
+    metrics.stats.request(result.is_ok(), elapsed);
     if let Err(e) = &result {
         metrics.error(match e.status() {
             s if s.is_server_error() && s != StatusCode::SERVICE_UNAVAILABLE => ErrorKind::internal,
