@@ -1,7 +1,8 @@
 //! Triton's `perf_analyzer`, the load client Triton users measure servers
-//! with, runs against `abmesh serve` over HTTP (issue 12): it reads the
-//! model's metadata and configuration, drives the scorer for a few seconds
-//! and reads the server-side statistics before and after. The test installs
+//! with, runs against `abmesh serve` over HTTP and gRPC (`--grpc-listen`;
+//! issue 12): it reads the model's metadata and configuration, drives the
+//! scorer for a few seconds and reads the server-side statistics before
+//! and after. The test installs
 //! it itself (`benches/setup_perf_analyzer.sh`: pinned, hash-checked
 //! wheels and Debian's libb64, into `.tools/`), since CI starts on a fresh
 //! machine.
@@ -46,32 +47,21 @@ fn figure(text: &str, label: &str) -> Option<f64> {
     })
 }
 
-#[test]
-fn perf_analyzer_drives_the_scorer_over_http() {
-    require_onnxruntime!();
-    let perf_analyzer = match install() {
-        Ok(p) => p,
-        Err(why) if std::env::var_os("CI").is_none() => {
-            eprintln!(
-                "\n==================== SKIPPED: perf_analyzer could not be installed ====================\n\
-                 {why}\n\
-                 =========================================================================================\n"
-            );
-            return;
-        }
-        Err(why) => {
-            panic!("benches/setup_perf_analyzer.sh failed (required when CI is set):\n{why}")
-        }
-    };
-    let repo = model_support::example_repo();
-    let server = Server::start(&["--models", repo.to_str().unwrap(), "--device", "cpu"]);
+/// Runs perf_analyzer for a few seconds against `url` over `protocol`
+/// and checks what it and the server report.
+fn drive(perf_analyzer: &str, server: &Server, protocol: &str, url: &str) {
     let dir = abmesh_testkit::scratch_dir("perf-analyzer");
     let csv = dir.path().join("perf.csv");
-    let url = format!("127.0.0.1:{}", server.port);
+    let before = server.get("/v2/models/scorer/versions/1/stats").json();
+    let count = |stats: &serde_json::Value, what: &str| {
+        stats["model_stats"][0]["inference_stats"][what]["count"]
+            .as_u64()
+            .unwrap()
+    };
     // Version 1: the repository's version 3 is the faulty release of the
     // closed-loop demo, which fails on purpose.
-    let mut child = Command::new(&perf_analyzer)
-        .args(["-m", "scorer", "-x", "1", "-u", &url, "-i", "http"])
+    let mut child = Command::new(perf_analyzer)
+        .args(["-m", "scorer", "-x", "1", "-u", url, "-i", protocol])
         .args(["--concurrency-range", "4", "--measurement-interval", "1000"])
         .args(["--max-trials", "5", "--stability-percentage", "100"])
         .arg("-f")
@@ -96,7 +86,7 @@ fn perf_analyzer_drives_the_scorer_over_http() {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("perf_analyzer ran past 120 s");
+            panic!("perf_analyzer -i {protocol} ran past 120 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -104,39 +94,81 @@ fn perf_analyzer_drives_the_scorer_over_http() {
     let report = format!("{out}\n{err}");
     assert!(
         status.success(),
-        "perf_analyzer failed ({status}):\n{report}"
+        "perf_analyzer -i {protocol} failed ({status}):\n{report}"
     );
     for bad in ["error", "Error", "Failed", "failed"] {
         assert!(
             !report.contains(bad),
-            "perf_analyzer reported {bad:?}:\n{report}"
+            "perf_analyzer -i {protocol} reported {bad:?}:\n{report}"
         );
     }
     let rate = figure(&out, "Throughput:").expect("a throughput line");
     assert!(rate > 0.0, "{report}");
-    // Its server-side section comes from /v2/models/scorer/versions/1/stats.
+    // Its server-side section comes from the statistics endpoint.
     let served = figure(&out, "Successful request count:").expect("a server section");
     assert!(served > 0.0, "{report}");
     let rows = std::fs::read_to_string(&csv).expect("perf_analyzer's CSV");
     let mut lines = rows.lines();
     let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
     let values: Vec<&str> = lines.next().expect("a row").split(',').collect();
-    let col = |name: &str| -> f64 {
-        let i = header
-            .iter()
-            .position(|h| *h == name)
-            .unwrap_or_else(|| panic!("no {name} in {header:?}"));
-        values[i].parse().unwrap()
-    };
-    assert!(col("Inferences/Second") > 0.0, "{rows}");
+    let i = header
+        .iter()
+        .position(|h| *h == "Inferences/Second")
+        .unwrap_or_else(|| panic!("no Inferences/Second in {header:?}"));
+    assert!(values[i].parse::<f64>().unwrap() > 0.0, "{rows}");
     // The server's own counters: every request a success.
-    let stats = server.get("/v2/models/scorer/versions/1/stats").json();
-    let s = &stats["model_stats"][0];
-    assert_eq!(s["inference_stats"]["fail"]["count"], 0, "{stats}");
-    let successes = s["inference_stats"]["success"]["count"].as_u64().unwrap();
+    let after = server.get("/v2/models/scorer/versions/1/stats").json();
+    assert_eq!(count(&after, "fail"), count(&before, "fail"), "{after}");
+    let successes = count(&after, "success") - count(&before, "success");
     assert!(
         successes as f64 >= served,
-        "{successes} < {served}: {stats}"
+        "{successes} < {served}: {after}"
     );
-    eprintln!("perf_analyzer over HTTP: {rate} infer/s, {successes} requests served");
+    eprintln!("perf_analyzer over {protocol}: {rate} infer/s, {successes} requests served");
+}
+
+#[test]
+fn perf_analyzer_drives_the_scorer_over_http_and_grpc() {
+    require_onnxruntime!();
+    let perf_analyzer = match install() {
+        Ok(p) => p,
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "\n==================== SKIPPED: perf_analyzer could not be installed ====================\n\
+                 {why}\n\
+                 =========================================================================================\n"
+            );
+            return;
+        }
+        Err(why) => {
+            panic!("benches/setup_perf_analyzer.sh failed (required when CI is set):\n{why}")
+        }
+    };
+    let grpc_port = free_port();
+    let grpc = format!("127.0.0.1:{grpc_port}");
+    let repo = model_support::example_repo();
+    let server = Server::start(&[
+        "--models",
+        repo.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--grpc-listen",
+        &grpc,
+    ]);
+    drive(
+        &perf_analyzer,
+        &server,
+        "http",
+        &format!("127.0.0.1:{}", server.port),
+    );
+    drive(&perf_analyzer, &server, "grpc", &grpc);
+}
+
+/// A port free right now (bound, then released), for `--grpc-listen`:
+/// the test kit reads only the HTTP listeners' ports from the log.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }

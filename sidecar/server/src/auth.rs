@@ -102,6 +102,12 @@ impl Token {
         format!("Bearer {}", String::from_utf8_lossy(&self.0))
     }
 
+    /// Whether an `Authorization` value (`Bearer TOKEN`) carries this
+    /// token: the gRPC listener's check of its `authorization` metadata.
+    pub fn authorizes(&self, authorization: &[u8]) -> bool {
+        bearer_token(authorization).is_some_and(|t| self.matches(t))
+    }
+
     /// Whether `presented` is this token. Constant time in the contents;
     /// only the length can be told apart, which is not secret enough to
     /// matter with tokens of 16 bytes or more.

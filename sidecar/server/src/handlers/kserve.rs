@@ -72,15 +72,7 @@ pub async fn live(_: Request, _: AppState) -> HandlerResult {
 /// would get a 503 until a restart). `/v2/health/live` stays 200 in both
 /// cases: the process is alive and still serves reports and models.
 pub async fn ready(_: Request, state: AppState) -> HandlerResult {
-    let reason = if state.models().is_some_and(|h| !h.is_ready()) {
-        Some("the model host is shutting down".to_owned())
-    } else {
-        state
-            .get::<Ingest>()
-            .and_then(|i| i.store.failure().map(str::to_owned))
-            .map(|e| format!("the outcome log refuses writes until a restart: {e}"))
-    };
-    Ok(match reason {
+    Ok(match not_ready(&state) {
         None => response::json(&Readiness {
             name: None,
             ready: true,
@@ -90,6 +82,19 @@ pub async fn ready(_: Request, state: AppState) -> HandlerResult {
             &serde_json::json!({ "ready": false, "reason": reason }),
         ),
     })
+}
+
+/// Why the service is not ready (see [`ready`]); `None` when it is. The
+/// gRPC `ServerReady` answers the same.
+pub(crate) fn not_ready(state: &AppState) -> Option<String> {
+    if state.models().is_some_and(|h| !h.is_ready()) {
+        Some("the model host is shutting down".to_owned())
+    } else {
+        state
+            .get::<Ingest>()
+            .and_then(|i| i.store.failure().map(str::to_owned))
+            .map(|e| format!("the outcome log refuses writes until a restart: {e}"))
+    }
 }
 
 pub async fn server_metadata(_: Request, _: AppState) -> HandlerResult {

@@ -64,7 +64,7 @@ async fn optional_json<T: for<'de> Deserialize<'de> + Default>(
     })
 }
 
-fn settings(host: &ModelHost) -> HostSettings {
+pub(crate) fn settings(host: &ModelHost) -> HostSettings {
     let c = host.config();
     HostSettings {
         batching: c.batching,
