@@ -22,7 +22,7 @@
 //! (or a handler panics: the panic is logged and the server keeps serving).
 
 pub mod listener;
-mod tensors;
+pub mod tensors;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
