@@ -22,7 +22,7 @@ use crate::batching::BatchConfig;
 use crate::datatype::DataType;
 use crate::device::Device;
 use crate::host::LoadedVersion;
-use crate::signature::TensorSpec;
+use crate::signature::{Signature, TensorSpec};
 use crate::stats::{StatsSnapshot, TallySnapshot};
 
 /// Triton's `DataType` enum name (`TYPE_FP32`, ...) for a datatype.
@@ -137,7 +137,11 @@ pub struct HostSettings {
 impl<'a> ModelConfig<'a> {
     /// The configuration of a loaded version.
     pub fn new(model: &'a LoadedVersion, host: HostSettings) -> ModelConfig<'a> {
-        let sig = model.signature();
+        ModelConfig::of(model.name(), model.signature(), host)
+    }
+
+    /// The configuration of a model named `name` serving `sig`.
+    pub fn of(name: &'a str, sig: &'a Signature, host: HostSettings) -> ModelConfig<'a> {
         // The batcher merges requests only for models whose every input
         // and output has a dynamic first dimension, and only with a maximum
         // above one row (see `crate::batching`).
@@ -154,7 +158,7 @@ impl<'a> ModelConfig<'a> {
             Device::Cuda { device_id } => ("KIND_GPU", vec![device_id]),
         };
         ModelConfig {
-            name: model.name(),
+            name,
             platform: "onnxruntime_onnx",
             backend: "onnxruntime",
             version_policy: VersionPolicy { all: Empty {} },
@@ -204,7 +208,7 @@ impl<'a> ModelConfig<'a> {
                 },
             }),
             instance_group: vec![InstanceGroup {
-                name: format!("{}_0", model.name()),
+                name: format!("{name}_0"),
                 kind,
                 count: host.instances.max(1),
                 gpus,
@@ -301,6 +305,68 @@ impl ModelStatistics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            datatype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    fn settings(max_batch_size: usize) -> HostSettings {
+        HostSettings {
+            batching: BatchConfig {
+                max_batch_size,
+                max_queue_delay: Duration::from_micros(150),
+            },
+            instances: 3,
+            queue_capacity: 99,
+            device: Device::Cuda { device_id: 1 },
+        }
+    }
+
+    fn signature(batchable: bool) -> Signature {
+        Signature {
+            inputs: vec![spec("x", DataType::Fp32, &[-1, 4])],
+            outputs: vec![spec("y", DataType::Int64, &[-1, 2, 3])],
+            skipped_outputs: vec![],
+            batchable,
+        }
+    }
+
+    /// Batched: dims without the batch dimension and the batcher's real
+    /// settings; not batched (no dynamic first dimension, or a maximum of
+    /// one row): max_batch_size 0, whole shapes, no dynamic_batching.
+    #[test]
+    fn the_configuration_says_how_the_batcher_runs() {
+        let sig = signature(true);
+        let c = ModelConfig::of("m", &sig, settings(32));
+        assert_eq!(c.max_batch_size, 32);
+        assert_eq!(c.input[0].dims, &[4]);
+        assert_eq!(c.output[0].dims, &[2, 3]);
+        assert_eq!(c.output[0].data_type, "TYPE_INT64");
+        let d = c.dynamic_batching.as_ref().expect("batched");
+        assert_eq!(d.max_queue_delay_microseconds, 150);
+        assert_eq!(d.default_queue_policy.max_queue_size, 99);
+        assert_eq!(c.instance_group[0].count, 3);
+        assert_eq!(c.instance_group[0].kind, "KIND_GPU");
+        assert_eq!(c.instance_group[0].gpus, vec![1]);
+        for (sig, max) in [(signature(true), 1), (signature(false), 32)] {
+            let c = ModelConfig::of("m", &sig, settings(max));
+            assert_eq!(c.max_batch_size, 0);
+            assert_eq!(c.input[0].dims, &[-1, 4]);
+            assert_eq!(c.output[0].dims, &[-1, 2, 3]);
+            assert!(c.dynamic_batching.is_none());
+        }
+        let json = serde_json::to_value(ModelConfig::of("m", &sig, settings(8))).unwrap();
+        assert_eq!(json["version_policy"], serde_json::json!({"all": {}}));
+        assert_eq!(
+            json["dynamic_batching"]["preferred_batch_size"],
+            serde_json::json!([])
+        );
+    }
 
     #[test]
     fn every_datatype_has_its_triton_config_name() {
