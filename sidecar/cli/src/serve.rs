@@ -406,6 +406,21 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, ConfigError::SameAddress(_)), "{e}");
         config(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).unwrap();
+        for taken in ["127.0.0.1:9000", "127.0.0.1:9001"] {
+            let e = config(&[
+                "--listen",
+                "127.0.0.1:9000",
+                "--admin-listen",
+                "127.0.0.1:9001",
+                "--grpc-listen",
+                taken,
+            ])
+            .unwrap_err();
+            assert!(matches!(e, ConfigError::GrpcSameAddress(_)), "{e}");
+        }
+        let c = config(&["--grpc-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(c.grpc_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(config(&[]).unwrap().grpc_listen, None);
         let e = config(&["--admin-token-file", "/nonexistent/abmesh.token"]).unwrap_err();
         assert!(
             e.to_string()
