@@ -145,6 +145,14 @@ def test_infer_matches_onnxruntime(client, version, rows):
     np.testing.assert_array_equal(r.as_numpy("label"), want["label"])
 
 
+def test_messages_over_grpcs_default_4_mib_are_taken_up_to_the_body_limit(client):
+    """tonic's default limit is 4 MiB; abmesh takes messages up to
+    --body-limit (64 MiB by default)."""
+    x = features(70_000, 5)  # 4.5 MB of FP32
+    r = client.infer("scorer", [infer_input(x)], model_version="1")
+    np.testing.assert_allclose(r.as_numpy("score"), reference("1", x)["score"], rtol=1e-6, atol=1e-7)
+
+
 def test_typed_contents_are_accepted_too(server):
     """Inputs in `contents.fp32_contents` instead of raw bytes (what other
     KServe clients send)."""
