@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the benchmarks need on top of scripts/setup.sh: wrk (load),
-# valgrind (instruction counts), and the Python peers of
-# benches/requirements.txt (into the project's .venv). Idempotent; every
+# valgrind (instruction counts), the Python peers of
+# benches/requirements.txt (into the project's .venv), and Triton's
+# perf_analyzer (benches/setup_perf_analyzer.sh, into .tools/). Idempotent; every
 # benchmark entry point runs it first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,4 +30,6 @@ if ! cmp -s benches/requirements.txt "$stamp"; then
     die "installing the benchmark peers into .venv failed (pip's message is above); check the network access to PyPI"
   cp benches/requirements.txt "$stamp"
 fi
+# Triton's perf_analyzer (benches/model_host), into .tools/perf_analyzer.
+benches/setup_perf_analyzer.sh >/dev/null
 log "ok"

@@ -30,6 +30,8 @@ pub enum ConfigError {
     IngestNeedsToken(SocketAddr),
     #[error("--listen and --admin-listen are both {0}: the data plane and admin need a port each")]
     SameAddress(SocketAddr),
+    #[error("--grpc-listen {0} is also the address of --listen or --admin-listen: gRPC needs a port of its own")]
+    GrpcSameAddress(SocketAddr),
     #[error(transparent)]
     Token(#[from] TokenError),
 }

@@ -45,6 +45,14 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:8001", value_name = "ADDR")]
     admin_listen: SocketAddr,
 
+    /// Also serve the KServe v2 / Triton gRPC service (tritonclient.grpc,
+    /// perf_analyzer -i grpc) on this address, with the same models,
+    /// batching, metrics and statistics. Model load/unload over gRPC need
+    /// the --admin-token-file token. Port 0 picks a free port; the log
+    /// line "grpc listening on grpc://..." says which.
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
+
     /// A file holding the admin bearer token (its contents, trimmed; 16 to
     /// 4096 visible ASCII characters). When given, every admin request
     /// needs `Authorization: Bearer TOKEN`, from loopback too.
@@ -142,6 +150,8 @@ pub struct Args {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The gRPC listener, when asked for.
+    pub grpc_listen: Option<SocketAddr>,
     /// Needed on every admin request when set.
     pub admin_token: Option<Token>,
     /// Needed on every /v1/* request when set.
@@ -185,6 +195,11 @@ impl TryFrom<Args> for ServeConfig {
         if a.listen == a.admin_listen && a.listen.port() != 0 {
             return Err(ConfigError::SameAddress(a.listen));
         }
+        if let Some(g) = a.grpc_listen {
+            if g.port() != 0 && (g == a.listen || g == a.admin_listen) {
+                return Err(ConfigError::GrpcSameAddress(g));
+            }
+        }
         let admin_token = a
             .admin_token_file
             .as_deref()
@@ -208,6 +223,7 @@ impl TryFrom<Args> for ServeConfig {
         Ok(ServeConfig {
             listen: a.listen,
             admin_listen: a.admin_listen,
+            grpc_listen: a.grpc_listen,
             admin_token,
             ingest_token,
             models: a.models,
@@ -390,6 +406,21 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, ConfigError::SameAddress(_)), "{e}");
         config(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).unwrap();
+        for taken in ["127.0.0.1:9000", "127.0.0.1:9001"] {
+            let e = config(&[
+                "--listen",
+                "127.0.0.1:9000",
+                "--admin-listen",
+                "127.0.0.1:9001",
+                "--grpc-listen",
+                taken,
+            ])
+            .unwrap_err();
+            assert!(matches!(e, ConfigError::GrpcSameAddress(_)), "{e}");
+        }
+        let c = config(&["--grpc-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(c.grpc_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(config(&[]).unwrap().grpc_listen, None);
         let e = config(&["--admin-token-file", "/nonexistent/abmesh.token"]).unwrap_err();
         assert!(
             e.to_string()

@@ -17,6 +17,8 @@ use abmesh_model_host::metrics::HostMetrics;
 use abmesh_model_host::repository::Repository;
 use abmesh_model_host::{ModelHost, Runtime};
 use abmesh_server::auth::{listens_on_loopback, Gate};
+use abmesh_server::grpc::listener::serve_grpc;
+use abmesh_server::grpc::Inference;
 use abmesh_server::routes;
 use abmesh_server::serve::{serve, ConnectionOptions};
 use abmesh_server::state::AppState;
@@ -35,6 +37,8 @@ pub struct Service {
     outcome_log: Option<Installed>,
     data: TcpListener,
     admin: TcpListener,
+    /// `--grpc-listen`, when given.
+    grpc: Option<(TcpListener, Inference)>,
     data_gate: Gate,
     admin_gate: Gate,
     connections: ConnectionOptions,
@@ -72,12 +76,22 @@ impl ServeConfig {
         let admin = TcpListener::bind(self.admin_listen)
             .await
             .with_context(|| format!("listening on {} (--admin-listen)", self.admin_listen))?;
+        let grpc = match self.grpc_listen {
+            Some(addr) => Some((
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr} (--grpc-listen)"))?,
+                Inference::new(state.clone(), self.admin_token.clone()),
+            )),
+            None => None,
+        };
         let service = Service {
             state,
             host,
             outcome_log,
             data,
             admin,
+            grpc,
             data_gate: Gate::Data {
                 ingest_token: self.ingest_token.clone(),
             },
@@ -125,6 +139,19 @@ impl Service {
             }
         );
         tracing::info!("admin listening on http://{admin_addr}");
+        if let Some((grpc, _)) = &self.grpc {
+            tracing::info!(
+                "gRPC: model load/unload {}",
+                if config.admin_token.is_some() {
+                    "need the --admin-token-file bearer token"
+                } else {
+                    "are refused (no --admin-token-file; use the admin listener)"
+                }
+            );
+            // Not "http://": the lines tests read the HTTP ports from stay
+            // the only ones that say it.
+            tracing::info!("grpc listening on grpc://{}", grpc.local_addr()?);
+        }
         Ok(())
     }
 
@@ -139,6 +166,7 @@ impl Service {
             outcome_log,
             data,
             admin,
+            grpc,
             data_gate,
             admin_gate,
             connections,
@@ -163,6 +191,17 @@ impl Service {
             data_gate,
             until_stopped(stopped.clone()),
         );
+        let grpc_plane = {
+            let stopped = stopped.clone();
+            async move {
+                match grpc {
+                    Some((listener, service)) => {
+                        serve_grpc(listener, service, connections, until_stopped(stopped)).await
+                    }
+                    None => Ok(()),
+                }
+            }
+        };
         let admin_plane = serve(
             admin,
             Arc::new(routes::admin_router()),
@@ -171,9 +210,10 @@ impl Service {
             admin_gate,
             until_stopped(stopped),
         );
-        let (d, a) = tokio::join!(data_plane, admin_plane);
+        let (d, a, g) = tokio::join!(data_plane, admin_plane, grpc_plane);
         d.context("the data-plane listener")?;
         a.context("the admin listener")?;
+        g.context("the gRPC listener")?;
         evaluation::shutdown(outcome_log).await;
         Ok(())
     }

@@ -453,3 +453,52 @@ fn ingestion_needs_the_token_and_only_an_authenticated_filter_changes_definition
         );
     }
 }
+
+/// Triton's model control (`/v2/repository/models/{name}/load|unload`,
+/// issue 12) follows the admin rules: the data plane answers 404 naming
+/// the admin listener, the admin listener needs its token, and a refused
+/// call changes nothing.
+#[test]
+fn triton_load_and_unload_follow_the_admin_rules() {
+    require_onnxruntime!();
+    let dir = scratch_dir("listeners-triton-control");
+    let token = write(dir.path(), "admin.token", ADMIN_TOKEN);
+    let repo = model_support::example_repo();
+    let server = Server::start(&[
+        "--models",
+        repo.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--admin-token-file",
+        &token,
+    ]);
+    let ready = || call(server.port, "GET", "/v2/models/scorer/ready", None, b"").status;
+    assert_eq!(ready(), 200);
+    let unload = "/v2/repository/models/scorer/unload";
+    let load = "/v2/repository/models/scorer/load";
+    for path in [unload, load, "//v2/repository/models/scorer/unload/"] {
+        let r = call(server.port, "POST", path, Some(ADMIN_TOKEN), b"{}");
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+        assert!(
+            r.error().contains("served on the admin listener"),
+            "{}",
+            r.text()
+        );
+    }
+    for bad in [None, Some("admin-token-4d2f9c1e0b7b")] {
+        let r = call(server.admin_port, "POST", unload, bad, b"{}");
+        assert_eq!(r.status, 401, "{bad:?}: {}", r.text());
+    }
+    assert_eq!(ready(), 200, "a refused unload unloaded");
+    // The read-only repository index stays on the data plane.
+    let r = call(server.port, "POST", "/v2/repository/index", None, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(server.admin_port, "POST", unload, Some(ADMIN_TOKEN), b"{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["unloaded_versions"], json!([1, 2, 3]));
+    assert_eq!(ready(), 404);
+    let r = call(server.admin_port, "POST", load, Some(ADMIN_TOKEN), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["loaded_versions"], json!([1, 2, 3]));
+    assert_eq!(ready(), 200);
+}

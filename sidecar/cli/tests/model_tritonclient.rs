@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-const NEEDS: &str = "pip install onnxruntime==1.31.1 onnx numpy 'tritonclient[http]' pytest";
+const NEEDS: &str = "pip install onnxruntime==1.31.1 onnx numpy 'tritonclient[http,grpc]' pytest";
 
 #[test]
 fn tritonclient_with_its_defaults_matches_onnxruntime_in_python() {
@@ -16,7 +16,7 @@ fn tritonclient_with_its_defaults_matches_onnxruntime_in_python() {
     let probe = Command::new(&python)
         .args([
             "-c",
-            "import pytest, numpy, onnx, onnxruntime, tritonclient.http",
+            "import pytest, numpy, onnx, onnxruntime, tritonclient.http, tritonclient.grpc",
         ])
         .output();
     let missing = match &probe {

@@ -147,6 +147,8 @@ pub enum AdminError {
     },
     #[error("model '{name}' version {version} is not loaded")]
     NotLoaded { name: String, version: u64 },
+    #[error("model '{name}' has no version in the repository {}: no folder {name}/N/model.onnx", .repository.display())]
+    NoVersions { name: String, repository: PathBuf },
     #[error("starting the session threads of model '{name}' version {version}: {source}")]
     Threads {
         name: String,
@@ -277,6 +279,12 @@ impl ModelHost {
             .unwrap_or_default()
     }
 
+    /// Every version in service, by name then version.
+    pub fn loaded_all(&self) -> Vec<Arc<LoadedVersion>> {
+        let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+        loaded.values().flat_map(|v| v.values().cloned()).collect()
+    }
+
     /// Every version in the repository or in service.
     pub fn status(&self) -> Result<Vec<VersionStatus>, RepositoryError> {
         let on_disk = self.repository.scan()?;
@@ -322,6 +330,50 @@ impl ModelHost {
         let built = self.build_off_runtime(entry).await?;
         self.insert(built);
         Ok(LoadOutcome::Loaded)
+    }
+
+    /// Loads every version of a model that is in the repository and not in
+    /// service (Triton's repository `load` of a whole model, under a
+    /// version policy of "all"); versions already in service stay as they
+    /// are. Returns the versions it loaded. Stops at the first failure,
+    /// keeping the versions loaded before it.
+    pub async fn load_model(self: &Arc<Self>, name: &str) -> Result<Vec<u64>, AdminError> {
+        super::repository::validate_name(name)?;
+        let entries: Vec<Entry> = self
+            .repository
+            .scan()?
+            .into_iter()
+            .filter(|e| e.name == name)
+            .collect();
+        if entries.is_empty() {
+            return Err(AdminError::NoVersions {
+                name: name.to_owned(),
+                repository: self.repository.root().to_path_buf(),
+            });
+        }
+        let mut loaded = Vec::new();
+        for e in entries {
+            if self.load(name, e.version).await? == LoadOutcome::Loaded {
+                loaded.push(e.version);
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Takes every version of a model out of service (Triton's repository
+    /// `unload`); returns the versions it unloaded, none if none was in
+    /// service.
+    pub async fn unload_model(&self, name: &str) -> Result<Vec<u64>, AdminError> {
+        let mut unloaded = Vec::new();
+        for version in self.loaded_versions(name) {
+            match self.unload(name, version).await {
+                Ok(()) => unloaded.push(version),
+                // Unloaded by another call meanwhile.
+                Err(AdminError::NotLoaded { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(unloaded)
     }
 
     /// Reads a version's file again and swaps the new sessions in. Requests
@@ -394,7 +446,11 @@ impl ModelHost {
         }
         let signature = Arc::new(signature);
         let name: Arc<str> = entry.name.as_str().into();
-        let metrics = self.metrics.version(&entry.name, entry.version);
+        let metrics = self.metrics.version(
+            &entry.name,
+            entry.version,
+            self.config.batching.max_batch_size,
+        );
         let pool = Pool::start(
             PoolSpec {
                 model: name.clone(),

@@ -14,6 +14,8 @@
 //!   sessions that run the batches.
 //! - [`host`]: which versions are in service; load, unload, reload.
 //! - [`metrics`]: per model and version Prometheus metrics.
+//! - [`stats`]: per version Triton-style inference statistics (counts and
+//!   nanoseconds per phase and batch size).
 //! - [`kserve`]: the KServe v2 request and response bodies (JSON and the
 //!   binary tensor extension), decoded into and encoded from [`Tensor`]s.
 //!
@@ -32,6 +34,7 @@ mod pool;
 pub mod repository;
 pub mod runtime;
 pub mod signature;
+pub mod stats;
 pub mod tensor;
 
 pub use batching::BatchConfig;

@@ -12,7 +12,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use std::sync::Arc;
+
 use abmesh_common::metrics::Register;
+
+use crate::stats::InferStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
@@ -65,6 +69,9 @@ pub struct VersionMetrics {
     /// Rows per run (the merged batch size).
     pub batch_size: Histogram,
     pub loaded: Gauge,
+    /// Triton-style statistics of this loaded version (`crate::stats`);
+    /// unlike the Prometheus handles, new for every load.
+    pub stats: Arc<InferStats>,
 }
 
 impl VersionMetrics {
@@ -135,8 +142,9 @@ impl HostMetrics {
         m
     }
 
-    /// Resolves the handles for one version.
-    pub fn version(&self, model: &str, version: u64) -> VersionMetrics {
+    /// Resolves the handles for one version; `max_batch_size` sizes the
+    /// lock-free part of its statistics' batch table.
+    pub fn version(&self, model: &str, version: u64, max_batch_size: usize) -> VersionMetrics {
         let labels = VersionLabels {
             model: model.to_owned(),
             version: version.to_string(),
@@ -162,6 +170,7 @@ impl HostMetrics {
             compute_time: self.compute_time.get_or_create(&labels).clone(),
             batch_size: self.batch_size.get_or_create(&labels).clone(),
             loaded: self.loaded.get_or_create(&labels).clone(),
+            stats: Arc::new(InferStats::new(max_batch_size)),
         }
     }
 }

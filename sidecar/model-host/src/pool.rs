@@ -44,6 +44,7 @@ use super::datatype::DataType;
 use super::error::InferError;
 use super::metrics::VersionMetrics;
 use super::signature::{Prepared, Signature};
+use super::stats::RunTimes;
 use super::tensor::{OutputTensor, Tensor};
 
 /// The outputs of one request.
@@ -358,11 +359,9 @@ impl Core {
     fn run_jobs(&self, slot: &mut Slot, jobs: Vec<Job>) {
         let started = Instant::now();
         for job in &jobs {
-            self.metrics.queue_time.observe(
-                started
-                    .saturating_duration_since(job.enqueued)
-                    .as_secs_f64(),
-            );
+            let waited = started.saturating_duration_since(job.enqueued);
+            self.metrics.queue_time.observe(waited.as_secs_f64());
+            self.metrics.stats.queued(waited);
         }
         self.running.fetch_add(1, Ordering::SeqCst);
         self.run_batch(slot, jobs);
@@ -421,6 +420,7 @@ impl Core {
         slot: &mut Slot,
         requests: &[&Prepared],
     ) -> Result<Vec<Vec<OutputTensor>>, RunError> {
+        let assembling = Instant::now();
         let merged = requests.len() > 1;
         let rows: usize = requests.iter().map(|r| r.rows.unwrap_or(1)).sum();
 
@@ -452,6 +452,7 @@ impl Core {
         let started = Instant::now();
         let outputs = slot.session.run(SessionInputs::from(values.as_slice()))?;
         let elapsed = started.elapsed();
+        let splitting = Instant::now();
         self.record_run(elapsed, rows);
         self.metrics.compute_time.observe(elapsed.as_secs_f64());
         self.metrics
@@ -509,6 +510,15 @@ impl Core {
             row += r_rows;
             per_request.push(out);
         }
+        self.metrics.stats.run(
+            requests.len(),
+            rows,
+            RunTimes {
+                input: started.saturating_duration_since(assembling),
+                infer: elapsed,
+                output: splitting.elapsed(),
+            },
+        );
         Ok(per_request)
     }
 }

@@ -8,7 +8,9 @@
 //!   `Authorization: Bearer TOKEN`, whatever its peer; without one the
 //!   listener must be on loopback (checked at startup).
 //! * **data plane** (`--listen`): KServe v2, `/v1/events`, `/v1/exposures`,
-//!   `/metrics`. `/admin/*` is a 404 here that says where it went. With
+//!   `/metrics`. `/admin/*` and Triton's model control
+//!   (`/v2/repository/models/{name}/load|unload`, served on the admin
+//!   listener) are a 404 here that says where they went. With
 //!   `--ingest-token-file`, every `/v1/*` request needs that token.
 //!
 //! A token is compared in constant time ([`subtle`]), and never logged or
@@ -20,6 +22,8 @@ use std::path::Path;
 use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, WWW_AUTHENTICATE};
 use http::{HeaderMap, StatusCode};
 use subtle::ConstantTimeEq;
+
+use abmesh_common::quote::clip;
 
 use crate::response::{ApiError, Response};
 
@@ -98,6 +102,12 @@ impl Token {
         format!("Bearer {}", String::from_utf8_lossy(&self.0))
     }
 
+    /// Whether an `Authorization` value (`Bearer TOKEN`) carries this
+    /// token: the gRPC listener's check of its `authorization` metadata.
+    pub fn authorizes(&self, authorization: &[u8]) -> bool {
+        bearer_token(authorization).is_some_and(|t| self.matches(t))
+    }
+
     /// Whether `presented` is this token. Constant time in the contents;
     /// only the length can be told apart, which is not secret enough to
     /// matter with tokens of 16 bytes or more.
@@ -153,7 +163,15 @@ impl Gate {
             }),
             Gate::Data { .. } if is_admin_path(path) => Some(
                 ApiError::not_found(format!(
-                    "no endpoint {path} on the data-plane listener: /admin/* is served on the admin listener (`abmesh serve --admin-listen`, default 127.0.0.1:8001)"
+                    "no endpoint {} on the data-plane listener: /admin/* is served on the admin listener (`abmesh serve --admin-listen`, default 127.0.0.1:8001)",
+                    clip(path)
+                ))
+                .into_response(),
+            ),
+            Gate::Data { .. } if is_model_control_path(path) => Some(
+                ApiError::not_found(format!(
+                    "no endpoint {} on the data-plane listener: model load and unload (/v2/repository/models/NAME/load|unload) are served on the admin listener (`abmesh serve --admin-listen`, default 127.0.0.1:8001), with its token when it has one",
+                    clip(path)
                 ))
                 .into_response(),
             ),
@@ -188,6 +206,15 @@ fn first_segment(path: &str) -> &str {
 
 fn is_admin_path(path: &str) -> bool {
     first_segment(path) == "admin"
+}
+
+/// `/v2/repository/models/...` (Triton's model control), read as the
+/// router reads paths (empty segments skipped).
+fn is_model_control_path(path: &str) -> bool {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    segments.next() == Some("v2")
+        && segments.next() == Some("repository")
+        && segments.next() == Some("models")
 }
 
 fn is_ingest_path(path: &str) -> bool {
@@ -379,7 +406,23 @@ mod tests {
                     .expect("404");
                 assert_eq!(r.status(), StatusCode::NOT_FOUND, "{p}");
             }
-            for p in ["/v2/health/ready", "/metrics", "/administrator"] {
+            for p in [
+                "/v2/repository/models/m/load",
+                "//v2/repository//models/m/unload",
+                "/v2/repository/models/m/unload/",
+            ] {
+                let r = gate
+                    .check(p, &headers(&["Bearer ingest-0123456789"]))
+                    .expect("404");
+                assert_eq!(r.status(), StatusCode::NOT_FOUND, "{p}");
+            }
+            for p in [
+                "/v2/health/ready",
+                "/metrics",
+                "/administrator",
+                "/v2/repository/index",
+                "/v2/models/m/stats",
+            ] {
                 assert!(gate.check(p, &headers(&[])).is_none(), "{p}");
             }
         }

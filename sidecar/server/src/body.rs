@@ -441,6 +441,102 @@ pub async fn read_limited(
     })
 }
 
+/// A request body that is streamed to its consumer rather than read whole
+/// here (the gRPC listener's: tonic reads the message itself), held to the
+/// same rules as [`read_limited`]'s bodies: each data frame counts against
+/// the shared budget as it arrives (the bytes are given back when the body
+/// is dropped), and the body must have arrived whole within the read
+/// timeout of its headers. Either failure ends the body with an error
+/// (tonic answers the call with an error status), so a slow or stalled
+/// client holds neither memory nor a stream past the deadline.
+pub struct Metered<B> {
+    inner: B,
+    reservation: Reservation,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    timeout: Duration,
+}
+
+/// Why a [`Metered`] body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum MeteredError {
+    #[error("the request did not arrive within {} s of its headers; send it faster, or raise --body-read-timeout", .0.as_secs_f64())]
+    Timeout(Duration),
+    #[error("the server holds as many request-body bytes as it may ({0} bytes across all connections, --body-bytes-in-flight); retry in a moment")]
+    OverBudget(usize),
+}
+
+impl<B> Metered<B> {
+    /// A body whose headers were read now, under `bodies`' deadline and
+    /// budget.
+    pub fn new(inner: B, bodies: &Bodies) -> Metered<B> {
+        Metered {
+            inner,
+            reservation: Reservation {
+                in_flight: Some(bodies.in_flight.clone()),
+                bytes: 0,
+            },
+            deadline: Some(Box::pin(tokio::time::sleep(bodies.read_timeout))),
+            timeout: bodies.read_timeout,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for Metered<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Some(deadline) = &mut this.deadline {
+            if std::future::Future::poll(deadline.as_mut(), cx).is_ready() {
+                this.deadline = None;
+                this.reservation.release();
+                if let Some(b) = &this.reservation.in_flight {
+                    b.0.metrics.timeouts.inc();
+                }
+                return Poll::Ready(Some(Err(MeteredError::Timeout(this.timeout).into())));
+            }
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                if !this.reservation.grow(n) {
+                    this.reservation.release();
+                    let cap = this.reservation.in_flight.as_ref().map_or(0, |b| {
+                        b.0.metrics.over_budget.inc();
+                        b.cap()
+                    });
+                    return Poll::Ready(Some(Err(MeteredError::OverBudget(cap).into())));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                // Arrived whole: the deadline no longer applies.
+                this.deadline = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -779,5 +875,66 @@ mod tests {
             let _ = tokio::time::timeout(Duration::from_secs(1), fut).await;
         });
         assert_eq!(b.in_flight().used(), 0);
+    }
+
+    /// Streamed (gRPC) bodies: counted as they arrive and given back when
+    /// dropped; over the budget or past the deadline they end with an
+    /// error.
+    #[test]
+    fn metered_bodies_follow_the_budget_and_the_deadline() {
+        let rt = rt();
+        let b = bodies(60, 8);
+        rt.block_on(async {
+            let mut m = Metered::new(
+                Chunks {
+                    chunks: vec![b"abc".to_vec(), b"de".to_vec()].into(),
+                    end: End::Done,
+                },
+                &b,
+            );
+            let f = m.frame().await.unwrap().unwrap();
+            assert_eq!(f.data_ref().map(Bytes::len), Some(3));
+            assert_eq!(b.in_flight().used(), 3);
+            m.frame().await.unwrap().unwrap();
+            assert_eq!(b.in_flight().used(), 5);
+            assert!(m.frame().await.is_none());
+            drop(m);
+            assert_eq!(
+                b.in_flight().used(),
+                0,
+                "dropping the body gives the bytes back"
+            );
+
+            let mut m = Metered::new(
+                Chunks {
+                    chunks: vec![b"abcdef".to_vec(), b"ghi".to_vec()].into(),
+                    end: End::Done,
+                },
+                &b,
+            );
+            m.frame().await.unwrap().unwrap();
+            let e = m.frame().await.unwrap().unwrap_err().to_string();
+            assert!(e.contains("--body-bytes-in-flight"), "{e}");
+            assert_eq!(b.in_flight().used(), 0);
+
+            let started = Instant::now();
+            let mut m = Metered::new(
+                Trickle {
+                    left: 1000,
+                    sleep: None,
+                },
+                &b,
+            );
+            let e = loop {
+                match m.frame().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break e.to_string(),
+                    None => panic!("a trickle of 1000 s arrived within 60 s"),
+                }
+            };
+            assert!(e.contains("did not arrive within 60 s"), "{e}");
+            assert!(Instant::now() - started <= Duration::from_secs(61));
+            assert_eq!(b.in_flight().used(), 0);
+        });
     }
 }

@@ -15,6 +15,9 @@
 //! - [`ingest`]: the outcome log component ([`ingest::Ingest`]) and the
 //!   glue that puts the evaluation engine under the log.
 //! - [`serve`]: one listener's accept loop and graceful shutdown.
+//! - [`grpc`]: the KServe v2 / Triton gRPC service (`--grpc-listen`),
+//!   generated from `proto/` by `build.rs`, on the same state, served on
+//!   hyper's HTTP/2.
 //! - [`local`]: an in-process server of the outcome log and reports on
 //!   two loopback ports, for tests and tools.
 //! - [`webhook`]: notices of halts and alarms, POSTed out.
@@ -25,6 +28,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod grpc;
 pub mod handlers;
 pub mod ingest;
 pub mod local;

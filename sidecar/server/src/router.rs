@@ -402,6 +402,7 @@ mod tests {
         Router::new()
             .route(Method::GET, "/m/{name}", echo)
             .route(Method::GET, "/m/index", index)
+            .route(Method::GET, "/m/{name}/ready", echo)
             .route(Method::POST, "/m/{name}", sized)
             .route(Method::GET, "/panic", panics)
             .route(Method::POST, "/panic", panics_after_await)
@@ -433,6 +434,11 @@ mod tests {
         assert_eq!((s, v["name"].as_str()), (200, Some("a b")));
         let (_, v, _) = call(&r, Method::GET, "/m/index", b"").await;
         assert_eq!(v["pattern"], "literal");
+        // Past the literal, the parameter still matches: `/v2/models/stats`
+        // (the statistics) hides only a model named "stats"'s metadata,
+        // not its other routes.
+        let (s, v, _) = call(&r, Method::GET, "/m/index/ready", b"").await;
+        assert_eq!((s, v["name"].as_str()), (200, Some("index")), "{v}");
         let (s, v, _) = call(&r, Method::GET, "/m/a/b", b"").await;
         assert_eq!(s, 404);
         assert_eq!(v["error"], "no endpoint GET /m/a/b");

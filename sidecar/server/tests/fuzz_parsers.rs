@@ -8,6 +8,7 @@
 //! | exposures | `events::parse_exposures` | accepted ⇒ the body is JSON; every row's indexes point into the batch |
 //! | KServe JSON | `kserve::codec::decode_request(body, None)` (one-pass fast path, then the general decoder) | accepted ⇒ the body is JSON; each input has the bytes its shape needs; the fast path and the general decoder agree (a `"parameters":{}` member sends the same request past the fast path) |
 //! | KServe binary | `decode_request(body, Some(header length))` | accepted ⇒ the JSON header is JSON and the binary inputs use up the rest exactly |
+//! | gRPC ModelInfer | prost's decoding of a `ModelInferRequest`, then `grpc::tensors::decode_request` | accepted ⇒ each input has the bytes its shape and datatype need; the outputs asked for are the request's |
 //! | state merge | `Engine::validate_state`, then `Engine::merge_state` when it passes | none but "does not panic" (the format is the store's; the target takes any `fn(&[u8])`) |
 //!
 //! Bodies are arbitrary bytes, bytes over a JSON-ish alphabet, and valid
@@ -26,9 +27,12 @@ use abmesh_eval::ingest::{parse_exposures, parse_outcomes};
 use abmesh_model_host::kserve::codec::decode_request;
 use abmesh_model_host::kserve::request::DecodedRequest;
 use abmesh_model_host::Tensor;
+use abmesh_server::grpc::pb;
+use abmesh_server::grpc::tensors;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
+use prost::Message;
 use serde::de::IgnoredAny;
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
@@ -481,6 +485,96 @@ fn check_infer_binary(body: &[u8], header_length: &str) -> Result<(), TestCaseEr
     Ok(())
 }
 
+/// Encoded `ModelInferRequest`s that decode: raw contents, typed contents
+/// of several types, requested outputs.
+fn grpc_seeds() -> &'static [Vec<u8>] {
+    static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    SEEDS.get_or_init(|| {
+        use pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+        let input = |name: &str, datatype: &str, shape: &[i64], contents| InferInputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+            parameters: Default::default(),
+            contents,
+        };
+        let raw = pb::ModelInferRequest {
+            model_name: "scorer".into(),
+            model_version: "1".into(),
+            id: "r1".into(),
+            inputs: vec![
+                input("features", "FP32", &[2, 4], None),
+                input("mask", "BOOL", &[2], None),
+            ],
+            outputs: vec![InferRequestedOutputTensor {
+                name: "score".into(),
+                parameters: Default::default(),
+            }],
+            raw_input_contents: vec![vec![0x3f; 32], vec![1, 0]],
+            ..Default::default()
+        };
+        let typed = pb::ModelInferRequest {
+            model_name: "dtypes".into(),
+            inputs: vec![
+                input(
+                    "i8",
+                    "INT8",
+                    &[3],
+                    Some(pb::InferTensorContents {
+                        int_contents: vec![-128, 0, 127],
+                        ..Default::default()
+                    }),
+                ),
+                input(
+                    "u16",
+                    "UINT16",
+                    &[1, 2],
+                    Some(pb::InferTensorContents {
+                        uint_contents: vec![0, 65535],
+                        ..Default::default()
+                    }),
+                ),
+                input(
+                    "f64",
+                    "FP64",
+                    &[2],
+                    Some(pb::InferTensorContents {
+                        fp64_contents: vec![1.5, -0.0],
+                        ..Default::default()
+                    }),
+                ),
+                input(
+                    "i64",
+                    "INT64",
+                    &[0, 5],
+                    Some(pb::InferTensorContents::default()),
+                ),
+            ],
+            ..Default::default()
+        };
+        vec![raw.encode_to_vec(), typed.encode_to_vec()]
+    })
+}
+
+fn check_grpc_infer(body: &[u8]) -> Result<(), TestCaseError> {
+    let Ok(req) = pb::ModelInferRequest::decode(body) else {
+        return Ok(());
+    };
+    let wanted: Vec<String> = req.outputs.iter().map(|o| o.name.clone()).collect();
+    let decoded = catch_unwind(AssertUnwindSafe(|| tensors::decode_request(req)))
+        .map_err(|_| TestCaseError::fail(format!("panicked on {body:?}")))?;
+    let Ok((inputs, outputs)) = decoded else {
+        return Ok(());
+    };
+    for i in &inputs {
+        let t = &i.tensor;
+        let n = Tensor::element_count(&t.shape);
+        prop_assert_eq!(n.map(|n| n * t.datatype.size()), Some(t.data.len()));
+    }
+    prop_assert_eq!(outputs.unwrap_or_default(), wanted);
+    Ok(())
+}
+
 /// A parser with no oracle: it must return, whatever it returns.
 fn must_not_panic(parse: impl Fn(&[u8]), body: &[u8]) -> Result<(), TestCaseError> {
     match catch_unwind(AssertUnwindSafe(|| parse(body))) {
@@ -628,6 +722,25 @@ proptest! {
     }
 
     #[test]
+    fn grpc_infer(
+        seed in any::<Index>(),
+        mutations in prop_oneof![Just(Vec::new()), mutations()],
+        random in vec(any::<u8>(), 0..200),
+        use_random in prop::bool::weighted(0.2),
+    ) {
+        let body = if use_random {
+            random
+        } else {
+            let mut body = seed.get(grpc_seeds()).clone();
+            for m in &mutations {
+                apply(&mut body, m);
+            }
+            body
+        };
+        check_grpc_infer(&body)?;
+    }
+
+    #[test]
     fn state_merge(
         seed in any::<Index>(),
         mutations in prop_oneof![Just(Vec::new()), mutations()],
@@ -668,6 +781,10 @@ fn seeds_are_accepted() {
         body.resize(json.len() + need, 7);
         decode_request(&body, Some(&json.len().to_string()))
             .unwrap_or_else(|e| panic!("{json}: {e}"));
+    }
+    for s in grpc_seeds() {
+        let req = pb::ModelInferRequest::decode(s.as_slice()).unwrap();
+        tensors::decode_request(req).unwrap();
     }
     for s in state_seeds() {
         Engine::validate_state(s).unwrap();

@@ -6,6 +6,8 @@
 //!   extension (`Inference-Header-Content-Length`) that `tritonclient` uses;
 //!   `fast`: the common JSON request in one pass.
 //! - [`request`]: what both decoders produce.
+//! - [`triton`]: Triton's extensions its clients call: model configuration,
+//!   repository index, statistics.
 //!
 //! The HTTP endpoints on top of this and the model host are
 //! `abmesh-server`'s (`handlers::kserve`).
@@ -14,4 +16,5 @@ pub mod codec;
 mod fast;
 pub mod json;
 pub mod request;
+pub mod triton;
 pub mod types;

@@ -33,16 +33,23 @@ use crate::router::{HandlerResult, Request};
 use crate::state::AppState;
 
 /// Extensions of the protocol this server implements, as `GET /v2` lists
-/// them.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+/// them: the binary tensor extension, and Triton's model configuration,
+/// model repository (index on the data plane; load and unload on the admin
+/// listener) and statistics (`handlers::triton`).
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+];
 
-fn host(state: &AppState) -> Result<&Arc<ModelHost>, ApiError> {
+pub(crate) fn host(state: &AppState) -> Result<&Arc<ModelHost>, ApiError> {
     state.models().ok_or_else(|| {
         ApiError::not_found("this server hosts no models (start it with --models DIR)")
     })
 }
 
-fn lookup(
+pub(crate) fn lookup(
     req: &Request,
     state: &AppState,
     versioned: bool,
@@ -65,15 +72,7 @@ pub async fn live(_: Request, _: AppState) -> HandlerResult {
 /// would get a 503 until a restart). `/v2/health/live` stays 200 in both
 /// cases: the process is alive and still serves reports and models.
 pub async fn ready(_: Request, state: AppState) -> HandlerResult {
-    let reason = if state.models().is_some_and(|h| !h.is_ready()) {
-        Some("the model host is shutting down".to_owned())
-    } else {
-        state
-            .get::<Ingest>()
-            .and_then(|i| i.store.failure().map(str::to_owned))
-            .map(|e| format!("the outcome log refuses writes until a restart: {e}"))
-    };
-    Ok(match reason {
+    Ok(match not_ready(&state) {
         None => response::json(&Readiness {
             name: None,
             ready: true,
@@ -83,6 +82,19 @@ pub async fn ready(_: Request, state: AppState) -> HandlerResult {
             &serde_json::json!({ "ready": false, "reason": reason }),
         ),
     })
+}
+
+/// Why the service is not ready (see [`ready`]); `None` when it is. The
+/// gRPC `ServerReady` answers the same.
+pub(crate) fn not_ready(state: &AppState) -> Option<String> {
+    if state.models().is_some_and(|h| !h.is_ready()) {
+        Some("the model host is shutting down".to_owned())
+    } else {
+        state
+            .get::<Ingest>()
+            .and_then(|i| i.store.failure().map(str::to_owned))
+            .map(|e| format!("the outcome log refuses writes until a restart: {e}"))
+    }
 }
 
 pub async fn server_metadata(_: Request, _: AppState) -> HandlerResult {
@@ -159,7 +171,9 @@ async fn infer(mut req: Request, state: AppState, versioned: bool) -> HandlerRes
     let metrics = model.metrics();
     metrics.requests.inc();
     let result = run_infer(&mut req, &state, &model).await;
-    metrics.latency.observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    metrics.latency.observe(elapsed.as_secs_f64());
+    metrics.stats.request(result.is_ok(), elapsed);
     if let Err(e) = &result {
         metrics.error(match e.status() {
             s if s.is_server_error() && s != StatusCode::SERVICE_UNAVAILABLE => ErrorKind::internal,

@@ -3,6 +3,8 @@
 //!
 //! - [`kserve`]: the KServe v2 protocol (health, metadata, inference) on
 //!   top of the model host;
+//! - [`triton`]: Triton's extensions (model configuration, repository
+//!   index, load and unload, statistics);
 //! - [`models`]: `/admin/models/...`, loading and unloading versions;
 //! - [`metrics`]: the `/metrics` endpoint;
 //! - [`events`]: the outcome log: ingestion, state export and merge,
@@ -17,3 +19,4 @@ pub mod kserve;
 pub mod metrics;
 pub mod models;
 pub mod reports;
+pub mod triton;

@@ -38,11 +38,11 @@ fn target(req: &Request) -> Result<(String, u64), ApiError> {
     Ok((name.to_owned(), version))
 }
 
-fn admin_error(e: AdminError) -> ApiError {
+pub(crate) fn admin_error(e: AdminError) -> ApiError {
     let status = match &e {
-        AdminError::Repository(RepositoryError::Missing { .. }) | AdminError::NotLoaded { .. } => {
-            StatusCode::NOT_FOUND
-        }
+        AdminError::Repository(RepositoryError::Missing { .. })
+        | AdminError::NotLoaded { .. }
+        | AdminError::NoVersions { .. } => StatusCode::NOT_FOUND,
         AdminError::Repository(
             RepositoryError::InvalidName(_) | RepositoryError::InvalidVersion(_),
         ) => StatusCode::BAD_REQUEST,
