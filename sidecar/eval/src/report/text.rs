@@ -130,10 +130,12 @@ fn metric(o: &mut String, m: &MetricReport, alpha: f64) {
             Stat::Ok(r) => {
                 let _ = writeln!(
                     o,
-                    "    lift {}{adjusted} ({level} CI {} to {}), p {} (Holm {})",
+                    "    lift {}{adjusted} ({level} CI {} to {}), {}p {} (Holm {})",
                     pct(r.estimate),
                     pct(r.ci_low),
                     pct(r.ci_high),
+                    // The fixed-horizon test (Welch) is not adjusted.
+                    if c.cuped_adjusted { "unadjusted " } else { "" },
                     p(c.p_value),
                     p(c.p_value_holm)
                 );
