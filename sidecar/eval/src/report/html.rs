@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 
 use plotters::prelude::*;
 
-use super::model::{pct, Comparison, HaltedBy, LiftPoint, MetricReport, Report, Stat};
+use super::model::{
+    pct, Comparison, HaltedBy, Interval, LiftPoint, MetricReport, Report, SequentialOut, Stat,
+};
 use super::ListEntry;
 use abmesh_stats::guardrail::CheckStatus;
 
@@ -291,9 +293,14 @@ fn metric_section(h: &mut String, m: &MetricReport, level: &str, target: f64) {
             h,
             "<figure class=lift-chart data-metric=\"{}\">{svg}<figcaption class=muted>Cumulative relative lift of {} among the users exposed by each time, \
              with its always-valid {level} interval (valid at every point at once, so it is safe to watch continuously). \
-             The tables give the fixed-horizon intervals of the current result.</figcaption></figure>",
+             The tables give the fixed-horizon intervals of the current result.{}</figcaption></figure>",
             escape_html(&m.name),
-            escape_html(&m.name)
+            escape_html(&m.name),
+            if m.comparisons.iter().any(|c| c.cuped_adjusted) {
+                " The lift is CUPED-adjusted by the users' covariate."
+            } else {
+                ""
+            }
         );
     }
 }
@@ -302,17 +309,30 @@ fn comparison_row(h: &mut String, m: &MetricReport, c: &Comparison) {
     let abs = stat_cell(&c.absolute, |i| {
         format!("{:+.4} [{:+.4}, {:+.4}]", i.estimate, i.ci_low, i.ci_high)
     });
-    let rel = stat_cell(&c.relative, |i| {
+    let interval = |i: &Interval| {
         format!(
             "{} [{}, {}]",
             pct(i.estimate),
             pct(i.ci_low),
             pct(i.ci_high)
         )
-    });
-    let seq = stat_cell(&c.sequential, |q| {
-        format!("[{}, {}]", pct(q.ci_low), pct(q.ci_high))
-    });
+    };
+    let band = |q: &SequentialOut| format!("[{}, {}]", pct(q.ci_low), pct(q.ci_high));
+    let mut rel = stat_cell(&c.relative, interval);
+    let mut seq = stat_cell(&c.sequential, band);
+    if let Some(u) = &c.unadjusted {
+        // The decision's (adjusted) figures first, the unadjusted below.
+        let _ = write!(
+            rel,
+            " <span class=muted>CUPED-adjusted; unadjusted {}</span>",
+            stat_cell(&u.relative, interval)
+        );
+        let _ = write!(
+            seq,
+            " <span class=muted>CUPED-adjusted; unadjusted {}</span>",
+            stat_cell(&u.sequential, band)
+        );
+    }
     let seq_p = stat_cell(&c.sequential, |q| p(Some(q.p_value)));
     let _ = write!(
         h,

@@ -9,6 +9,28 @@
 //! users carry covariates; chance to beat control; MDE and power at the
 //! current sample; and the cumulative lift over time.
 //!
+//! # CUPED in the lift
+//!
+//! When a value metric has covariates, the relative lift, its interval, the
+//! always-valid interval, the chart and so the decision are CUPED-adjusted:
+//! kind `cuped_lift` of `sidecar/stats/README.md` ([`cuped_lift`], θ pooled
+//! over both arms, the adjusted difference over the control's unadjusted
+//! mean), with the confidence sequence on its standard error. The
+//! adjustment removes the share of the variance the covariate explains, so
+//! the same users give a narrower interval and an earlier decision, and the
+//! estimator stays unbiased. The unadjusted lift stays in
+//! [`Comparison::unadjusted`]; conversions are not adjusted (they keep the
+//! proportion tests), and neither are the fixed-horizon absolute test, the
+//! chance to beat control and the MDE (the `cuped` block gives the adjusted
+//! absolute difference).
+//!
+//! # One variance for conversions
+//!
+//! Conversions use p(1 − p) ([`abmesh_stats::bernoulli_variance`], the
+//! Bernoulli population variance, as gbstats does) in every interval: the
+//! relative lift and the sequential interval (a [`Proportion`] read as a
+//! group) and the absolute Wald interval of [`two_proportion`].
+//!
 //! # The decision
 //!
 //! Made on the primary metric with the *sequential* results, because
@@ -36,8 +58,9 @@ use super::data::{ExperimentData, MetricData};
 use super::settings::Settings;
 use crate::aggregate::{Halt, HaltSource, MetricSums};
 use abmesh_stats::guardrail::Check;
+use abmesh_stats::sequential::confidence_sequence;
 use abmesh_stats::{
-    chance_to_beat, cuped, holm, mde_at, mde_proportions, power_at, relative_lift,
+    chance_to_beat, cuped, cuped_lift, holm, mde_at, mde_proportions, power_at, relative_lift,
     sample_size_means, sample_size_proportions, sequential, srm, two_proportion, welch_t,
     BetaPrior, CoMoments, Moments, Proportion, SequentialParams, SRM_ALERT_P,
 };
@@ -309,6 +332,14 @@ pub struct LiftPoint {
     pub seq_high: f64,
 }
 
+/// The relative lift and its always-valid interval without CUPED, shown
+/// next to the adjusted ones.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unadjusted {
+    pub relative: Stat<Interval>,
+    pub sequential: Stat<SequentialOut>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
     pub variant: String,
@@ -322,6 +353,14 @@ pub struct Comparison {
     pub p_value_holm: Option<f64>,
     /// Always-valid interval and p-value of the relative lift.
     pub sequential: Stat<SequentialOut>,
+    /// Whether `relative`, `sequential`, `series` (and so the decision) are
+    /// CUPED-adjusted: a value metric with covariates. The variance the
+    /// adjustment removed is `cuped.variance_reduction`.
+    pub cuped_adjusted: bool,
+    /// When `cuped_adjusted`: the same relative lift and always-valid
+    /// interval without the adjustment, for comparison (None otherwise).
+    pub unadjusted: Option<Unadjusted>,
+    /// The CUPED absolute difference (None: the metric has no covariates).
     pub cuped: Option<Stat<CupedOut>>,
     /// P(treatment better than control): exact Beta-binomial (uniform
     /// prior) for conversions, normal approximation for values.
@@ -354,17 +393,97 @@ fn comoments(n: i64, s: &MetricSums) -> Result<CoMoments, abmesh_stats::StatsErr
     )
 }
 
+/// How a comparison's relative lift is estimated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LiftKind {
+    /// Delta-method lift of the conversion rates (variance p(1 − p)).
+    Conversion,
+    /// Delta-method lift of the means per user.
+    Value,
+    /// `cuped_lift` of a value metric with covariates.
+    Cuped,
+}
+
+impl LiftKind {
+    fn of(conversion: bool, has_covariate: bool) -> LiftKind {
+        match (conversion, has_covariate) {
+            (true, _) => LiftKind::Conversion,
+            (false, true) => LiftKind::Cuped,
+            (false, false) => LiftKind::Value,
+        }
+    }
+
+    /// The same without CUPED.
+    fn unadjusted(self) -> LiftKind {
+        match self {
+            LiftKind::Cuped => LiftKind::Value,
+            k => k,
+        }
+    }
+}
+
+/// The CUPED relative lift (kind `cuped_lift`) with its fixed-horizon
+/// interval, on the report's sign convention: `cuped_lift` divides by the
+/// signed control mean, the report's lifts by its magnitude (a move from
+/// −10 to −9 is +10 %), so a negative baseline flips the estimate and
+/// swaps the interval's ends; the se is the same.
+fn cuped_relative(
+    nc: i64,
+    c: &MetricSums,
+    nt: i64,
+    t: &MetricSums,
+    alpha: f64,
+) -> Result<Interval, abmesh_stats::StatsError> {
+    let (a, b) = (comoments(nc, c)?, comoments(nt, t)?);
+    let r = cuped_lift(&a, &b, alpha, true)?;
+    let i = Interval {
+        estimate: r.estimate,
+        se: r.se,
+        ci_low: r.ci_low,
+        ci_high: r.ci_high,
+    };
+    Ok(if a.y().mean() < 0.0 {
+        Interval {
+            estimate: -i.estimate,
+            se: i.se,
+            ci_low: -i.ci_high,
+            ci_high: -i.ci_low,
+        }
+    } else {
+        i
+    })
+}
+
 /// The relative lift's sequential look (estimate and always-valid
-/// interval) from one pair of groups: cheap (no t quantile), so it can be
-/// computed at every chart point.
+/// interval) from one pair of groups, so it can be computed at every chart
+/// point; CUPED-adjusted for [`LiftKind::Cuped`] (the confidence sequence
+/// on the adjusted estimate and se, N = both arms' users).
 fn seq_point(
-    conversion: bool,
+    kind: LiftKind,
     nc: i64,
     c: &MetricSums,
     nt: i64,
     t: &MetricSums,
     s: &Settings,
 ) -> Result<(f64, SequentialOut), abmesh_stats::StatsError> {
+    let conversion = match kind {
+        LiftKind::Conversion => true,
+        LiftKind::Value => false,
+        LiftKind::Cuped => {
+            let r = cuped_relative(nc, c, nt, t, s.alpha)?;
+            let n_total = (nc.max(0) + nt.max(0)) as f64;
+            let (half, p_value) =
+                confidence_sequence(r.estimate, r.se, n_total, s.alpha, s.n_star)?;
+            return Ok((
+                r.estimate,
+                SequentialOut {
+                    ci_low: r.estimate - half,
+                    ci_high: r.estimate + half,
+                    p_value,
+                },
+            ));
+        }
+    };
     let params = SequentialParams {
         alpha: s.alpha,
         n_star: s.n_star,
@@ -386,19 +505,22 @@ fn seq_point(
     ))
 }
 
-/// The relative lift with its fixed-horizon interval.
+/// The relative lift with its fixed-horizon interval (CUPED-adjusted for
+/// [`LiftKind::Cuped`]).
 fn relative(
-    conversion: bool,
+    kind: LiftKind,
     nc: i64,
     c: &MetricSums,
     nt: i64,
     t: &MetricSums,
     s: &Settings,
 ) -> Result<Interval, abmesh_stats::StatsError> {
-    let r = if conversion {
-        relative_lift(&proportion(nc, c), &proportion(nt, t), s.alpha)
-    } else {
-        moments(nc, c).and_then(|a| moments(nt, t).and_then(|b| relative_lift(&a, &b, s.alpha)))
+    let r = match kind {
+        LiftKind::Cuped => return cuped_relative(nc, c, nt, t, s.alpha),
+        LiftKind::Conversion => relative_lift(&proportion(nc, c), &proportion(nt, t), s.alpha),
+        LiftKind::Value => {
+            moments(nc, c).and_then(|a| moments(nt, t).and_then(|b| relative_lift(&a, &b, s.alpha)))
+        }
     }?;
     Ok(Interval {
         estimate: r.lift,
@@ -826,8 +948,17 @@ fn comparison(
         }));
         ("welch_t", absolute, w.ok().map(|r| r.p_value), chance, mde)
     };
-    let relative = Stat::from(relative(conversion, nc, sc, nt, st, s));
-    let seq = Stat::from(seq_point(conversion, nc, sc, nt, st, s).map(|x| x.1));
+    let kind = LiftKind::of(conversion, has_covariate);
+    let cuped_adjusted = kind == LiftKind::Cuped;
+    let unadjusted = cuped_adjusted.then(|| {
+        let plain = kind.unadjusted();
+        Unadjusted {
+            relative: Stat::from(relative(plain, nc, sc, nt, st, s)),
+            sequential: Stat::from(seq_point(plain, nc, sc, nt, st, s).map(|x| x.1)),
+        }
+    });
+    let relative = Stat::from(relative(kind, nc, sc, nt, st, s));
+    let seq = Stat::from(seq_point(kind, nc, sc, nt, st, s).map(|x| x.1));
     let cuped_out = has_covariate.then(|| {
         Stat::from(
             comoments(nc, sc)
@@ -849,8 +980,7 @@ fn comparison(
         .iter()
         .filter_map(|p| {
             let (nc, nt) = (p.users[c], p.users[t]);
-            let (lift, q) =
-                seq_point(conversion, nc, &p.sums[mi][c], nt, &p.sums[mi][t], s).ok()?;
+            let (lift, q) = seq_point(kind, nc, &p.sums[mi][c], nt, &p.sums[mi][t], s).ok()?;
             Some(LiftPoint {
                 t_ms: p.t_ms,
                 users_control: nc,
@@ -869,6 +999,8 @@ fn comparison(
         p_value,
         p_value_holm: None,
         sequential: seq,
+        cuped_adjusted,
+        unadjusted,
         cuped: cuped_out,
         chance_to_beat_control: chance,
         mde,
@@ -1089,9 +1221,16 @@ impl<'m> Looks<'m> {
         })
     }
 
-    fn interval(&self, q: &SequentialOut) -> String {
+    /// `always-valid 95% interval +1.00% to +3.00%`, saying when the lift
+    /// is CUPED-adjusted.
+    fn interval(&self, c: &Comparison, q: &SequentialOut) -> String {
         format!(
-            "always-valid {} interval {} to {}",
+            "{}always-valid {} interval {} to {}",
+            if c.cuped_adjusted {
+                "CUPED-adjusted, "
+            } else {
+                ""
+            },
             self.level,
             pct(q.ci_low),
             pct(q.ci_high)
@@ -1117,7 +1256,7 @@ impl<'m> Looks<'m> {
                 self.what,
                 pct(r.estimate),
                 control,
-                self.interval(q)
+                self.interval(c, q)
             ),
             metric: Some(self.m.name.clone()),
             variant: Some(c.variant.clone()),
@@ -1143,7 +1282,7 @@ impl<'m> Looks<'m> {
                 c.variant,
                 self.what,
                 pct(r.estimate),
-                self.interval(q)
+                self.interval(c, q)
             ),
             metric: Some(self.m.name.clone()),
             variant: Some(c.variant.clone()),
@@ -1164,7 +1303,19 @@ impl<'m> Looks<'m> {
         let parts: Vec<String> = self
             .seqs
             .iter()
-            .map(|(c, q, _)| format!("{} {} to {}", c.variant, pct(q.ci_low), pct(q.ci_high)))
+            .map(|(c, q, _)| {
+                format!(
+                    "{} {} to {}{}",
+                    c.variant,
+                    pct(q.ci_low),
+                    pct(q.ci_high),
+                    if c.cuped_adjusted {
+                        " CUPED-adjusted"
+                    } else {
+                        ""
+                    }
+                )
+            })
             .collect();
         Some(Decision {
             decision: DecisionKind::Inconclusive,
@@ -1189,7 +1340,7 @@ impl<'m> Looks<'m> {
             self.what,
             c.variant,
             pct(r.estimate),
-            self.interval(q)
+            self.interval(c, q)
         );
         if let Some(mde) = c.mde.ok() {
             reason.push_str(&format!(

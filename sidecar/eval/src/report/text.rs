@@ -121,21 +121,47 @@ fn metric(o: &mut String, m: &MetricReport, alpha: f64) {
     let level = format!("{:.0}%", (1.0 - alpha) * 100.0);
     for c in &m.comparisons {
         let _ = writeln!(o, "  {} vs control:", c.variant);
+        let adjusted = if c.cuped_adjusted {
+            " CUPED-adjusted"
+        } else {
+            ""
+        };
         match &c.relative {
             Stat::Ok(r) => {
                 let _ = writeln!(
                     o,
-                    "    lift {} ({level} CI {} to {}), p {} (Holm {})",
+                    "    lift {}{adjusted} ({level} CI {} to {}), {}p {} (Holm {})",
                     pct(r.estimate),
                     pct(r.ci_low),
                     pct(r.ci_high),
+                    // The fixed-horizon test (Welch) is not adjusted.
+                    if c.cuped_adjusted { "unadjusted " } else { "" },
                     p(c.p_value),
                     p(c.p_value_holm)
                 );
             }
             Stat::Err { error } => {
-                let _ = writeln!(o, "    lift: {error}");
+                let _ = writeln!(o, "    lift{adjusted}: {error}");
             }
+        }
+        if let Some(u) = &c.unadjusted {
+            let mut line = match &u.relative {
+                Stat::Ok(r) => format!(
+                    "    unadjusted lift {} ({level} CI {} to {})",
+                    pct(r.estimate),
+                    pct(r.ci_low),
+                    pct(r.ci_high)
+                ),
+                Stat::Err { error } => format!("    unadjusted lift: {error}"),
+            };
+            if let Stat::Ok(q) = &u.sequential {
+                line.push_str(&format!(
+                    ", always-valid {} to {}",
+                    pct(q.ci_low),
+                    pct(q.ci_high)
+                ));
+            }
+            let _ = writeln!(o, "{line}");
         }
         if let Stat::Ok(a) = &c.absolute {
             let _ = writeln!(
@@ -147,7 +173,7 @@ fn metric(o: &mut String, m: &MetricReport, alpha: f64) {
         if let Stat::Ok(q) = &c.sequential {
             let _ = writeln!(
                 o,
-                "    always-valid interval {} to {}, sequential p {}",
+                "    always-valid interval{adjusted} {} to {}, sequential p {}",
                 pct(q.ci_low),
                 pct(q.ci_high),
                 p(Some(q.p_value))
