@@ -117,17 +117,18 @@ def perf(args, system, proc, protocol, url, model, version, concurrency, tmp):
            "--stability-percentage", str(args.stability), "--max-trials", str(args.max_trials),
            "-f", out_csv]
     stable = True
-    cpu0, t0 = tree_cpu(proc.pid), time.time()
+    cpu0, client0, t0 = tree_cpu(proc.pid), bench.children_cpu(), time.time()
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0 and "stable" in (run.stdout + run.stderr):
         # No three windows in a row within --stability % on this shared
         # box: measured again, taking whatever three windows give.
         stable = False
         cmd[cmd.index("--stability-percentage") + 1] = "100"
-        cpu0, t0 = tree_cpu(proc.pid), time.time()
+        cpu0, client0, t0 = tree_cpu(proc.pid), bench.children_cpu(), time.time()
         run = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
     cores = (tree_cpu(proc.pid) - cpu0) / wall
+    client_cores = (bench.children_cpu() - client0) / wall
     if run.returncode != 0:
         raise RuntimeError(f"perf_analyzer failed ({' '.join(cmd)}):\n{run.stdout}\n{run.stderr}")
     with open(out_csv) as f:
@@ -135,7 +136,7 @@ def perf(args, system, proc, protocol, url, model, version, concurrency, tmp):
     return {"system": system, "protocol": protocol, "concurrency": concurrency,
             "throughput": round(float(row["Inferences/Second"]), 1),
             "p50_us": int(row["p50 latency"]), "p99_us": int(row["p99 latency"]),
-            "server_cores": round(cores, 2), "stable": stable}
+            "server_cores": round(cores, 2), "client_cores": round(client_cores, 2), "stable": stable}
 
 
 def start_logged(cmd, env, log_path):
@@ -234,7 +235,7 @@ def suite(args, model, repo, tmp, triton_py, triton_libdir):
                         r["round"] = rnd
                         results.append(r)
                         print(f"  {name:6} {protocol:4} c={c:<3} {r['throughput']:9.0f} infer/s  p50 {r['p50_us']:7} us  "
-                              f"p99 {r['p99_us']:7} us  server {r['server_cores']} cores"
+                              f"p99 {r['p99_us']:7} us  server {r['server_cores']} cores, perf_analyzer {r['client_cores']} cores"
                               f"{'' if r['stable'] else '  (not stable within --stability)'}", flush=True)
                         if name == "abmesh" and c == top and protocol == "grpc":
                             wrk_runs.append(("live", bench.wrk(live_url, top, args.wrk_seconds, None, abmesh_proc.pid)))

@@ -15,9 +15,10 @@ needed for it to start at all:
 
 - LD_LIBRARY_PATH must hold the interpreter's own lib directory (perf.py
   sets it), or the Python backend stub loads Debian's libpython and dies;
-- TritonSecurityConfig(restricted_endpoints=[]): pytriton 0.7.0 restricts
-  some endpoints (model control, ...) to a token by default, and
-  perf_analyzer, which sends none, would be refused.
+- TritonSecurityConfig(restricted_endpoints=[]): pytriton 0.7.0 puts
+  shared-memory, model-repository, statistics, ... behind a generated
+  token by default, and perf_analyzer, which sends none and reads the
+  statistics, would be refused.
 
 With dynamic batching, Triton hands the function every request of a batch
 at once, concatenated along the batch axis (the @batch decorator); the
