@@ -199,7 +199,8 @@ def suite(args, model, repo, tmp, triton_py, triton_libdir):
             th, tg, tm = bench.free_port(), bench.free_port(), bench.free_port()
             cmd = [triton_py, os.path.join(HERE, "triton_peer.py"), "--model-file", model_file,
                    "--name", model, "--version", version, "--http-port", str(th), "--grpc-port", str(tg),
-                   "--metrics-port", str(tm), "--max-batch-size", "64"]
+                   "--metrics-port", str(tm), "--max-batch-size", "64",
+                   "--workspace", os.path.join(tmp, f"triton-workspace-{model}")]
             env = {**os.environ, "LD_LIBRARY_PATH": triton_libdir + os.pathsep + os.environ.get("LD_LIBRARY_PATH", "")}
             print(f"triton: {' '.join(cmd[1:])} (LD_LIBRARY_PATH={triton_libdir})", flush=True)
             log = os.path.join(tmp, f"triton-{model}.log")

@@ -27,6 +27,7 @@ intra-op thread, as abmesh and the FastAPI peer use.
 """
 
 import argparse
+import signal
 
 import numpy as np
 import onnxruntime as ort
@@ -47,7 +48,18 @@ def main():
     ap.add_argument("--grpc-port", type=int, required=True)
     ap.add_argument("--metrics-port", type=int, required=True)
     ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument("--workspace", default=None,
+                    help="pytriton's workspace (model store, sockets, a copy of tritonserver); "
+                         "default: a new one under ~/.cache/pytriton")
     args = ap.parse_args()
+
+    # perf.py stops the peer with SIGTERM: leave through the context
+    # manager, which stops tritonserver and the proxy and removes the
+    # workspace (the default SIGTERM action would leave them behind).
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -64,7 +76,8 @@ def main():
     config = TritonConfig(http_address="127.0.0.1", http_port=args.http_port,
                           grpc_address="127.0.0.1", grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, log_verbose=0)
-    with Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:
+    with Triton(config=config, workspace=args.workspace,
+                security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:
         triton.bind(
             model_name=args.name,
             model_version=args.version,
@@ -79,7 +92,10 @@ def main():
                                batcher=DynamicBatcher(max_queue_delay_microseconds=0)),
             strict=False,
         )
-        triton.serve()
+        try:
+            triton.serve()
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":
