@@ -45,8 +45,25 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts `n` nodes under `dir` and waits until JetStream has a meta
-    /// leader on each.
+    /// leader on each. The ports are free when chosen, but another test's
+    /// process (or an outgoing connection's ephemeral port) may take one
+    /// before `nats-server` binds it: a node that exits with "address
+    /// already in use" restarts the cluster on fresh ports, a few times.
     pub async fn start(dir: &Path, n: usize) -> NatsCluster {
+        let mut last = String::new();
+        for attempt in 0..5 {
+            let cluster = NatsCluster::spawn_all(&dir.join(format!("try-{attempt}")), n);
+            let all: Vec<usize> = (0..n).collect();
+            match cluster.ready(&all, Duration::from_secs(60)).await {
+                Ok(()) => return cluster,
+                Err(e) if e.contains("address already in use") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the NATS cluster found no free ports in 5 attempts; last:\n{last}");
+    }
+
+    fn spawn_all(dir: &Path, n: usize) -> NatsCluster {
         std::fs::create_dir_all(dir).expect("cluster dir");
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| {
@@ -95,8 +112,6 @@ impl NatsCluster {
         for i in 0..n {
             cluster.spawn(i);
         }
-        let all: Vec<usize> = (0..n).collect();
-        cluster.wait_ready(&all).await;
         cluster
     }
 
@@ -118,8 +133,16 @@ impl NatsCluster {
     }
 
     /// Waits until each of `nodes` reports a JetStream meta leader.
-    pub async fn wait_ready(&self, nodes: &[usize]) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    pub async fn wait_ready(&mut self, nodes: &[usize]) {
+        if let Err(e) = self.ready(nodes, Duration::from_secs(60)).await {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until each of `nodes` reports a JetStream meta leader; the
+    /// node's log when it exits or the deadline passes first.
+    async fn ready(&self, nodes: &[usize], within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
         for &i in nodes {
             let node = &self.nodes[i];
             loop {
@@ -133,15 +156,21 @@ impl NatsCluster {
                         break;
                     }
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "nats node {} has no JetStream meta leader after 30 s; log:\n{}",
-                    node.name,
-                    std::fs::read_to_string(&node.log).unwrap_or_default()
-                );
+                let log = || std::fs::read_to_string(&node.log).unwrap_or_default();
+                if log().contains("[FTL]") {
+                    return Err(format!("nats node {} stopped; log:\n{}", node.name, log()));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "nats node {} has no JetStream meta leader after {within:?}; log:\n{}",
+                        node.name,
+                        log()
+                    ));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        Ok(())
     }
 
     /// `nats://127.0.0.1:P1,127.0.0.1:P2,.../STREAM?replicas=N`.

@@ -285,7 +285,7 @@ impl AsyncClient {
     /// probe).
     pub async fn try_get(&mut self, path: &str) -> Option<StatusCode> {
         let r = self
-            .probe()
+            .probe(Duration::from_secs(10))
             .try_send("GET", path, &[], Bytes::new())
             .await
             .ok()?;
@@ -293,14 +293,15 @@ impl AsyncClient {
     }
 
     /// A client like this one on a fresh connection that is not reopened
-    /// when it closes: for probing servers that may be down.
-    fn probe(&self) -> AsyncClient {
+    /// when it closes, waiting at most `timeout`: for probing servers that
+    /// may be down.
+    fn probe(&self, timeout: Duration) -> AsyncClient {
         AsyncClient {
             authority: self.authority.clone(),
             host: self.host.clone(),
             sender: None,
             reconnect: false,
-            timeout: Duration::from_secs(10),
+            timeout,
         }
     }
 
@@ -308,7 +309,7 @@ impl AsyncClient {
     /// (nothing answered, another status).
     pub async fn try_get_body(&mut self, path: &str) -> Option<Bytes> {
         let r = self
-            .probe()
+            .probe(Duration::from_secs(10))
             .try_send("GET", path, &[], Bytes::new())
             .await
             .ok()?;
@@ -317,14 +318,15 @@ impl AsyncClient {
 
     /// POSTs a JSON document on a fresh connection: the status and body, or
     /// None when the connection fails (a server being killed) instead of
-    /// panicking.
+    /// panicking. It waits as long as this client does (a durable write may
+    /// wait out a broker's leader election).
     pub async fn try_post_json(
         &mut self,
         path: &str,
         body: &serde_json::Value,
     ) -> Option<(u16, Bytes)> {
         let r = self
-            .probe()
+            .probe(self.timeout)
             .try_send(
                 "POST",
                 path,
