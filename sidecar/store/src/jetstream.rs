@@ -85,6 +85,9 @@ const MESSAGE_OVERHEAD: usize = 512;
 const MAX_PARTS: usize = 1000;
 /// Header naming a part of a record split over several messages: `i/n`.
 const PART_HEADER: &str = "Abmesh-Part";
+/// How long one pull request of the stream consumer waits (see
+/// `consume`): bounds how fast a dead NATS node is noticed.
+const CONSUMER_EXPIRES: Duration = Duration::from_secs(2);
 /// Snapshots kept in the object store.
 const KEEP_SNAPSHOTS: usize = 2;
 
@@ -978,6 +981,13 @@ impl<S: StateMachine> Writer<S> {
                         start_sequence: next,
                     }
                 },
+                // Pull requests expire after 2 s, so the server's idle
+                // heartbeats come every 1 s and a consumer whose NATS node
+                // died is re-created after ~4 s (two missed heartbeats).
+                // With async-nats' defaults (30 s / 15 s) a replica stalled
+                // for up to a minute: its writes outlived the apply timeout
+                // and it fell behind the others.
+                max_expires: CONSUMER_EXPIRES,
                 ..Default::default()
             };
             let messages = match stream.create_consumer(config).await {
