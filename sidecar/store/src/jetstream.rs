@@ -85,6 +85,9 @@ const MESSAGE_OVERHEAD: usize = 512;
 const MAX_PARTS: usize = 1000;
 /// Header naming a part of a record split over several messages: `i/n`.
 const PART_HEADER: &str = "Abmesh-Part";
+/// How long startup retries creating or opening the stream while the
+/// NATS cluster cannot answer yet.
+const STREAM_SETUP_PATIENCE: Duration = Duration::from_secs(30);
 /// How long one pull request of the stream consumer waits (see
 /// `consume`): bounds how fast a dead NATS node is noticed.
 const CONSUMER_EXPIRES: Duration = Duration::from_secs(2);
@@ -611,10 +614,24 @@ pub(super) async fn open<S: StateMachine, E: std::error::Error>(
         .build(client);
     let subject = format!("abmesh.{}.log", url.stream);
     let setup = |what: String, e: &dyn fmt::Display| StoreError::Setup(format!("{what}: {e}"));
-    let mut stream = js
-        .get_or_create_stream(stream_config(url, &subject))
-        .await
-        .map_err(|e| setup(format!("opening the JetStream stream {}", url.stream), &e))?;
+    // A cluster that has just started (or is electing a meta leader) may
+    // time out the first requests: retry them for a while before giving up.
+    let started = Instant::now();
+    let mut stream = loop {
+        match js.get_or_create_stream(stream_config(url, &subject)).await {
+            Ok(stream) => break stream,
+            Err(e) if started.elapsed() < STREAM_SETUP_PATIENCE => {
+                tracing::warn!(error = %e, stream = %url.stream, "opening the JetStream stream; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(setup(
+                    format!("opening the JetStream stream {}", url.stream),
+                    &e,
+                ));
+            }
+        }
+    };
     let info = stream
         .info()
         .await
