@@ -279,6 +279,32 @@ pub struct ExperimentConfig {
     /// (its users are routed like control). Absent: no guardrails.
     #[serde(default)]
     pub guardrails: Option<GuardrailsConfig>,
+    /// Adaptive allocation (Thompson sampling) by the sidecar.
+    #[serde(default)]
+    pub bandit: Option<BanditConfig>,
+}
+
+/// A Thompson-sampling bandit (placeholder until the filter branch lands).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BanditConfig {
+    pub metric: String,
+    #[serde(default = "default_update_every_s")]
+    pub update_every_s: u64,
+    #[serde(default = "default_min_users_per_variant")]
+    pub min_users_per_variant: u64,
+    #[serde(default = "default_explore_floor_percent")]
+    pub explore_floor_percent: f64,
+}
+
+fn default_update_every_s() -> u64 {
+    3600
+}
+fn default_min_users_per_variant() -> u64 {
+    100
+}
+fn default_explore_floor_percent() -> f64 {
+    5.0
 }
 
 /// Guardrails of one experiment, evaluated by the sidecar for every

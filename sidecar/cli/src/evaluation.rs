@@ -62,6 +62,8 @@ pub struct EvaluationArgs {
 pub struct Installed {
     pub ingest: Ingest,
     pub webhook: Option<Arc<Webhook>>,
+    /// Appends bandit experiments' allocation periods when due.
+    pub bandit: tokio::task::JoinHandle<()>,
 }
 
 /// Reads `--experiments`.
@@ -147,15 +149,26 @@ pub async fn install(
     );
     state.insert(ingest.clone());
     state.insert(ReportSettings(Arc::new(settings)));
-    Ok(Some(Installed { ingest, webhook }))
+    let bandit = ingest.spawn_bandit_task();
+    Ok(Some(Installed {
+        ingest,
+        webhook,
+        bandit,
+    }))
 }
 
 /// Stops the log cleanly (final snapshot) after the server stopped, then
 /// gives the webhook a few seconds to deliver what is queued.
 pub async fn shutdown(installed: Option<Installed>) {
-    let Some(Installed { ingest, webhook }) = installed else {
+    let Some(Installed {
+        ingest,
+        webhook,
+        bandit,
+    }) = installed
+    else {
         return;
     };
+    bandit.abort();
     let _ = tokio::task::spawn_blocking(move || ingest.store.shutdown()).await;
     if let Some(w) = webhook.and_then(|w| Arc::try_unwrap(w).ok()) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), w.close()).await;

@@ -23,6 +23,11 @@ pub enum RecordKind {
     /// variants/{variant}/halt` or `.../lift`): `{"action": "halt"|"lift",
     /// "experiment": ..., "variant": ..., "reason": ...}`.
     Admin = 5,
+    /// The next allocation period of a bandit experiment, computed by the
+    /// sidecar's bandit task: `{"experiment": ..., "period": k, "weights":
+    /// {"variant": share, ...}, "prob_best": {...}, "updated_at_ms": ...}`
+    /// (`crate::aggregate::bandit::BanditRecord`).
+    Bandit = 6,
 }
 
 /// A byte that is no [`RecordKind`] (a record written by a newer version).
@@ -40,6 +45,7 @@ impl TryFrom<u8> for RecordKind {
             3 => Ok(RecordKind::Merge),
             4 => Ok(RecordKind::Config),
             5 => Ok(RecordKind::Admin),
+            6 => Ok(RecordKind::Bandit),
             other => Err(UnknownKind(other)),
         }
     }
@@ -63,10 +69,11 @@ mod tests {
             RecordKind::Merge,
             RecordKind::Config,
             RecordKind::Admin,
+            RecordKind::Bandit,
         ] {
             assert_eq!(RecordKind::try_from(u8::from(k)), Ok(k));
         }
         assert_eq!(RecordKind::try_from(0), Err(UnknownKind(0)));
-        assert_eq!(RecordKind::try_from(6), Err(UnknownKind(6)));
+        assert_eq!(RecordKind::try_from(7), Err(UnknownKind(7)));
     }
 }

@@ -75,6 +75,7 @@ fn experiment(users: [i64; 2], info: MetricInfo, arms: [MetricSums; 2]) -> Exper
         halts: Vec::new(),
         checks: None,
         overrides: Vec::new(),
+        bandit: None,
     }
 }
 
@@ -320,7 +321,7 @@ fn engine_report(users: usize, lift: f64, seed: u64) -> (ExperimentData, model::
         exposures: names
             .iter()
             .enumerate()
-            .map(|(i, n)| ExposureRow(1_777_636_800_000 + (i as i64) * 1000, 0, variant[i], t(n)))
+            .map(|(i, n)| ExposureRow(1_777_636_800_000 + (i as i64) * 1000, 0, variant[i], t(n), 0))
             .collect(),
         config_id: None,
         config: None,

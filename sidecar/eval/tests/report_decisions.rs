@@ -78,6 +78,7 @@ fn run_with(
                 0,
                 variant[i] as u32,
                 t(n),
+                0,
             )
         })
         .collect();

@@ -296,6 +296,63 @@ impl Ingest {
     }
 }
 
+/// How often the bandit task looks for experiments whose next allocation
+/// period is due (a period lasts at least a second).
+pub const BANDIT_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Ingest {
+    /// Starts the task that appends the next allocation period of every
+    /// bandit experiment that is due
+    /// ([`abmesh_eval::aggregate::bandit::due_updates`]). Each replica of a
+    /// replicated log runs one: the log orders their records and only the
+    /// first for a period starts it, the others are no-ops. A record that
+    /// cannot be appended (the log unavailable) is tried again at the next
+    /// tick. Must be called within a tokio runtime; abort the handle
+    /// before closing the log.
+    pub fn spawn_bandit_task(&self) -> tokio::task::JoinHandle<()> {
+        let ingest = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BANDIT_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                // Only when a period is due does this compute anything
+                // (~1 ms per arm, under the lock); most ticks find nothing.
+                let due = {
+                    let agg = ingest.aggregates.lock();
+                    abmesh_eval::aggregate::bandit::due_updates(&agg, now)
+                };
+                for rec in due {
+                    let payload = match serde_json::to_vec(&rec) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot encode a bandit record");
+                            continue;
+                        }
+                    };
+                    match ingest
+                        .append(RecordKind::Bandit, bytes::Bytes::from(payload))
+                        .await
+                    {
+                        Ok(Applied::Bandit { changed: true, .. }) => {}
+                        Ok(other) => {
+                            tracing::debug!(?other, "bandit record not applied (another replica's came first)")
+                        }
+                        Err(e) => tracing::warn!(
+                            experiment = %rec.experiment,
+                            error = %e,
+                            "could not append the next bandit period; retrying at the next tick"
+                        ),
+                    }
+                }
+            }
+        })
+    }
+}
+
 /// Maps log failures to statuses: the client may retry a 503.
 pub fn store_error(e: StoreError) -> ApiError {
     match e {

@@ -108,6 +108,7 @@ impl LocalServer {
             source,
         })?;
         builder.insert(ingest.clone());
+        let bandit_ingest = ingest.clone();
         builder.insert(ReportSettings(Arc::new(options.settings)));
         let state = builder.build();
         let bind = || -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
@@ -131,6 +132,7 @@ impl LocalServer {
             .name("abmesh-local-server".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    let bandit = bandit_ingest.spawn_bandit_task();
                     let (stop_admin, admin_stopped) = oneshot::channel::<()>();
                     let opts = ConnectionOptions {
                         shutdown_grace: std::time::Duration::from_secs(5),
@@ -168,6 +170,7 @@ impl LocalServer {
                         },
                     );
                     let _ = tokio::join!(data_plane, admin_plane);
+                    bandit.abort();
                 });
             })
             .map_err(LocalError::Thread)?;

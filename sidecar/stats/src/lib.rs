@@ -35,6 +35,7 @@
 //! more accuracy at experiment sizes redone in [`special`]. Errors are
 //! [`StatsError`], whose messages are meant to be shown as they are.
 
+pub mod bandit;
 pub mod bayes;
 pub mod cases;
 pub mod cuped;
@@ -54,6 +55,10 @@ pub mod special;
 pub mod srm;
 pub mod welch;
 
+pub use bandit::{
+    bandit_weights, prob_best, srm_by_period, stratified, PeriodArm, PeriodCounts, PeriodPair,
+    PeriodSrm, Posterior, Stratified,
+};
 pub use bayes::{chance_to_beat, prob_greater, BetaPrior};
 pub use cuped::{cuped, CupedResult};
 pub use cuped_lift::{comoments_from_sums, cuped_lift, CupedLiftResult};

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use abmesh_filter::config::GuardrailsConfig;
+use abmesh_filter::config::{BanditConfig, GuardrailsConfig};
 use abmesh_filter::{Config, ConfigError, Decisions, Plan};
 
 /// The id of a plugin configuration: SipHash-1-3 of its raw bytes, as
@@ -33,6 +33,8 @@ pub struct Defined {
     pub traffic_percent: f64,
     /// The experiment's guardrails, if it has any.
     pub guardrails: Option<GuardrailsConfig>,
+    /// Adaptive allocation (`super::bandit`), if the experiment has it.
+    pub bandit: Option<BanditConfig>,
 }
 
 /// A compiled plugin configuration plus what reports need from it.
@@ -74,6 +76,7 @@ impl Definitions {
                 control: e.control(),
                 traffic_percent: c.traffic_percent,
                 guardrails: e.guardrails().cloned(),
+                bandit: c.bandit.clone(),
             })
             .collect();
         Ok(Definitions {

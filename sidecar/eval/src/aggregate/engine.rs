@@ -80,6 +80,7 @@ use serde_json::json;
 use siphasher::sip128::{Hasher128, SipHasher13};
 use smallvec::SmallVec;
 
+use super::bandit::{self, BanditHistory, BanditRecord};
 use super::checks;
 use super::definitions::Definitions;
 use super::guard::{GuardState, Halt, HaltSource, HaltedRef};
@@ -89,14 +90,15 @@ use crate::ingest::{parse_exposures, parse_outcomes, ExposureBatch, Outcome};
 use crate::kind::RecordKind;
 use abmesh_common::SidecarId;
 use abmesh_stats::guardrail::Health;
-use abmesh_stats::{srm, SRM_ALERT_P};
+use abmesh_stats::{srm, srm_by_period, SRM_ALERT_P};
 
 /// Scope of an event without an experiment.
 const ANY: u32 = u32::MAX;
 /// Snapshot format version: 2 adds the definitions learned from filters,
 /// health, halts and overrides after the version 1 fields; 3 adds the keys
 /// of the states merged (versions 1 and 2 are still read).
-const SNAPSHOT_VERSION: u32 = 3;
+/// 4 adds the bandit periods (`BanditSection`).
+const SNAPSHOT_VERSION: u32 = 4;
 
 /// First bytes of an exported state (see the module docs).
 const STATE_MAGIC: &[u8; 8] = b"ABMSTATE";
@@ -133,7 +135,7 @@ impl Default for EngineOptions {
 }
 
 /// What applying a record did, for the response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Applied {
     Events {
@@ -148,6 +150,10 @@ pub enum Applied {
         /// The batch has a `config_id` this sidecar has not stored, and no
         /// `config`: the filter should send it.
         config_needed: bool,
+        /// The current weights of every bandit experiment past its first
+        /// period; the filters apply them (absent when there are none).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        allocations: Vec<bandit::AllocationOut>,
     },
     Merge {
         /// False when nothing was merged (`duplicate`).
@@ -183,6 +189,15 @@ pub enum Applied {
         changed: bool,
         halted: Vec<HaltedRef>,
     },
+    /// A bandit record: `changed` when it started the next period (a
+    /// replica that raced to append the same period gets false, and why).
+    Bandit {
+        experiment: String,
+        period: u32,
+        changed: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
+    },
     /// Cannot happen for records written by this version (they were
     /// validated before being logged); counted and skipped.
     Unreadable {
@@ -198,6 +213,12 @@ struct Exposure {
     /// Seen in more than one variant (counted once per user, so the count
     /// does not depend on arrival order).
     conflicted: bool,
+    /// The bandit allocation period of this (first) exposure; 0 for the
+    /// configured weights. Not in the version 1 user encoding: snapshots
+    /// from version 4 on carry the non-zero ones in a section of their own
+    /// ([`BanditSection`]).
+    #[serde(skip)]
+    period: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -498,6 +519,16 @@ struct SnapshotOut<'a> {
     base: BaseOut<'a>,
     extra: Extra,
     merged: Vec<(u128, u64)>,
+    bandits: BanditSection,
+}
+
+/// What version 4 adds after the merged keys: bandit experiments' periods
+/// and the period of every user's first exposure that is not period 0.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct BanditSection {
+    histories: Vec<(String, BanditHistory)>,
+    /// (user, experiment id, period).
+    periods: Vec<(Box<str>, u32, u32)>,
 }
 
 /// ... (the version 1 fields) ...
@@ -522,6 +553,9 @@ struct SnapshotIn {
     /// Version 3: (sidecar id, LSN) of the states merged.
     #[serde(skip)]
     merged: Vec<(u128, u64)>,
+    /// Version 4: bandit periods (already attached to `users`).
+    #[serde(skip)]
+    bandits: Vec<(String, BanditHistory)>,
     bucket_ms: i64,
     experiments: Vec<ExperimentRecord>,
     metrics: Vec<MetricInfo>,
@@ -654,6 +688,7 @@ impl Engine {
             }
             add_extra(&mut agg, &s.extra, &exp_map);
             agg.guard = s.extra.guard.clone();
+            agg.bandits = s.bandits.iter().cloned().collect();
             drop(agg);
             if exp_map.iter().enumerate().all(|(i, &(e, ref vs))| {
                 e == i as u32 && vs.iter().enumerate().all(|(j, &v)| v == j as u16)
@@ -664,7 +699,14 @@ impl Engine {
                 let mut agg = engine.shared.lock();
                 for user in engine.users.values() {
                     for e in &user.exposures {
-                        agg.add_user(e.exp, e.variant, e.t_ms, &user.values(e.exp), 1.0);
+                        agg.add_user(
+                            e.exp,
+                            e.variant,
+                            e.t_ms,
+                            e.period,
+                            &user.values(e.exp),
+                            1.0,
+                        );
                         if e.conflicted {
                             agg.experiments[e.exp as usize].conflicts += 1;
                         }
@@ -793,6 +835,7 @@ impl Engine {
                 duplicate_batch: true,
                 halted: agg.halted(),
                 config_needed,
+                allocations: bandit::allocations(&agg),
             };
         }
         agg.counters.exposure_batches += 1;
@@ -825,7 +868,15 @@ impl Engine {
                 }
             }
             let user = user_mut(&mut self.users, row.user());
-            add_exposure(user, &mut agg, exp, variant, row.t_ms(), false);
+            add_exposure(
+                user,
+                &mut agg,
+                exp,
+                variant,
+                row.t_ms(),
+                row.period(),
+                false,
+            );
         }
         for row in &batch.health {
             let (exp, ref variants, _) = map[row.experiment()];
@@ -834,12 +885,14 @@ impl Engine {
                 .health
                 .merge(&row.health());
         }
+        bandit::start_periods(&mut agg, received_ms, lsn);
         let notices = evaluate_guardrails(&mut agg, received_ms, lsn);
         let out = Applied::Exposures {
             accepted: batch.exposures.len() as u64,
             duplicate_batch: false,
             halted: agg.halted(),
             config_needed,
+            allocations: bandit::allocations(&agg),
         };
         drop(agg);
         self.notify(notices);
@@ -947,6 +1000,46 @@ impl Engine {
         Ok(out)
     }
 
+    /// Applies a [`RecordKind::Bandit`] record: the next allocation period
+    /// of a bandit experiment starts (a record for any other period, e.g.
+    /// a second replica's for the same period, changes nothing).
+    pub fn apply_bandit(&mut self, payload: &[u8], lsn: u64) -> Result<Applied, RecordError> {
+        let rec: BanditRecord = serde_json::from_slice(payload).map_err(|e| RecordError::Json {
+            kind: "bandit",
+            message: e.to_string(),
+        })?;
+        let mut agg = self.shared.lock();
+        let out = match bandit::apply(&mut agg, &rec, lsn) {
+            Ok(p) => {
+                let notice = json!({
+                    "event": "bandit",
+                    "experiment": rec.experiment,
+                    "period": p.period,
+                    "weights": rec.weights,
+                    "time_ms": p.started_ms,
+                });
+                drop(agg);
+                if self.live() {
+                    tracing::info!(experiment = %rec.experiment, period = p.period, weights = ?rec.weights, "bandit allocation period started");
+                }
+                self.notify(vec![notice]);
+                Applied::Bandit {
+                    experiment: rec.experiment,
+                    period: rec.period,
+                    changed: true,
+                    refused: None,
+                }
+            }
+            Err(why) => Applied::Bandit {
+                experiment: rec.experiment.clone(),
+                period: rec.period,
+                changed: false,
+                refused: Some(why.to_string()),
+            },
+        };
+        Ok(out)
+    }
+
     /// The slot of the notice sink: empty while replaying; whoever opens
     /// the log fills it once recovery is done.
     pub fn notice_slot(&self) -> Arc<Mutex<Option<NoticeSink>>> {
@@ -996,6 +1089,23 @@ impl Engine {
             base: self.base(&agg, &ids),
             extra,
             merged: self.merged.iter().map(|(id, &lsn)| (id.0, lsn)).collect(),
+            bandits: BanditSection {
+                histories: agg
+                    .bandits
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                periods: self
+                    .users
+                    .iter()
+                    .flat_map(|(name, u)| {
+                        u.exposures
+                            .iter()
+                            .filter(|e| e.period > 0)
+                            .map(move |e| (name.clone(), e.exp, e.period))
+                    })
+                    .collect(),
+            },
         };
         let bytes = postcard::to_stdvec(&s).map_err(|e| EncodeError(e.to_string()))?;
         out.extend_from_slice(&bytes);
@@ -1178,6 +1288,11 @@ impl Engine {
         }
         add_extra(&mut agg, &s.extra, &exp_map);
         agg.guard.merge(&s.extra.guard);
+        // A bandit's periods are decisions, like halts: a merged state's
+        // are adopted where this one has none.
+        for (name, h) in &s.bandits {
+            agg.bandits.entry(name.clone()).or_insert_with(|| h.clone());
+        }
         drop(agg);
         {
             let mut ids = self.ids.write();
@@ -1237,6 +1352,7 @@ impl Engine {
                 exp,
                 variants[e.variant as usize],
                 e.t_ms,
+                e.period,
                 e.conflicted,
             );
         }
@@ -1249,7 +1365,7 @@ fn open_envelope(bytes: &[u8]) -> Result<(StateKey, &[u8]), StateError> {
         // The bare snapshot encoding (what older versions exported) starts
         // with its version, a small varint.
         return Err(match bytes.first() {
-            Some(1..=3) => StateError::Unkeyed,
+            Some(&v) if (1..=SNAPSHOT_VERSION).contains(&u32::from(v)) => StateError::Unkeyed,
             _ => StateError::NotAState,
         });
     }
@@ -1314,13 +1430,30 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, SnapshotError> {
     if version >= 2 {
         let (extra, rest) = postcard::take_from_bytes::<Extra>(rest).map_err(bad)?;
         s.extra = extra;
+        let mut rest = rest;
         if version >= 3 {
-            let (merged, rest) =
+            let (merged, after) =
                 postcard::take_from_bytes::<Vec<(u128, u64)>>(rest).map_err(bad)?;
-            if !rest.is_empty() {
-                return Err(SnapshotError::Trailing(rest.len()));
-            }
             s.merged = merged;
+            rest = after;
+        }
+        if version >= 4 {
+            let (b, after) = postcard::take_from_bytes::<BanditSection>(rest).map_err(bad)?;
+            rest = after;
+            for (name, exp, period) in b.periods {
+                let e = s
+                    .users
+                    .get_mut(&name)
+                    .and_then(|u| u.exposures.iter_mut().find(|e| e.exp == exp))
+                    .ok_or(SnapshotError::Dangling(
+                        "a bandit period names a user or exposure",
+                    ))?;
+                e.period = period;
+            }
+            s.bandits = b.histories;
+        }
+        if version >= 3 && !rest.is_empty() {
+            return Err(SnapshotError::Trailing(rest.len()));
         }
     }
     if !s.extra.health.is_empty() {
@@ -1491,7 +1624,16 @@ fn srm_alarm(
         && weights
             .iter()
             .all(|w| total as f64 * w / weight_sum >= SRM_MIN_EXPECTED);
-    let p = if enough {
+    let adaptive = agg
+        .bandits
+        .get(&def.name)
+        .is_some_and(|h| h.periods.len() > 1);
+    let p = if adaptive {
+        // Weights changed over time: each period against its own weights.
+        srm_by_period(&bandit::period_counts(agg, def), SRM_MIN_EXPECTED)
+            .ok()
+            .map(|r| r.p_value)
+    } else if enough {
         srm(&counts, &weights).ok().map(|r| r.p_value)
     } else {
         None
@@ -1507,6 +1649,7 @@ fn srm_alarm(
                 "variants": names,
                 "counts": counts,
                 "expected_shares": weights.iter().map(|w| w / weight_sum).collect::<Vec<_>>(),
+                "adaptive": adaptive,
                 "time_ms": time_ms,
             }))
         }
@@ -1596,19 +1739,21 @@ fn add_metric(user: &mut UserState, agg: &mut Aggregates, delta: UserMetric) {
     }
     for (e, old) in affected {
         let new = user.value(e.exp, delta.metric);
-        agg.change_user(e.exp, e.variant, e.t_ms, delta.metric, &old, &new);
+        agg.change_user(e.exp, e.variant, e.t_ms, e.period, delta.metric, &old, &new);
     }
 }
 
 /// Records an exposure: the earliest (time, variant) wins. `conflicted`:
 /// the exposure comes from a state where the user was already seen in two
 /// variants.
+#[allow(clippy::too_many_arguments)]
 fn add_exposure(
     user: &mut UserState,
     agg: &mut Aggregates,
     exp: u32,
     variant: u16,
     t_ms: i64,
+    period: u32,
     conflicted: bool,
 ) {
     match user.exposures.iter().position(|e| e.exp == exp) {
@@ -1618,11 +1763,12 @@ fn add_exposure(
                 variant,
                 t_ms,
                 conflicted,
+                period,
             });
             if conflicted {
                 agg.experiments[exp as usize].conflicts += 1;
             }
-            agg.add_user(exp, variant, t_ms, &user.values(exp), 1.0);
+            agg.add_user(exp, variant, t_ms, period, &user.values(exp), 1.0);
         }
         Some(i) => {
             let old = user.exposures[i];
@@ -1633,10 +1779,11 @@ fn add_exposure(
             }
             if (t_ms, variant) < (old.t_ms, old.variant) {
                 let values = user.values(exp);
-                agg.add_user(exp, old.variant, old.t_ms, &values, -1.0);
-                agg.add_user(exp, variant, t_ms, &values, 1.0);
+                agg.add_user(exp, old.variant, old.t_ms, old.period, &values, -1.0);
+                agg.add_user(exp, variant, t_ms, period, &values, 1.0);
                 new.variant = variant;
                 new.t_ms = t_ms;
+                new.period = period;
             }
             user.exposures[i] = new;
         }
@@ -1694,6 +1841,12 @@ impl Engine {
                 },
             },
             Ok(RecordKind::Admin) => match self.apply_admin(payload, received_ms, lsn) {
+                Ok(a) => a,
+                Err(e) => Applied::Unreadable {
+                    error: e.to_string(),
+                },
+            },
+            Ok(RecordKind::Bandit) => match self.apply_bandit(payload, lsn) {
                 Ok(a) => a,
                 Err(e) => Applied::Unreadable {
                     error: e.to_string(),
@@ -1815,9 +1968,9 @@ mod tests {
             "v1 has no health"
         );
         assert!(halted.is_empty());
-        let v4 = postcard::to_stdvec(&(4u32, 0u8)).unwrap();
-        let err = Engine::restore(Some(&v4), None, EngineOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("state version 4"), "{err}");
+        let v5 = postcard::to_stdvec(&(5u32, 0u8)).unwrap();
+        let err = Engine::restore(Some(&v5), None, EngineOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("state version 5"), "{err}");
     }
 
     #[test]

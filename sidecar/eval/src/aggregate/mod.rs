@@ -53,6 +53,7 @@
 //!
 //! This module only re-exports; its children import each other, never it.
 
+pub mod bandit;
 pub mod checks;
 pub mod definitions;
 pub mod engine;

@@ -108,6 +108,22 @@ impl MetricSums {
         }
     }
 
+    /// Removes the statistics of a subset of the users (the inverse of
+    /// [`MetricSums::merge`]).
+    pub fn subtract(&mut self, o: &MetricSums) {
+        self.converted -= o.converted;
+        for (mine, theirs) in [
+            (&mut self.y, &o.y),
+            (&mut self.y2, &o.y2),
+            (&mut self.x, &o.x),
+            (&mut self.x2, &o.x2),
+            (&mut self.xy, &o.xy),
+        ] {
+            mine.add(-theirs.s);
+            mine.add(-theirs.c);
+        }
+    }
+
     pub fn merge(&mut self, o: &MetricSums) {
         self.converted += o.converted;
         self.y.merge(&o.y);
@@ -146,6 +162,14 @@ impl Cell {
             self.metric_mut(i).merge(m);
         }
     }
+
+    /// Removes the statistics of a subset of the users.
+    pub fn subtract(&mut self, o: &Cell) {
+        self.users -= o.users;
+        for (i, m) in o.metrics.iter().enumerate() {
+            self.metric_mut(i).subtract(m);
+        }
+    }
 }
 
 /// A variant's totals and its per-bucket contributions.
@@ -158,6 +182,25 @@ pub struct VariantAgg {
     /// Requests, status classes and latency histogram the filters reported
     /// (exposure batches' `health`), since the experiment's last lift.
     pub health: Health,
+    /// Per bandit allocation period ≥ 1 of the users' first exposure (see
+    /// `super::bandit`). Period 0's users are the rest of the total
+    /// ([`VariantAgg::by_period`]), so an experiment without a bandit keeps
+    /// this empty and pays nothing for it.
+    pub periods: BTreeMap<u32, Cell>,
+}
+
+impl VariantAgg {
+    /// The variant's users and sums per allocation period, period 0 (the
+    /// configured weights) first, derived as the total minus the others.
+    pub fn by_period(&self) -> Vec<(u32, Cell)> {
+        let mut zero = self.total.clone();
+        for c in self.periods.values() {
+            zero.subtract(c);
+        }
+        std::iter::once((0, zero))
+            .chain(self.periods.iter().map(|(&p, c)| (p, c.clone())))
+            .collect()
+    }
 }
 
 /// Everything known about one experiment.
@@ -275,6 +318,8 @@ pub struct Aggregates {
     pub known_configs: BTreeSet<u64>,
     /// Halts, overrides and notified alarms.
     pub guard: GuardState,
+    /// The allocation periods of bandit experiments, by experiment name.
+    pub bandits: BTreeMap<String, super::bandit::BanditHistory>,
 }
 
 impl Aggregates {
@@ -349,6 +394,7 @@ impl Aggregates {
         exp: u32,
         variant: u16,
         t_ms: i64,
+        period: u32,
         values: &[(u32, UserValue)],
         sign: f64,
     ) {
@@ -363,6 +409,13 @@ impl Aggregates {
             }
         };
         add(&mut va.total);
+        if period > 0 {
+            let cell = va.periods.entry(period).or_default();
+            add(cell);
+            if cell.users == 0 && sign < 0.0 {
+                va.periods.remove(&period);
+            }
+        }
         for (level, width) in va.levels.iter_mut().zip(LEVEL_MS) {
             let b = t_ms.div_euclid(width);
             let cell = level.entry(b).or_default();
@@ -381,6 +434,7 @@ impl Aggregates {
         exp: u32,
         variant: u16,
         t_ms: i64,
+        period: u32,
         metric: u32,
         old: &UserValue,
         new: &UserValue,
@@ -389,6 +443,13 @@ impl Aggregates {
         let slot = e.slot(metric);
         let va = &mut e.cells[variant as usize];
         va.total.metric_mut(slot).change_user(old, new);
+        if period > 0 {
+            va.periods
+                .entry(period)
+                .or_default()
+                .metric_mut(slot)
+                .change_user(old, new);
+        }
         for (level, width) in va.levels.iter_mut().zip(LEVEL_MS) {
             level
                 .entry(t_ms.div_euclid(width))

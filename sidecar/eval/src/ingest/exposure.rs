@@ -24,7 +24,10 @@
 //! * `exposures`: rows `[t_ms, experiment_index, variant_index, user]`: a
 //!   user was assigned by hash (allowlisted, forced and default routing are
 //!   not exposures and are not sent). Sending the same user again is
-//!   harmless: the first exposure counts.
+//!   harmless: the first exposure counts. A bandit experiment's rows carry
+//!   a fifth element, the allocation period that assigned the user
+//!   (`[t_ms, e, v, user, period]`, only when the period is not 0), which
+//!   the adaptive analysis stratifies by.
 //! * `config_id` (optional): 16 lowercase hex digits, the SipHash-1-3 of
 //!   the filter's raw plugin configuration; `config` (optional): that
 //!   configuration, verbatim, sent until the sidecar says it has it
@@ -140,11 +143,43 @@ pub struct BatchExperiment<'a> {
     pub variants: Vec<Text<'a>>,
 }
 
-/// `[t_ms, experiment_index, variant_index, user]`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ExposureRow<'a>(pub i64, pub u32, pub u32, #[serde(borrow)] pub Text<'a>);
+/// `[t_ms, experiment_index, variant_index, user]`, or with a fifth
+/// element, `[..., period]`: the bandit allocation period whose weights
+/// assigned the user (absent: 0, the configured weights).
+#[derive(Debug, Clone)]
+pub struct ExposureRow<'a>(pub i64, pub u32, pub u32, pub Text<'a>, pub u32);
+
+impl<'de: 'a, 'a> Deserialize<'de> for ExposureRow<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = ExposureRow<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("[t_ms, experiment_index, variant_index, user] or [..., period]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let missing = |i: usize| A::Error::invalid_length(i, &self);
+                let t = s.next_element()?.ok_or_else(|| missing(0))?;
+                let e = s.next_element()?.ok_or_else(|| missing(1))?;
+                let v = s.next_element()?.ok_or_else(|| missing(2))?;
+                let user: Text<'a> = s.next_element()?.ok_or_else(|| missing(3))?;
+                let period = s.next_element()?.unwrap_or(0);
+                if s.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(6, &self));
+                }
+                Ok(ExposureRow(t, e, v, user, period))
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
+}
 
 impl ExposureRow<'_> {
+    /// The allocation period (0: the configured weights).
+    pub fn period(&self) -> u32 {
+        self.4
+    }
     pub fn t_ms(&self) -> i64 {
         self.0
     }
@@ -558,6 +593,17 @@ mod tests {
         let body = br#"{"instance":"i","seq":1,"experiments":[],"exposures":[[1,0,0]]}"#;
         let e = parse_exposures(body).unwrap_err();
         assert_eq!(e.path, "exposures[0]");
+        let body = br#"{"instance":"i","seq":1,"experiments":[{"name":"r","variants":["a","b"]}],"exposures":[[1,0,0,"u",3],[1,0,1,"v"]]}"#;
+        let b = parse_exposures(body).unwrap();
+        assert_eq!((b.exposures[0].period(), b.exposures[1].period()), (3, 0));
+        for (bad, path) in [
+            (r#"[1,0,0,"u",-1]"#, "exposures[0][4]"),
+            (r#"[1,0,0,"u","p"]"#, "exposures[0][4]"),
+            (r#"[1,0,0,"u",1,2]"#, "exposures[0]"),
+        ] {
+            let body = format!(r#"{{"instance":"i","seq":1,"experiments":[{{"name":"r","variants":["a","b"]}}],"exposures":[{bad}]}}"#);
+            assert_eq!(parse_exposures(body.as_bytes()).unwrap_err().path, path, "{bad}");
+        }
         let body = br#"{"instance":"i","seq":-1,"experiments":[],"exposures":[]}"#;
         assert_eq!(parse_exposures(body).unwrap_err().path, "seq");
         let body = br#"{"instance":"i","seq":1,"experiments":[{"name":"r","variants":["a","a"]}],"exposures":[]}"#;

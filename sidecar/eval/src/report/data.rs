@@ -5,6 +5,7 @@
 //! depends on the number of events or users, which is what keeps a report
 //! within milliseconds at any volume.
 
+use crate::aggregate::bandit::BanditHistory;
 use crate::aggregate::checks;
 use crate::aggregate::guard::Checks;
 use crate::aggregate::{
@@ -47,6 +48,28 @@ pub struct ExperimentData {
     pub checks: Option<Checks>,
     /// (variant, rule) pairs an operator overrode.
     pub overrides: Vec<(String, String)>,
+    /// A bandit experiment's periods and per-period statistics (None: not
+    /// a bandit, or not started).
+    pub bandit: Option<BanditData>,
+}
+
+/// A bandit experiment's allocation periods and what each period's users
+/// did, for the adaptive analysis.
+#[derive(Debug, Clone)]
+pub struct BanditData {
+    pub history: BanditHistory,
+    /// Per period of `history` (same order).
+    pub periods: Vec<PeriodData>,
+}
+
+/// The users whose first exposure was in one period.
+#[derive(Debug, Clone)]
+pub struct PeriodData {
+    pub period: u32,
+    /// Per variant, in `ExperimentData::variants` order.
+    pub users: Vec<i64>,
+    /// `[metric][variant]`, metrics in `ExperimentData::metrics` order.
+    pub sums: Vec<Vec<MetricSums>>,
 }
 
 /// One metric: totals per variant.
@@ -92,6 +115,32 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
             sums: e.cells.iter().map(|c| c.total.metric(*slot)).collect(),
         })
         .collect();
+    let bandit = agg.bandits.get(name).map(|h| {
+        let per_variant: Vec<Vec<(u32, Cell)>> = e.cells.iter().map(|c| c.by_period()).collect();
+        let periods = h
+            .periods
+            .iter()
+            .map(|p| {
+                let cell = |v: usize| per_variant[v].iter().find(|(q, _)| *q == p.period).map(|(_, c)| c);
+                PeriodData {
+                    period: p.period,
+                    users: (0..e.cells.len()).map(|v| cell(v).map_or(0, |c| c.users)).collect(),
+                    sums: metrics
+                        .iter()
+                        .map(|(slot, _)| {
+                            (0..e.cells.len())
+                                .map(|v| cell(v).map(|c| c.metric(*slot)).unwrap_or_default())
+                                .collect()
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        BanditData {
+            history: h.clone(),
+            periods,
+        }
+    });
     let points = if series {
         cumulative(e.cells.iter().map(|c| &c.levels).collect(), &metrics)
     } else {
@@ -126,6 +175,7 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
             .filter(|(x, _, _)| x == name)
             .map(|(_, v, r)| (v.clone(), r.clone()))
             .collect(),
+        bandit,
     })
 }
 

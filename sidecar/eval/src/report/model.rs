@@ -62,8 +62,10 @@ use abmesh_stats::sequential::confidence_sequence;
 use abmesh_stats::{
     chance_to_beat, cuped, cuped_lift, holm, mde_at, mde_proportions, power_at, relative_lift,
     sample_size_means, sample_size_proportions, sequential, srm, two_proportion, welch_t,
-    BetaPrior, CoMoments, Moments, Proportion, SequentialParams, SRM_ALERT_P,
+    srm_by_period, stratified, BetaPrior, CoMoments, Moments, PeriodArm, PeriodCounts, PeriodPair,
+    Proportion, SequentialParams, Stratified, SRM_ALERT_P,
 };
+use std::collections::BTreeMap;
 
 /// A statistic, or why it cannot be computed yet (shown as it is).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -153,6 +155,47 @@ pub struct Report {
     pub primary_metric: Option<String>,
     pub metrics: Vec<MetricReport>,
     pub decision: Decision,
+    /// A bandit experiment's allocation (None: not a bandit, or no
+    /// exposures yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<BanditOut>,
+}
+
+/// A bandit experiment in a report: the weights now and over time, and how
+/// the analysis allowed for them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BanditOut {
+    /// Always true: the allocation changed with the data, so the
+    /// comparisons are per-period (stratified) estimates and the
+    /// sample-ratio check tests each period against its own weights.
+    pub adaptive: bool,
+    /// The metric the bandit maximises.
+    pub metric: String,
+    /// The current period's share per variant.
+    pub weights: BTreeMap<String, f64>,
+    /// When the current period started.
+    pub updated_at_ms: i64,
+    /// The current period (0: still the configured weights).
+    pub period: u32,
+    /// Every period, oldest first.
+    pub history: Vec<BanditPeriodOut>,
+    /// What the adaptive analysis does, in words.
+    pub note: String,
+}
+
+/// One allocation period in a report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BanditPeriodOut {
+    pub period: u32,
+    pub started_ms: i64,
+    pub weights: BTreeMap<String, f64>,
+    /// P(best) per variant the bandit chose between (empty for period 0).
+    pub prob_best: BTreeMap<String, f64>,
+    /// Users first exposed in this period, per variant.
+    pub users: BTreeMap<String, i64>,
+    /// This period's sample-ratio check against its weights (None: too
+    /// few users to test).
+    pub srm_p_value: Option<f64>,
 }
 
 /// A halt in a report.
@@ -244,6 +287,9 @@ pub struct SrmOut {
     /// Whether the expected shares came from the configured weights (else
     /// an equal split is assumed).
     pub weights_configured: bool,
+    /// Whether each allocation period was tested against its own weights
+    /// and the chi-squares added (a bandit past its first period).
+    pub by_period: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -538,7 +584,11 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
     let control = control_index(data);
     let control_name = data.variants.get(control).cloned().unwrap_or_default();
     let variants = variant_summaries(data, control);
-    let srm_out = srm_check(data);
+    let srm_out = if adaptive(data) {
+        srm_adaptive(data)
+    } else {
+        srm_check(data)
+    };
     let mut warnings = data_warnings(data);
     let primary = primary_metric(data, settings, &mut warnings);
     let metrics = metric_reports(data, control, primary.as_deref(), settings);
@@ -589,6 +639,7 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
         primary_metric: primary,
         metrics,
         decision,
+        bandit: bandit_of(data),
     }
 }
 
@@ -674,9 +725,17 @@ fn primary_metric(
             ));
         }
     }
+    // A bandit's metric is what the experiment optimises: the primary one
+    // unless the settings name another.
+    let bandit_metric = data
+        .definition
+        .as_ref()
+        .and_then(|d| d.bandit.as_ref())
+        .map(|b| b.metric.clone());
     exp_settings
         .and_then(|e| e.primary_metric.clone())
         .filter(|m| has(m))
+        .or_else(|| bandit_metric.filter(|m| has(m)))
         .or_else(|| data.metrics.first().map(|m| m.info.name.clone()))
 }
 
@@ -816,7 +875,246 @@ fn srm_check(data: &ExperimentData) -> Stat<SrmOut> {
         p_value: r.p_value,
         alarm: r.p_value < SRM_ALERT_P,
         weights_configured: configured,
+        by_period: false,
     }))
+}
+
+/// Whether the experiment's allocation has changed (a bandit past its
+/// first period): then its comparisons and SRM check are per period.
+fn adaptive(data: &ExperimentData) -> bool {
+    data.bandit
+        .as_ref()
+        .is_some_and(|b| b.history.periods.len() > 1)
+}
+
+/// The variants to check in period `p` (not halted), with the period's
+/// users and weights.
+fn period_counts(data: &ExperimentData, p: usize) -> Option<PeriodCounts> {
+    let b = data.bandit.as_ref()?;
+    let (hist, period) = (&b.history.periods[p], &b.periods[p]);
+    let halted = |v: &str| data.halts.iter().any(|h| h.active() && h.variant == v);
+    let mut out = PeriodCounts {
+        observed: Vec::new(),
+        weights: Vec::new(),
+    };
+    for (i, v) in data.variants.iter().enumerate() {
+        if halted(v) {
+            continue;
+        }
+        out.observed.push(period.users[i].max(0) as u64);
+        out.weights.push(
+            hist.variants
+                .iter()
+                .position(|x| x == v)
+                .map_or(0.0, |k| hist.weights[k]),
+        );
+    }
+    Some(out)
+}
+
+/// The sample-ratio check of an adaptive experiment ([`srm_by_period`]).
+fn srm_adaptive(data: &ExperimentData) -> Stat<SrmOut> {
+    let n = data.bandit.as_ref().map_or(0, |b| b.periods.len());
+    let periods: Vec<PeriodCounts> = (0..n).filter_map(|p| period_counts(data, p)).collect();
+    Stat::from(srm_by_period(&periods, 5.0).map(|r| SrmOut {
+        chi2: r.chi2,
+        df: r.df,
+        p_value: r.p_value,
+        alarm: r.p_value < SRM_ALERT_P,
+        weights_configured: true,
+        by_period: true,
+    }))
+}
+
+/// The bandit section of a report.
+fn bandit_of(data: &ExperimentData) -> Option<BanditOut> {
+    let b = data.bandit.as_ref()?;
+    let current = b.history.current()?;
+    let shares = |p: &crate::aggregate::bandit::BanditPeriod| -> BTreeMap<String, f64> {
+        p.variants.iter().cloned().zip(p.weights.iter().copied()).collect()
+    };
+    let history = b
+        .history
+        .periods
+        .iter()
+        .zip(&b.periods)
+        .enumerate()
+        .map(|(i, (h, d))| BanditPeriodOut {
+            period: h.period,
+            started_ms: h.started_ms,
+            weights: shares(h),
+            prob_best: h
+                .variants
+                .iter()
+                .zip(&h.prob_best)
+                .filter_map(|(v, p)| Some((v.clone(), (*p)?)))
+                .collect(),
+            users: data.variants.iter().cloned().zip(d.users.iter().copied()).collect(),
+            srm_p_value: period_counts(data, i)
+                .and_then(|c| srm_by_period(&[c], 5.0).ok())
+                .map(|r| r.p_value),
+        })
+        .collect();
+    Some(BanditOut {
+        adaptive: true,
+        metric: data
+            .definition
+            .as_ref()
+            .and_then(|d| d.bandit.as_ref())
+            .map(|c| c.metric.clone())
+            .unwrap_or_default(),
+        weights: shares(current),
+        updated_at_ms: current.started_ms,
+        period: current.period,
+        history,
+        note: "adaptive experiment: the weights changed with the data, so each comparison \
+               estimates every variant per allocation period and combines the periods by \
+               their share of users (stratified), and the sample-ratio check tests each \
+               period against its own weights; users are analysed in the variant and \
+               period of their first exposure"
+            .to_owned(),
+    })
+}
+
+/// The per-period (stratified) groups of control `c` and treatment `t`
+/// for metric `mi`, when the experiment is adaptive.
+fn stratified_groups(
+    data: &ExperimentData,
+    mi: usize,
+    c: usize,
+    t: usize,
+    conversion: bool,
+) -> Option<Result<Stratified, abmesh_stats::StatsError>> {
+    if !adaptive(data) {
+        return None;
+    }
+    let b = data.bandit.as_ref()?;
+    let arm = |d: &super::data::PeriodData, v: usize| {
+        let n = d.users[v].max(0) as u64;
+        let sums = &d.sums[mi][v];
+        let nf = n as f64;
+        if conversion {
+            let p = if n > 0 { sums.converted as f64 / nf } else { 0.0 };
+            PeriodArm {
+                n,
+                mean: p,
+                variance: p * (1.0 - p),
+            }
+        } else {
+            let mean = if n > 0 { sums.y.value() / nf } else { 0.0 };
+            PeriodArm {
+                n,
+                mean,
+                variance: if n > 1 {
+                    ((sums.y2.value() - nf * mean * mean) / (nf - 1.0)).max(0.0)
+                } else {
+                    f64::NAN
+                },
+            }
+        }
+    };
+    let pairs: Vec<PeriodPair> = b
+        .periods
+        .iter()
+        .map(|d| PeriodPair {
+            control: arm(d, c),
+            treatment: arm(d, t),
+            period_users: d.users.iter().map(|&u| u.max(0) as u64).sum(),
+        })
+        .collect();
+    Some(stratified(&pairs))
+}
+
+/// A comparison of an adaptive experiment: every test on the stratified
+/// groups ([`stratified_groups`]), which Welch, the delta-method lift and
+/// the confidence sequence take as they are. No CUPED (it would have to
+/// be fitted per period too); the chart stays the pooled one.
+#[allow(clippy::too_many_arguments)]
+fn adaptive_comparison(
+    data: &ExperimentData,
+    mi: usize,
+    c: usize,
+    t: usize,
+    groups: Result<Stratified, abmesh_stats::StatsError>,
+    higher: bool,
+    conversion: bool,
+    s: &Settings,
+) -> Comparison {
+    let better = |p: f64| if higher { p } else { 1.0 - p };
+    let pair = groups.map(|g| (g.control, g.treatment));
+    let w = pair.clone().and_then(|(a, b)| welch_t(&a, &b, s.alpha));
+    let absolute = Stat::from(w.clone().map(|r| Interval {
+        estimate: r.diff,
+        se: r.se,
+        ci_low: r.ci_low,
+        ci_high: r.ci_high,
+    }));
+    let relative = Stat::from(pair.clone().and_then(|(a, b)| relative_lift(&a, &b, s.alpha)).map(
+        |r| Interval {
+            estimate: r.lift,
+            se: r.se,
+            ci_low: r.ci_low,
+            ci_high: r.ci_high,
+        },
+    ));
+    let params = SequentialParams {
+        alpha: s.alpha,
+        n_star: s.n_star,
+        relative: true,
+    };
+    let seq = Stat::from(pair.clone().and_then(|(a, b)| sequential(&a, &b, params)).map(|r| {
+        SequentialOut {
+            ci_low: r.ci_low,
+            ci_high: r.ci_high,
+            p_value: r.p_value,
+        }
+    }));
+    let chance = Stat::from(
+        w.clone()
+            .map(|r| better(abmesh_stats::special::normal_cdf(r.diff / r.se))),
+    );
+    let mde = Stat::from(pair.and_then(|(a, b)| {
+        let abs = mde_at(&a, &b, s.alpha, s.power)?;
+        let base = a.mean.abs();
+        let se = w.clone().map(|r| r.se)?;
+        Ok(MdeOut {
+            absolute: abs,
+            relative: abs / base,
+            power_at_target: power_at(s.target_lift * base, se, s.alpha)?,
+        })
+    }));
+    let kind = LiftKind::of(conversion, false);
+    let series = data
+        .series
+        .iter()
+        .filter_map(|p| {
+            let (nc, nt) = (p.users[c], p.users[t]);
+            let (lift, q) = seq_point(kind, nc, &p.sums[mi][c], nt, &p.sums[mi][t], s).ok()?;
+            Some(LiftPoint {
+                t_ms: p.t_ms,
+                users_control: nc,
+                users_treatment: nt,
+                lift,
+                seq_low: q.ci_low,
+                seq_high: q.ci_high,
+            })
+        })
+        .collect();
+    Comparison {
+        variant: data.variants[t].clone(),
+        test: "stratified_welch",
+        absolute,
+        relative,
+        p_value: w.ok().map(|r| r.p_value),
+        p_value_holm: None,
+        sequential: seq,
+        cuped_adjusted: false,
+        unadjusted: None,
+        cuped: None,
+        chance_to_beat_control: chance,
+        mde,
+        series,
+    }
 }
 
 fn metric_report(
@@ -890,6 +1188,9 @@ fn comparison(
     has_covariate: bool,
     s: &Settings,
 ) -> Comparison {
+    if let Some(groups) = stratified_groups(data, mi, c, t, conversion) {
+        return adaptive_comparison(data, mi, c, t, groups, higher, conversion, s);
+    }
     let (nc, nt) = (data.users[c], data.users[t]);
     let (sc, st) = (&m.sums[c], &m.sums[t]);
     let better = |p: f64| if higher { p } else { 1.0 - p };
