@@ -188,6 +188,13 @@ fn a_bandit_moves_weights_to_the_better_arm_and_reports_per_period() {
     // its period-1 users) / all its users vs the control's.
     assert!(got.estimate > 0.0);
 
+    // People see it too.
+    let text = report::text::render(&r);
+    assert!(text.contains("bandit on buy: period 1"), "{text}");
+    assert!(text.contains("each bandit period against its weights"), "{text}");
+    let html = report::html::report_page(&r);
+    assert!(html.contains("id=bandit") && html.contains("weights-chart"), "no bandit section");
+
     // A snapshot keeps the periods and the per-period cells.
     let mut bytes = Vec::new();
     e.encode_state(&mut bytes).unwrap();

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 
 use super::model::{
-    pct, Comparison, HaltedBy, Interval, LiftPoint, MetricReport, Report, SequentialOut, Stat,
+    pct, BanditOut, Comparison, HaltedBy, Interval, LiftPoint, MetricReport, Report, SequentialOut, Stat,
 };
 use super::ListEntry;
 use abmesh_stats::guardrail::CheckStatus;
@@ -110,10 +110,12 @@ pub fn report_page(r: &Report) -> String {
                 } else {
                     " (no mismatch)"
                 },
-                if s.weights_configured {
-                    ""
-                } else {
+                if !s.weights_configured {
                     " <span class=muted>(equal split assumed: no definitions)</span>"
+                } else if s.by_period {
+                    " <span class=muted>(each bandit period against its own weights)</span>"
+                } else {
+                    ""
                 }
             );
         }
@@ -127,6 +129,9 @@ pub fn report_page(r: &Report) -> String {
     }
     for w in &r.data_quality.warnings {
         let _ = write!(h, "<p class=warn>⚠ {}</p>", escape_html(w));
+    }
+    if let Some(b) = &r.bandit {
+        bandit_section(&mut h, b);
     }
     guardrail_sections(&mut h, r);
     // Metrics, primary first.
@@ -152,6 +157,122 @@ pub fn report_page(r: &Report) -> String {
         super::utc(r.generated_at_ms)
     );
     h
+}
+
+/// A bandit's allocation: the weights over time (chart), and per period
+/// the weights, P(best), users and sample-ratio check.
+fn bandit_section(h: &mut String, b: &BanditOut) {
+    let _ = write!(
+        h,
+        "<h2 id=bandit>Bandit allocation</h2><p>Thompson sampling on <code>{}</code>: period {} since {}.{}</p>",
+        escape_html(&b.metric),
+        b.period,
+        super::utc(b.updated_at_ms),
+        if b.history.len() > 1 {
+            format!(" <span class=muted>{}.</span>", escape_html(&b.note))
+        } else {
+            " <span class=muted>Still the configured weights: no update yet.</span>".to_owned()
+        }
+    );
+    if let Some(svg) = weights_chart(b) {
+        let _ = write!(
+            h,
+            "<figure class=weights-chart>{svg}<figcaption class=muted>Each variant's share of new users per allocation period.</figcaption></figure>"
+        );
+    }
+    let variants: Vec<&String> = b.weights.keys().collect();
+    h.push_str("<table><tr><th>period</th><th>since</th>");
+    for v in &variants {
+        let _ = write!(h, "<th>{}</th>", escape_html(v));
+    }
+    h.push_str("<th>SRM p</th></tr>");
+    for period in &b.history {
+        let _ = write!(h, "<tr><td>{}</td><td>{}</td>", period.period, super::utc(period.started_ms));
+        for v in &variants {
+            let w = period.weights.get(*v).copied().unwrap_or(0.0);
+            let _ = write!(
+                h,
+                "<td>{:.1}% · {} users{}</td>",
+                w * 100.0,
+                period.users.get(*v).copied().unwrap_or(0),
+                period.prob_best
+                    .get(*v)
+                    .map_or(String::new(), |x| format!(" <span class=muted>(P best {x:.2})</span>"))
+            );
+        }
+        let _ = write!(h, "<td>{}</td></tr>", p(period.srm_p_value));
+    }
+    h.push_str("</table>");
+}
+
+/// The weights over time as a step chart (one line per variant).
+pub fn weights_chart(b: &BanditOut) -> Option<String> {
+    let first = b.history.first()?;
+    let t0 = first.started_ms;
+    let t1 = b.updated_at_ms.max(t0 + 1);
+    let span_h = (t1 - t0) as f64 / 3_600_000.0;
+    let (unit, scale) = if span_h < 2.0 {
+        ("minutes", 60_000.0)
+    } else {
+        ("hours", 3_600_000.0)
+    };
+    let x = |t: i64| (t - t0) as f64 / scale;
+    // The last period is drawn one period-length past its start.
+    let last_len = if b.history.len() > 1 {
+        (t1 - b.history[b.history.len() - 2].started_ms).max(1)
+    } else {
+        60_000
+    };
+    let x_max = x(t1 + last_len).max(1e-3);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 300)).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("bandit weights per period", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(42)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..x_max, 0f64..1f64)
+            .ok()?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("{unit} since the first exposure"))
+            .y_desc("share of new users")
+            .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+            .light_line_style(TRANSPARENT)
+            .draw()
+            .ok()?;
+        for (i, v) in b.weights.keys().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let mut pts = Vec::new();
+            for (k, p) in b.history.iter().enumerate() {
+                let w = p.weights.get(v).copied().unwrap_or(0.0);
+                let end = b
+                    .history
+                    .get(k + 1)
+                    .map_or(x_max, |n| x(n.started_ms));
+                pts.push((x(p.started_ms), w));
+                pts.push((end, w));
+            }
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .ok()?
+                .label(v.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
+            .draw()
+            .ok()?;
+        root.present().ok()?;
+    }
+    Some(svg)
 }
 
 /// Halts, health per variant and the guardrail checks.

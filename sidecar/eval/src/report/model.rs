@@ -667,12 +667,30 @@ fn variant_summaries(data: &ExperimentData, control: usize) -> Vec<VariantSummar
             name: name.clone(),
             users: users(i),
             control: i == control,
-            expected_share: data.definition.as_ref().and_then(|d| {
-                let j = d.variants.iter().position(|v| v == name)?;
-                Some(d.weights[j] / total_weight.unwrap_or(1.0))
+            expected_share: adaptive_share(data, name).or_else(|| {
+                data.definition.as_ref().and_then(|d| {
+                    let j = d.variants.iter().position(|v| v == name)?;
+                    Some(d.weights[j] / total_weight.unwrap_or(1.0))
+                })
             }),
         })
         .collect()
+}
+
+/// An adaptive experiment's expected share of a variant: each period's
+/// weight for it, weighted by the period's users.
+fn adaptive_share(data: &ExperimentData, name: &str) -> Option<f64> {
+    if !adaptive(data) {
+        return None;
+    }
+    let b = data.bandit.as_ref()?;
+    let (mut users, mut expected) = (0.0, 0.0);
+    for (h, d) in b.history.periods.iter().zip(&b.periods) {
+        let n: f64 = d.users.iter().map(|&u| u.max(0) as f64).sum();
+        users += n;
+        expected += n * b.history.weight(h.period, name).unwrap_or(0.0);
+    }
+    (users > 0.0).then(|| expected / users)
 }
 
 /// What looks wrong in the data: dropped exposures, assignment mismatches,

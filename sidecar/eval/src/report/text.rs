@@ -60,14 +60,39 @@ pub fn render(r: &Report) -> String {
         Stat::Ok(s) => {
             let _ = writeln!(
                 o,
-                "sample ratio: chi2 {:.2}, p {}{}",
+                "sample ratio: chi2 {:.2}, p {}{}{}",
                 s.chi2,
                 p(Some(s.p_value)),
+                if s.by_period {
+                    " (each bandit period against its weights)"
+                } else {
+                    ""
+                },
                 if s.alarm { "  MISMATCH" } else { "" }
             );
         }
         Stat::Err { error } => {
             let _ = writeln!(o, "sample ratio: {error}");
+        }
+    }
+    if let Some(b) = &r.bandit {
+        let weights: Vec<String> = b
+            .weights
+            .iter()
+            .map(|(v, w)| format!("{v} {:.1}%", w * 100.0))
+            .collect();
+        let _ = writeln!(
+            o,
+            "bandit on {}: period {} since {}, weights {}",
+            b.metric,
+            b.period,
+            super::utc(b.updated_at_ms),
+            weights.join(", ")
+        );
+        if b.history.len() > 1 {
+            for line in wrap(&b.note, 96) {
+                let _ = writeln!(o, "  {line}");
+            }
         }
     }
     for w in &r.data_quality.warnings {
