@@ -71,6 +71,7 @@ fn feed(
             covariate: None,
             timestamp: None,
             id: None,
+            segments: None,
         })
         .collect();
     e.apply_outcomes(&events);

@@ -76,6 +76,7 @@ fn experiment(users: [i64; 2], info: MetricInfo, arms: [MetricSums; 2]) -> Exper
         checks: None,
         overrides: Vec::new(),
         bandit: None,
+        segments: Vec::new(),
     }
 }
 
@@ -342,6 +343,7 @@ fn engine_report(users: usize, lift: f64, seed: u64) -> (ExperimentData, model::
                 covariate,
                 timestamp: None,
                 id: None,
+            segments: None,
             });
         }
     }

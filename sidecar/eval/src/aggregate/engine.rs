@@ -82,6 +82,7 @@ use smallvec::SmallVec;
 
 use super::bandit::{self, BanditHistory, BanditRecord};
 use super::checks;
+use super::segments::SegmentRegistry;
 use super::definitions::Definitions;
 use super::guard::{GuardState, Halt, HaltSource, HaltedRef};
 use super::sums::{Aggregates, Counters, MetricInfo, UserValue, BUCKET_MS};
@@ -97,7 +98,7 @@ const ANY: u32 = u32::MAX;
 /// Snapshot format version: 2 adds the definitions learned from filters,
 /// health, halts and overrides after the version 1 fields; 3 adds the keys
 /// of the states merged (versions 1 and 2 are still read).
-/// 4 adds the bandit periods (`BanditSection`).
+/// 4 adds the bandit periods (`V4Section`).
 const SNAPSHOT_VERSION: u32 = 4;
 
 /// First bytes of an exported state (see the module docs).
@@ -216,7 +217,7 @@ struct Exposure {
     /// The bandit allocation period of this (first) exposure; 0 for the
     /// configured weights. Not in the version 1 user encoding: snapshots
     /// from version 4 on carry the non-zero ones in a section of their own
-    /// ([`BanditSection`]).
+    /// ([`V4Section`]).
     #[serde(skip)]
     period: u32,
 }
@@ -235,6 +236,11 @@ struct UserMetric {
 struct UserState {
     exposures: SmallVec<[Exposure; 1]>,
     metrics: SmallVec<[UserMetric; 2]>,
+    /// (dimension id, value id) of the user's segments, one per dimension
+    /// (`super::segments`). Not in the version 1 encoding: version 4
+    /// snapshots carry them in [`V4Section`].
+    #[serde(skip)]
+    segments: SmallVec<[(u32, u32); 2]>,
 }
 
 impl UserState {
@@ -519,16 +525,20 @@ struct SnapshotOut<'a> {
     base: BaseOut<'a>,
     extra: Extra,
     merged: Vec<(u128, u64)>,
-    bandits: BanditSection,
+    bandits: V4Section,
 }
 
-/// What version 4 adds after the merged keys: bandit experiments' periods
-/// and the period of every user's first exposure that is not period 0.
+/// What version 4 adds after the merged keys: bandit experiments' periods,
+/// the period of every user's first exposure that is not period 0, and
+/// the segments (registry and users' values).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct BanditSection {
+struct V4Section {
     histories: Vec<(String, BanditHistory)>,
     /// (user, experiment id, period).
     periods: Vec<(Box<str>, u32, u32)>,
+    registry: SegmentRegistry,
+    /// (user, its (dimension id, value id) pairs).
+    segments: Vec<(Box<str>, Vec<(u32, u32)>)>,
 }
 
 /// ... (the version 1 fields) ...
@@ -553,9 +563,13 @@ struct SnapshotIn {
     /// Version 3: (sidecar id, LSN) of the states merged.
     #[serde(skip)]
     merged: Vec<(u128, u64)>,
-    /// Version 4: bandit periods (already attached to `users`).
+    /// Version 4: bandit periods (exposures' periods already attached to
+    /// `users`).
     #[serde(skip)]
     bandits: Vec<(String, BanditHistory)>,
+    /// Version 4: the segment registry (users' values already attached).
+    #[serde(skip)]
+    registry: SegmentRegistry,
     bucket_ms: i64,
     experiments: Vec<ExperimentRecord>,
     metrics: Vec<MetricInfo>,
@@ -689,6 +703,7 @@ impl Engine {
             add_extra(&mut agg, &s.extra, &exp_map);
             agg.guard = s.extra.guard.clone();
             agg.bandits = s.bandits.iter().cloned().collect();
+            agg.segments = s.registry.clone();
             drop(agg);
             if exp_map.iter().enumerate().all(|(i, &(e, ref vs))| {
                 e == i as u32 && vs.iter().enumerate().all(|(j, &v)| v == j as u16)
@@ -704,6 +719,7 @@ impl Engine {
                             e.variant,
                             e.t_ms,
                             e.period,
+                            &user.segments,
                             &user.values(e.exp),
                             1.0,
                         );
@@ -716,7 +732,8 @@ impl Engine {
                 // The definitions registered names in another order than
                 // the snapshot's: fold users in through the id maps.
                 for (name, user) in users {
-                    engine.fold_user(&name, &user, &exp_map, &metric_map);
+                    let segs = user.segments.clone();
+                    engine.fold_user(&name, &user, &exp_map, &metric_map, &segs);
                 }
             }
         }
@@ -786,6 +803,14 @@ impl Engine {
                 cov: ev.covariate.map_or(0.0, |c| c.0),
             };
             let user = user_mut(&mut self.users, ev.user.as_str());
+            if let Some(segs) = &ev.segments {
+                for (dim, value) in &segs.0 {
+                    if let Some(d) = agg.segments.dimension_id(dim.as_str()) {
+                        let v = agg.segments.value_id(d, value.as_str());
+                        set_segment(user, &mut agg, d, v);
+                    }
+                }
+            }
             add_metric(user, &mut agg, delta);
         }
         agg.counters.events += accepted;
@@ -1089,7 +1114,7 @@ impl Engine {
             base: self.base(&agg, &ids),
             extra,
             merged: self.merged.iter().map(|(id, &lsn)| (id.0, lsn)).collect(),
-            bandits: BanditSection {
+            bandits: V4Section {
                 histories: agg
                     .bandits
                     .iter()
@@ -1104,6 +1129,13 @@ impl Engine {
                             .filter(|e| e.period > 0)
                             .map(move |e| (name.clone(), e.exp, e.period))
                     })
+                    .collect(),
+                registry: agg.segments.clone(),
+                segments: self
+                    .users
+                    .iter()
+                    .filter(|(_, u)| !u.segments.is_empty())
+                    .map(|(name, u)| (name.clone(), u.segments.to_vec()))
                     .collect(),
             },
         };
@@ -1311,23 +1343,49 @@ impl Engine {
             }
         }
         let users = s.users.len() as u64;
+        // The other state's segment ids, in this one's registry.
+        let seg_map: Vec<Option<(u32, Vec<u32>)>> = {
+            let mut agg = self.shared.lock();
+            s.registry
+                .dimensions
+                .iter()
+                .map(|d| {
+                    let id = agg.segments.dimension_id(&d.name)?;
+                    let values = d.values.iter().map(|v| agg.segments.value_id(id, v)).collect();
+                    Some((id, values))
+                })
+                .collect()
+        };
         for (name, user) in &s.users {
-            self.fold_user(name, user, &exp_map, &metric_map);
+            let segs: Vec<(u32, u32)> = user
+                .segments
+                .iter()
+                .filter_map(|&(d, v)| {
+                    let (id, values) = seg_map.get(d as usize)?.as_ref()?;
+                    Some((*id, *values.get(v as usize)?))
+                })
+                .collect();
+            self.fold_user(name, user, &exp_map, &metric_map, &segs);
         }
         users
     }
 
     /// Adds a user's state from another id space.
+    /// `segments` are the user's segment values in this engine's ids.
     fn fold_user(
         &mut self,
         name: &str,
         other: &UserState,
         exp_map: &[(u32, Vec<u16>)],
         metric_map: &[u32],
+        segments: &[(u32, u32)],
     ) {
         let shared = self.shared.clone();
         let mut agg = shared.lock();
         let user = user_mut(&mut self.users, name);
+        for &(d, v) in segments {
+            set_segment(user, &mut agg, d, v);
+        }
         for m in &other.metrics {
             let scope = if m.scope == ANY {
                 ANY
@@ -1438,7 +1496,7 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, SnapshotError> {
             rest = after;
         }
         if version >= 4 {
-            let (b, after) = postcard::take_from_bytes::<BanditSection>(rest).map_err(bad)?;
+            let (b, after) = postcard::take_from_bytes::<V4Section>(rest).map_err(bad)?;
             rest = after;
             for (name, exp, period) in b.periods {
                 let e = s
@@ -1451,6 +1509,21 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, SnapshotError> {
                 e.period = period;
             }
             s.bandits = b.histories;
+            let mut registry = b.registry;
+            registry.reindex();
+            for (name, segs) in b.segments {
+                let fits = segs.iter().all(|&(d, v)| {
+                    registry
+                        .dimensions
+                        .get(d as usize)
+                        .is_some_and(|x| (v as usize) < x.values.len())
+                });
+                let user = s.users.get_mut(&name).filter(|_| fits).ok_or(
+                    SnapshotError::Dangling("a user's segment names a user, dimension or value"),
+                )?;
+                user.segments = segs.into();
+            }
+            s.registry = registry;
         }
         if version >= 3 && !rest.is_empty() {
             return Err(SnapshotError::Trailing(rest.len()));
@@ -1739,7 +1812,16 @@ fn add_metric(user: &mut UserState, agg: &mut Aggregates, delta: UserMetric) {
     }
     for (e, old) in affected {
         let new = user.value(e.exp, delta.metric);
-        agg.change_user(e.exp, e.variant, e.t_ms, e.period, delta.metric, &old, &new);
+        agg.change_user(
+            e.exp,
+            e.variant,
+            e.t_ms,
+            e.period,
+            &user.segments,
+            delta.metric,
+            &old,
+            &new,
+        );
     }
 }
 
@@ -1768,7 +1850,15 @@ fn add_exposure(
             if conflicted {
                 agg.experiments[exp as usize].conflicts += 1;
             }
-            agg.add_user(exp, variant, t_ms, period, &user.values(exp), 1.0);
+            agg.add_user(
+                exp,
+                variant,
+                t_ms,
+                period,
+                &user.segments,
+                &user.values(exp),
+                1.0,
+            );
         }
         Some(i) => {
             let old = user.exposures[i];
@@ -1779,14 +1869,46 @@ fn add_exposure(
             }
             if (t_ms, variant) < (old.t_ms, old.variant) {
                 let values = user.values(exp);
-                agg.add_user(exp, old.variant, old.t_ms, old.period, &values, -1.0);
-                agg.add_user(exp, variant, t_ms, period, &values, 1.0);
+                let segs = &user.segments;
+                agg.add_user(exp, old.variant, old.t_ms, old.period, segs, &values, -1.0);
+                agg.add_user(exp, variant, t_ms, period, segs, &values, 1.0);
                 new.variant = variant;
                 new.t_ms = t_ms;
                 new.period = period;
             }
             user.exposures[i] = new;
         }
+    }
+}
+
+/// Gives the user value `value` of dimension `dim` (interned ids). A user
+/// has one value per dimension: a different one replaces it only if its
+/// name is first in byte order (so the result does not depend on the
+/// order of records), and either way the disagreement is counted. The
+/// user's cells move with it.
+fn set_segment(user: &mut UserState, agg: &mut Aggregates, dim: u32, value: u32) {
+    let old = user.segments.iter().position(|&(d, _)| d == dim);
+    if let Some(i) = old {
+        let was = user.segments[i].1;
+        if was == value {
+            return;
+        }
+        agg.segments.conflicts += 1;
+        if agg.segments.value(dim, value) >= agg.segments.value(dim, was) {
+            return;
+        }
+        for e in user.exposures.clone() {
+            let values = user.values(e.exp);
+            agg.add_user_to_segment(e.exp, e.variant, (dim, was), &values, -1.0);
+            agg.add_user_to_segment(e.exp, e.variant, (dim, value), &values, 1.0);
+        }
+        user.segments[i].1 = value;
+    } else {
+        for e in user.exposures.clone() {
+            let values = user.values(e.exp);
+            agg.add_user_to_segment(e.exp, e.variant, (dim, value), &values, 1.0);
+        }
+        user.segments.push((dim, value));
     }
 }
 

@@ -58,6 +58,7 @@ pub mod checks;
 pub mod definitions;
 pub mod engine;
 pub mod guard;
+pub mod segments;
 pub mod sums;
 
 pub use definitions::{config_id, Defined, Definitions};

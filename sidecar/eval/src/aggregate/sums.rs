@@ -220,6 +220,9 @@ pub struct ExperimentAgg {
     pub mismatches: u64,
     /// Users seen in more than one variant (the first exposure counts).
     pub conflicts: u64,
+    /// Per (dimension id, value id) of [`Aggregates::segments`]: a cell per
+    /// variant (same order as `cells`; missing ones are empty).
+    pub segments: BTreeMap<(u32, u32), Vec<Cell>>,
 }
 
 impl ExperimentAgg {
@@ -320,6 +323,8 @@ pub struct Aggregates {
     pub guard: GuardState,
     /// The allocation periods of bandit experiments, by experiment name.
     pub bandits: BTreeMap<String, super::bandit::BanditHistory>,
+    /// Segment dimensions and values seen on events.
+    pub segments: super::segments::SegmentRegistry,
 }
 
 impl Aggregates {
@@ -395,9 +400,13 @@ impl Aggregates {
         variant: u16,
         t_ms: i64,
         period: u32,
+        segments: &[(u32, u32)],
         values: &[(u32, UserValue)],
         sign: f64,
     ) {
+        for seg in segments {
+            self.add_user_to_segment(exp, variant, *seg, values, sign);
+        }
         let e = &mut self.experiments[exp as usize];
         let slots: smallvec::SmallVec<[usize; 4]> =
             values.iter().map(|(m, _)| e.slot(*m)).collect();
@@ -428,6 +437,30 @@ impl Aggregates {
         }
     }
 
+    /// Adds (`sign` 1) or removes (−1) a user's totals to one segment's
+    /// cell of a variant (the user's segment value became known or moved).
+    pub(super) fn add_user_to_segment(
+        &mut self,
+        exp: u32,
+        variant: u16,
+        segment: (u32, u32),
+        values: &[(u32, UserValue)],
+        sign: f64,
+    ) {
+        let e = &mut self.experiments[exp as usize];
+        let slots: smallvec::SmallVec<[usize; 4]> =
+            values.iter().map(|(m, _)| e.slot(*m)).collect();
+        let cells = e.segments.entry(segment).or_default();
+        if cells.len() <= variant as usize {
+            cells.resize_with(variant as usize + 1, Cell::default);
+        }
+        let cell = &mut cells[variant as usize];
+        cell.users += sign as i64;
+        for ((_, v), &slot) in values.iter().zip(&slots) {
+            cell.metric_mut(slot).add_user(v, sign);
+        }
+    }
+
     /// A user's totals for one metric changed.
     pub(super) fn change_user(
         &mut self,
@@ -435,12 +468,22 @@ impl Aggregates {
         variant: u16,
         t_ms: i64,
         period: u32,
+        segments: &[(u32, u32)],
         metric: u32,
         old: &UserValue,
         new: &UserValue,
     ) {
         let e = &mut self.experiments[exp as usize];
         let slot = e.slot(metric);
+        for seg in segments {
+            let cells = e.segments.entry(*seg).or_default();
+            if cells.len() <= variant as usize {
+                cells.resize_with(variant as usize + 1, Cell::default);
+            }
+            cells[variant as usize]
+                .metric_mut(slot)
+                .change_user(old, new);
+        }
         let va = &mut e.cells[variant as usize];
         va.total.metric_mut(slot).change_user(old, new);
         if period > 0 {

@@ -238,6 +238,9 @@ pub enum FieldError {
     Name { allowed: &'static str, got: String },
     #[error("must be 1 to {MAX_ID_BYTES} bytes (got {0})")]
     IdLength(usize),
+    /// An event's `segments` object (the message says what is wrong).
+    #[error("{0}")]
+    Segment(String),
 }
 
 /// Checks an experiment name the way the filter does: 1 to 64 of

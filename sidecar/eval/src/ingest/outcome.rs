@@ -14,6 +14,7 @@
 //! | `covariate` | no | a pre-experiment value of the same metric for CUPED, added to the user's covariate; an event with `covariate` and no `value` carries only the covariate |
 //! | `timestamp` | no | Unix milliseconds or an RFC 3339 string; default: when the sidecar received it |
 //! | `id` | no | de-duplication key (1 to 256 bytes): a second event with the same id is acknowledged and ignored |
+//! | `segments` | no | the user's attributes for segmented reports, e.g. `{"country": "de", "platform": "ios"}`: up to 8 dimensions (`[a-z0-9_.-]`, 1 to 64 characters) with values of 1 to 64 bytes; they describe the user (for every experiment), so send attributes fixed before the experiment, not ones it could change |
 //!
 //! The body is a JSON array of events, or NDJSON (one event per line;
 //! blank lines are skipped). Unknown fields are refused, so a typo
@@ -45,6 +46,71 @@ pub struct Outcome<'a> {
     pub timestamp: Option<Millis>,
     #[serde(default, borrow)]
     pub id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub segments: Option<SegmentValues<'a>>,
+}
+
+/// Most segment dimensions on one event.
+pub const MAX_EVENT_SEGMENTS: usize = 8;
+/// Longest segment value, in bytes.
+pub const MAX_SEGMENT_VALUE_BYTES: usize = 64;
+
+/// An event's `segments` object, `{"dimension": "value", ...}`, in
+/// document order, borrowed from the body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SegmentValues<'a>(pub Vec<(Text<'a>, Text<'a>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for SegmentValues<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = SegmentValues<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of dimension names to string values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = m.next_entry::<Text<'a>, Text<'a>>()? {
+                    out.push(entry);
+                }
+                Ok(SegmentValues(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl SegmentValues<'_> {
+    fn check(&self) -> Result<(), fields::FieldError> {
+        if self.0.len() > MAX_EVENT_SEGMENTS {
+            return Err(fields::FieldError::Segment(format!(
+                "{} dimensions; at most {MAX_EVENT_SEGMENTS}",
+                self.0.len()
+            )));
+        }
+        for (i, (dim, value)) in self.0.iter().enumerate() {
+            fields::check_experiment_name(dim.as_str()).map_err(|e| {
+                fields::FieldError::Segment(format!("dimension {:?}: {e}", abmesh_common::quote::clip(dim.as_str())))
+            })?;
+            if self.0[..i].iter().any(|(d, _)| d == dim) {
+                return Err(fields::FieldError::Segment(format!(
+                    "dimension {:?} is given twice",
+                    dim.as_str()
+                )));
+            }
+            let v = value.as_str();
+            if v.is_empty() || v.len() > MAX_SEGMENT_VALUE_BYTES || v.chars().any(char::is_control) {
+                return Err(fields::FieldError::Segment(format!(
+                    "the value of {:?} must be 1 to {MAX_SEGMENT_VALUE_BYTES} bytes without control characters",
+                    dim.as_str()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Outcome<'_> {
@@ -72,6 +138,9 @@ impl Outcome<'_> {
         }
         if let Some(id) = &self.id {
             fields::check_id(id.as_str()).map_err(|m| ("id", m))?;
+        }
+        if let Some(s) = &self.segments {
+            s.check().map_err(|m| ("segments", m))?;
         }
         Ok(())
     }

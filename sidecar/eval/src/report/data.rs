@@ -51,6 +51,19 @@ pub struct ExperimentData {
     /// A bandit experiment's periods and per-period statistics (None: not
     /// a bandit, or not started).
     pub bandit: Option<BanditData>,
+    /// The experiment's users by segment (dimension, value), sorted.
+    pub segments: Vec<SegmentData>,
+}
+
+/// The users of one segment value.
+#[derive(Debug, Clone)]
+pub struct SegmentData {
+    pub dimension: String,
+    pub value: String,
+    /// Per variant, in `ExperimentData::variants` order.
+    pub users: Vec<i64>,
+    /// `[metric][variant]`, metrics in `ExperimentData::metrics` order.
+    pub sums: Vec<Vec<MetricSums>>,
 }
 
 /// A bandit experiment's allocation periods and what each period's users
@@ -141,6 +154,24 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
             periods,
         }
     });
+    let mut segments: Vec<SegmentData> = e
+        .segments
+        .iter()
+        .map(|(&(d, v), cells)| {
+            let cell = |i: usize| cells.get(i).cloned().unwrap_or_default();
+            SegmentData {
+                dimension: agg.segments.dimensions[d as usize].name.clone(),
+                value: agg.segments.value(d, v).to_owned(),
+                users: (0..e.cells.len()).map(|i| cell(i).users).collect(),
+                sums: metrics
+                    .iter()
+                    .map(|(slot, _)| (0..e.cells.len()).map(|i| cell(i).metric(*slot)).collect())
+                    .collect(),
+            }
+        })
+        .filter(|s| s.users.iter().any(|&u| u > 0))
+        .collect();
+    segments.sort_by(|a, b| (&a.dimension, &a.value).cmp(&(&b.dimension, &b.value)));
     let points = if series {
         cumulative(e.cells.iter().map(|c| &c.levels).collect(), &metrics)
     } else {
@@ -176,6 +207,7 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
             .map(|(_, v, r)| (v.clone(), r.clone()))
             .collect(),
         bandit,
+        segments,
     })
 }
 

@@ -9,6 +9,7 @@ use plotters::prelude::*;
 use super::model::{
     pct, BanditOut, Comparison, HaltedBy, Interval, LiftPoint, MetricReport, Report, SequentialOut, Stat,
 };
+use super::segments::SegmentReport;
 use super::ListEntry;
 use abmesh_stats::guardrail::CheckStatus;
 
@@ -144,6 +145,9 @@ pub fn report_page(r: &Report) -> String {
     for m in metrics {
         metric_section(&mut h, m, &level, r.settings.target_lift);
     }
+    for d in &r.segments {
+        segment_section(&mut h, d);
+    }
     let _ = write!(
         h,
         "<p class=muted>α = {}, power {}, target ±{:.1}%, n* = {}, min users {} · log record {} · generated at {} · \
@@ -157,6 +161,43 @@ pub fn report_page(r: &Report) -> String {
         super::utc(r.generated_at_ms)
     );
     h
+}
+
+/// A dimension's breakdown of the primary metric.
+fn segment_section(h: &mut String, d: &SegmentReport) {
+    let _ = write!(
+        h,
+        "<h2 id=\"segments-{dim}\">{metric} by {dim}</h2><p class=muted>Each segment analysed like the whole experiment; p-values adjusted over the dimension's segments (Holm: family-wise; BH: false discovery rate).</p>\
+         <table><tr><th>segment</th><th>variant</th><th>users</th><th>relative lift</th><th>CI</th><th>p</th><th>p (Holm)</th><th>p (BH)</th></tr>",
+        dim = escape_html(&d.dimension),
+        metric = escape_html(&d.metric)
+    );
+    for row in &d.segments {
+        for c in &row.comparisons {
+            let (lift, ci) = match &c.relative {
+                Stat::Ok(i) => (
+                    pct(i.estimate),
+                    format!("[{}, {}]", pct(i.ci_low), pct(i.ci_high)),
+                ),
+                Stat::Err { error } => ("–".into(), escape_html(error)),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{lift}</td><td>{ci}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape_html(&row.value),
+                if row.too_small { " <span class=warn>(too small)</span>" } else { "" },
+                escape_html(&c.variant),
+                row.users.get(&c.variant).copied().unwrap_or(0),
+                p(c.p_value),
+                p(c.p_value_holm),
+                p(c.p_value_bh)
+            );
+        }
+    }
+    h.push_str("</table>");
+    for w in &d.warnings {
+        let _ = write!(h, "<p class=warn>⚠ {}</p>", escape_html(w));
+    }
 }
 
 /// A bandit's allocation: the weights over time (chart), and per period

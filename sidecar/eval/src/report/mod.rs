@@ -10,6 +10,7 @@
 pub mod data;
 pub mod html;
 pub mod model;
+pub mod segments;
 pub mod settings;
 pub mod text;
 

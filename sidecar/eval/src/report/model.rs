@@ -159,6 +159,10 @@ pub struct Report {
     /// exposures yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bandit: Option<BanditOut>,
+    /// The primary metric by segment, per dimension (absent when events
+    /// carry no `segments`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<super::segments::SegmentReport>,
 }
 
 /// A bandit experiment in a report: the weights now and over time, and how
@@ -591,6 +595,7 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
     };
     let mut warnings = data_warnings(data);
     let primary = primary_metric(data, settings, &mut warnings);
+    let segments = super::segments::segment_reports(data, control, primary.as_deref(), settings);
     let metrics = metric_reports(data, control, primary.as_deref(), settings);
     let halts: Vec<HaltOut> = data
         .halts
@@ -640,6 +645,7 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
         metrics,
         decision,
         bandit: bandit_of(data),
+        segments,
     }
 }
 
@@ -1135,7 +1141,7 @@ fn adaptive_comparison(
     }
 }
 
-fn metric_report(
+pub(super) fn metric_report(
     data: &ExperimentData,
     mi: usize,
     m: &MetricData,

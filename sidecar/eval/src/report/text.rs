@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::model::{pct, HaltedBy, MetricReport, Report, Stat};
+use super::segments::SegmentReport;
 
 fn p(x: Option<f64>) -> String {
     match x {
@@ -104,7 +105,42 @@ pub fn render(r: &Report) -> String {
     for m in metrics {
         metric(&mut o, m, r.settings.alpha);
     }
+    for d in &r.segments {
+        segment_table(&mut o, d);
+    }
     o
+}
+
+/// A dimension's breakdown: one line per (segment, treatment).
+fn segment_table(o: &mut String, d: &SegmentReport) {
+    let _ = writeln!(o, "\n{} by {}", d.metric, d.dimension);
+    let _ = writeln!(
+        o,
+        "  {:<20} {:<16} {:>10} {:>28} {:>10} {:>10}",
+        "segment", "variant", "users", "relative lift [CI]", "p", "p (Holm)"
+    );
+    for row in &d.segments {
+        for c in &row.comparisons {
+            let lift = match &c.relative {
+                Stat::Ok(i) => format!("{} [{}, {}]", pct(i.estimate), pct(i.ci_low), pct(i.ci_high)),
+                Stat::Err { .. } => "-".into(),
+            };
+            let _ = writeln!(
+                o,
+                "  {:<20} {:<16} {:>10} {:>28} {:>10} {:>10}{}",
+                row.value,
+                c.variant,
+                row.users.get(&c.variant).copied().unwrap_or(0),
+                lift,
+                p(c.p_value),
+                p(c.p_value_holm),
+                if row.too_small { "  too small" } else { "" }
+            );
+        }
+    }
+    for w in &d.warnings {
+        let _ = writeln!(o, "  warning: {w}");
+    }
 }
 
 fn metric(o: &mut String, m: &MetricReport, alpha: f64) {
