@@ -91,7 +91,11 @@ impl Allocation {
             periods: vec![0; plan.experiments.len()].into_boxed_slice(),
             offsets: offsets.into_boxed_slice(),
             uppers: uppers.into_boxed_slice(),
-            bandit: plan.experiments.iter().map(|e| e.bandit.is_some()).collect(),
+            bandit: plan
+                .experiments
+                .iter()
+                .map(|e| e.bandit.is_some())
+                .collect(),
             names: plan.experiments.iter().map(|e| e.name.clone()).collect(),
             variant_names: variant_names.into_boxed_slice(),
         }
@@ -330,7 +334,10 @@ mod tests {
     #[test]
     fn largest_remainder_is_exact_and_deterministic() {
         assert_eq!(largest_remainder(&[1.0, 1.0, 1.0], 1.0), [3334, 3333, 3333]);
-        assert_eq!(largest_remainder(&[0.5, 0.15, 0.35], 0.5), [5000, 1500, 3500]);
+        assert_eq!(
+            largest_remainder(&[0.5, 0.15, 0.35], 0.5),
+            [5000, 1500, 3500]
+        );
         assert_eq!(largest_remainder(&[0.0, 2.0], 2.0), [0, 10_000]);
         assert_eq!(largest_remainder(&[1e-9, 1.0], 1.0), [0, 10_000]);
         let w = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];

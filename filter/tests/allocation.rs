@@ -143,7 +143,11 @@ fn the_control_never_moves_when_its_share_is_kept() {
     );
     let control = 0;
     for (o, n) in old.iter().zip(&new) {
-        assert_eq!(*o == control, *n == control, "a user entered or left control");
+        assert_eq!(
+            *o == control,
+            *n == control,
+            "a user entered or left control"
+        );
     }
 }
 
@@ -173,7 +177,10 @@ fn periods_only_advance_and_bad_weights_change_nothing() {
     assert!(alloc.is_configured());
     assert_eq!(alloc.set(0, 0, &[1.0, 1.0, 1.0, 1.0]), Ok(false));
     assert_eq!(alloc.set(0, 2, &[1.0, 1.0, 1.0, 1.0]), Ok(true));
-    assert_eq!((alloc.period(0), alloc.uppers(0)), (2, &[2500, 5000, 7500, 10_000][..]));
+    assert_eq!(
+        (alloc.period(0), alloc.uppers(0)),
+        (2, &[2500, 5000, 7500, 10_000][..])
+    );
     assert!(!alloc.is_configured());
     // A lagging replica's older period is ignored.
     assert_eq!(alloc.set(0, 1, &[4.0, 1.0, 1.0, 1.0]), Ok(false));

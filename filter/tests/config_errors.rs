@@ -632,19 +632,29 @@ fn bandits_are_validated_and_exposed() {
     let b = p.experiments()[0].bandit().unwrap();
     assert_eq!(b.metric, "purchase");
     assert_eq!(
-        (b.update_every_s, b.min_users_per_variant, b.explore_floor_percent),
+        (
+            b.update_every_s,
+            b.min_users_per_variant,
+            b.explore_floor_percent
+        ),
         (60, 500, 2.5)
     );
     // Defaults, and no bandit at all.
     let p = Plan::from_json(bandit(r#"{"metric": "m"}"#).as_bytes()).unwrap();
     let b = p.experiments()[0].bandit().unwrap();
     assert_eq!(
-        (b.update_every_s, b.min_users_per_variant, b.explore_floor_percent),
+        (
+            b.update_every_s,
+            b.min_users_per_variant,
+            b.explore_floor_percent
+        ),
         (3600, 100, 5.0)
     );
-    assert!(Plan::from_json(exp("").as_bytes()).unwrap().experiments()[0]
-        .bandit()
-        .is_none());
+    assert!(
+        Plan::from_json(exp("").as_bytes()).unwrap().experiments()[0]
+            .bandit()
+            .is_none()
+    );
     // The floors may take (nearly) all of the non-control share:
     // 3 × 16.66 % ≤ 50 %.
     let full = bandit(r#"{"metric": "m", "explore_floor_percent": 16.66}"#);
@@ -712,7 +722,11 @@ fn bandit_errors_name_the_field() {
     // A non-finite floor (only a Config built in code can have one).
     let mut config: abmesh_filter::Config =
         serde_json::from_str(&bandit(r#"{"metric": "m"}"#)).unwrap();
-    config.experiments[0].bandit.as_mut().unwrap().explore_floor_percent = f64::NAN;
+    config.experiments[0]
+        .bandit
+        .as_mut()
+        .unwrap()
+        .explore_floor_percent = f64::NAN;
     let e = Plan::compile(&config).unwrap_err();
     assert_eq!(e.field(), format!("{at}.explore_floor_percent"));
 }

@@ -21,8 +21,7 @@ use crate::streams::StreamIds;
 use abmesh_filter::streams::StreamTable;
 use abmesh_filter::telemetry::Recorder;
 use abmesh_filter::{
-    Allocation, Decisions, Halts, HeaderSink, MissingIdentity, Plan, RequestHeaders, Slot,
-    Verdict,
+    Allocation, Decisions, Halts, HeaderSink, MissingIdentity, Plan, RequestHeaders, Slot, Verdict,
 };
 use std::cell::Cell;
 use std::sync::{Arc, Mutex, MutexGuard};

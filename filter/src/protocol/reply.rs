@@ -176,7 +176,10 @@ mod tests {
 
     fn allocations(p: &Plan, list: &str) -> Vec<AllocationUpdate> {
         let body = format!(r#"{{"accepted": 1, "allocations": {list}}}"#);
-        parse_reply(p, body.as_bytes()).unwrap().allocations.unwrap()
+        parse_reply(p, body.as_bytes())
+            .unwrap()
+            .allocations
+            .unwrap()
     }
 
     #[test]
@@ -199,7 +202,10 @@ mod tests {
             &p,
             r#"[{"experiment": "ranker", "period": 4294967295, "weights": {"control": 1, "a": 0, "b": 3}}]"#,
         );
-        assert_eq!((got[0].period, &got[0].weights[..]), (u32::MAX, &[1.0, 0.0, 3.0][..]));
+        assert_eq!(
+            (got[0].period, &got[0].weights[..]),
+            (u32::MAX, &[1.0, 0.0, 3.0][..])
+        );
         // Absent, or not a list: keep everything.
         let r = parse_reply(&p, br#"{"allocations": {"ranker": 1}}"#).unwrap();
         assert_eq!(r.allocations, None);

@@ -364,7 +364,14 @@ mod tests {
         s.dispatched();
         notes.clear();
         halts.halt(0, 1);
-        s.answered(&plan, Some(b"200"), b"ok", &mut halts, &mut alloc, &mut notes);
+        s.answered(
+            &plan,
+            Some(b"200"),
+            b"ok",
+            &mut halts,
+            &mut alloc,
+            &mut notes,
+        );
         assert!(halts.is_halted(0, 1));
         assert_eq!(notes.len(), 1);
         assert!(!s.sends_config());
@@ -396,7 +403,14 @@ mod tests {
             s.batch(&mut ring, None).unwrap();
             s.dispatched();
             notes.clear();
-            s.answered(&plan, Some(b"200"), body.as_bytes(), &mut halts, alloc, &mut notes);
+            s.answered(
+                &plan,
+                Some(b"200"),
+                body.as_bytes(),
+                &mut halts,
+                alloc,
+                &mut notes,
+            );
             notes.clone()
         };
         let weights = |period: u32, a: f64, b: f64| {
@@ -406,7 +420,10 @@ mod tests {
         };
         assert_eq!(alloc.uppers(0), [5000, 7500, 10_000]);
         let n = answer(&mut s, &mut alloc, &weights(3, 0.15, 0.35));
-        assert_eq!((alloc.period(0), alloc.uppers(0)), (3, &[5000, 6500, 10_000][..]));
+        assert_eq!(
+            (alloc.period(0), alloc.uppers(0)),
+            (3, &[5000, 6500, 10_000][..])
+        );
         assert_eq!(n.len(), 1, "{n:?}");
         assert_eq!(n[0].level, NoteLevel::Info);
         assert_eq!(
@@ -418,7 +435,10 @@ mod tests {
         for p in [3, 2, 1] {
             let n = answer(&mut s, &mut alloc, &weights(p, 0.4, 0.1));
             assert!(n.is_empty(), "{n:?}");
-            assert_eq!((alloc.period(0), alloc.uppers(0)), (3, &[5000, 6500, 10_000][..]));
+            assert_eq!(
+                (alloc.period(0), alloc.uppers(0)),
+                (3, &[5000, 6500, 10_000][..])
+            );
         }
         // No weights in the answer, an empty list, or an unreadable
         // answer: the last weights stay.
@@ -428,7 +448,14 @@ mod tests {
         }
         // A later period moves the weights again.
         let n = answer(&mut s, &mut alloc, &weights(4, 0.3, 0.2));
-        assert_eq!((alloc.period(0), alloc.uppers(0)), (4, &[5000, 8000, 10_000][..]));
-        assert!(n[0].message.contains("period 4: control 50.00%, a 30.00%, b 20.00%; 15.00%"), "{n:?}");
+        assert_eq!(
+            (alloc.period(0), alloc.uppers(0)),
+            (4, &[5000, 8000, 10_000][..])
+        );
+        assert!(
+            n[0].message
+                .contains("period 4: control 50.00%, a 30.00%, b 20.00%; 15.00%"),
+            "{n:?}"
+        );
     }
 }
