@@ -279,32 +279,49 @@ pub struct ExperimentConfig {
     /// (its users are routed like control). Absent: no guardrails.
     #[serde(default)]
     pub guardrails: Option<GuardrailsConfig>,
-    /// Adaptive allocation (Thompson sampling) by the sidecar.
+    /// Adaptive allocation (Thompson sampling on an outcome metric): the
+    /// sidecar periodically re-weights the non-control variants and the
+    /// filter assigns new users by the weights of the latest period. Absent:
+    /// the configured weights hold for the experiment's whole life.
     #[serde(default)]
     pub bandit: Option<BanditConfig>,
 }
 
-/// A Thompson-sampling bandit (placeholder until the filter branch lands).
+/// A Thompson-sampling bandit over an experiment's variants.
+///
+/// The control keeps its configured share of the experiment's (enrolled)
+/// users for the whole experiment, so the comparison against it stays a
+/// randomized one; the bandit only redistributes the non-control share
+/// among the non-control variants, in proportion to each one's posterior
+/// probability of being best on `metric`. Every non-control variant keeps
+/// at least `explore_floor_percent` of all the experiment's users, so a
+/// variant that looks bad early can still recover, and its estimate keeps
+/// improving. That is why the configuration needs at least two non-control
+/// variants, and a floor the non-control share can afford for all of them.
+///
+/// The sidecar computes the weights (one *period* per update) and sends
+/// them in its answers to batches; the filter only validates this and
+/// assigns by the weights it was sent ([`crate::Allocation`]).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BanditConfig {
+    /// The outcome-event metric (as in `POST /v1/events`) the bandit
+    /// maximizes. Non-empty, at most 128 bytes.
     pub metric: String,
+    /// Seconds between weight updates (periods), 1 to 2 592 000 (30 days).
+    /// Default: 3600. Users keep their variant within a period; a new
+    /// period moves only the users of the share that changed hands.
     #[serde(default = "default_update_every_s")]
     pub update_every_s: u64,
+    /// Users each variant needs before the sidecar moves weights away from
+    /// the configured ones: until then the posterior says little. Default:
+    /// 100.
     #[serde(default = "default_min_users_per_variant")]
     pub min_users_per_variant: u64,
+    /// The smallest share of all the experiment's users any non-control
+    /// variant keeps, in percent (finite, ≥ 0). Default: 5.
     #[serde(default = "default_explore_floor_percent")]
     pub explore_floor_percent: f64,
-}
-
-fn default_update_every_s() -> u64 {
-    3600
-}
-fn default_min_users_per_variant() -> u64 {
-    100
-}
-fn default_explore_floor_percent() -> f64 {
-    5.0
 }
 
 /// Guardrails of one experiment, evaluated by the sidecar for every
@@ -426,6 +443,15 @@ pub struct VariantConfig {
     pub authority: Option<String>,
 }
 
+fn default_update_every_s() -> u64 {
+    3600
+}
+fn default_min_users_per_variant() -> u64 {
+    100
+}
+fn default_explore_floor_percent() -> f64 {
+    5.0
+}
 fn default_guardrail_alpha() -> f64 {
     0.01
 }

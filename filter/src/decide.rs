@@ -6,6 +6,7 @@
 //! header writes go to a caller's [`HeaderSink`] as borrowed slices of the
 //! plan's precomputed strings.
 
+use crate::allocation::Allocation;
 use crate::config::MissingIdentity;
 use crate::hash::BUCKETS;
 use crate::identity::cookie_value;
@@ -122,6 +123,9 @@ pub enum Verdict {
 #[derive(Clone, Debug)]
 pub struct Decisions {
     pub(crate) slots: Box<[Assignment]>,
+    /// Allocation period of each slot's hash assignment (0: configured
+    /// weights, and for anything that is not an exposure).
+    periods: Box<[u32]>,
     /// Cached layer buckets for this user (`u32::MAX`: not computed yet).
     layer_buckets: Box<[u32]>,
 }
@@ -145,6 +149,16 @@ impl Decisions {
     pub fn pack_exposures(assignments: &[Assignment], out: &mut [u16]) {
         for (o, a) in out.iter_mut().zip(assignments) {
             *o = a.exposure().map_or(0, |v| v as u16 + 1);
+        }
+    }
+
+    /// The allocation period whose weights assigned experiment
+    /// `experiment`'s variant ([`crate::Allocation`]; 0: the configured
+    /// weights). Meaningful for an exposure; 0 otherwise.
+    pub fn period(&self, experiment: usize) -> u32 {
+        match self.slots.get(experiment) {
+            Some(a) if a.exposure().is_some() => self.periods[experiment],
+            _ => 0,
         }
     }
 
@@ -178,6 +192,7 @@ impl Decisions {
 
     fn reset(&mut self) {
         self.slots.fill(Assignment::NotMatched);
+        self.periods.fill(0);
         self.layer_buckets.fill(u32::MAX);
     }
 }
@@ -187,22 +202,47 @@ impl Plan {
     pub fn decisions(&self) -> Decisions {
         Decisions {
             slots: vec![Assignment::NotMatched; self.experiments.len()].into_boxed_slice(),
+            periods: vec![0; self.experiments.len()].into_boxed_slice(),
             layer_buckets: vec![u32::MAX; self.layer_keys.len()].into_boxed_slice(),
         }
     }
 
     /// Assigns `user` in every experiment from its id alone: no `match`
     /// conditions, no force header. This is what `abmesh assign` prints and
-    /// what the filter does for a request that matches every experiment.
+    /// what the filter does for a request that matches every experiment,
+    /// by the configured weights ([`Plan::assign_user_with`] for a bandit's
+    /// later periods).
     pub fn assign_user(&self, user: &[u8], out: &mut Decisions) {
+        self.assign_user_in(user, None, out);
+    }
+
+    /// [`Plan::assign_user`] by `allocation`'s weights, or the configured
+    /// ones.
+    pub(crate) fn assign_user_in(
+        &self,
+        user: &[u8],
+        allocation: Option<&Allocation>,
+        out: &mut Decisions,
+    ) {
         out.reset();
         for i in 0..self.experiments.len() {
-            out.slots[i] = self.assign_one(i, user, &mut out.layer_buckets);
+            out.slots[i] = self.assign_one(i, user, allocation, out);
         }
     }
 
-    /// Decides a request.
+    /// Decides a request by the configured weights ([`Plan::decide_with`]
+    /// for the sidecar's halts and bandit weights).
     pub fn decide(&self, req: &impl RequestHeaders, out: &mut Decisions) -> Verdict {
+        self.decide_in(req, None, out)
+    }
+
+    /// [`Plan::decide`] by `allocation`'s weights, or the configured ones.
+    pub(crate) fn decide_in(
+        &self,
+        req: &impl RequestHeaders,
+        allocation: Option<&Allocation>,
+        out: &mut Decisions,
+    ) -> Verdict {
         out.reset();
         let user = self.identity(req);
         let mut any_unidentified = false;
@@ -211,7 +251,7 @@ impl Plan {
                 continue;
             }
             out.slots[i] = match user {
-                Some(user) => self.assign_one(i, user, &mut out.layer_buckets),
+                Some(user) => self.assign_one(i, user, allocation, out),
                 None => match self.missing_identity {
                     MissingIdentity::Control => Assignment::Variant {
                         index: e.control,
@@ -354,7 +394,16 @@ impl Plan {
             })
     }
 
-    fn assign_one(&self, i: usize, user: &[u8], layer_buckets: &mut [u32]) -> Assignment {
+    /// Assigns `user` in experiment `i`; a hash assignment's period goes to
+    /// `out.periods[i]` (the slot itself is the caller's to write).
+    fn assign_one(
+        &self,
+        i: usize,
+        user: &[u8],
+        allocation: Option<&Allocation>,
+        out: &mut Decisions,
+    ) -> Assignment {
+        let layer_buckets = &mut out.layer_buckets;
         let e = &self.experiments[i];
         if !e.allowlist.is_empty() {
             if let Ok(k) = e.allowlist.binary_search_by(|(u, _)| (**u).cmp(user)) {
@@ -379,11 +428,13 @@ impl Plan {
             return Assignment::NotEnrolled;
         }
         let b = e.variant_key.bucket(user);
-        let index = e
-            .variants
-            .iter()
-            .position(|v| b < v.upper)
-            .unwrap_or(e.variants.len() - 1);
+        let index = match allocation {
+            Some(a) => {
+                out.periods[i] = a.period(i);
+                a.variant_at(i, b)
+            }
+            None => e.configured_variant(b),
+        };
         Assignment::Variant {
             index: index as u16,
             source: Source::Hash,

@@ -15,6 +15,9 @@ struct Slot {
     t_ms: u64,
     experiment: u16,
     variant: u16,
+    /// The allocation period that assigned the variant (0: configured
+    /// weights).
+    period: u32,
     len: u16,
     user: [u8; MAX_USER_BYTES],
 }
@@ -23,6 +26,7 @@ const EMPTY: Slot = Slot {
     t_ms: 0,
     experiment: 0,
     variant: 0,
+    period: 0,
     len: 0,
     user: [0; MAX_USER_BYTES],
 };
@@ -30,7 +34,9 @@ const EMPTY: Slot = Slot {
 /// Exposures shipped recently, so that a user's repeated requests are not
 /// shipped again: the sidecar keeps only a user's first exposure, and
 /// most traffic is users coming back. A direct-mapped table of 64-bit
-/// fingerprints of (experiment, variant, user), allocated once: a lookup is
+/// fingerprints of (experiment, variant, period, user), allocated once: a
+/// user assigned again in a new bandit period (even to the same variant) is
+/// a new exposure, which the sidecar must see. A lookup is
 /// one cheap hash of the id and one compare, no allocation. Two keys that
 /// share a slot evict each other, which only costs a re-send (harmless);
 /// a wrongly skipped exposure needs two keys with the same 64-bit
@@ -55,13 +61,19 @@ impl RecentExposures {
         }
     }
 
-    /// True the first time (lately) this user was seen in this variant;
-    /// remembers it.
-    pub fn first_time(&mut self, experiment: usize, variant: usize, user: &[u8]) -> bool {
+    /// True the first time (lately) this user was seen in this variant in
+    /// this allocation period; remembers it.
+    pub fn first_time(
+        &mut self,
+        experiment: usize,
+        variant: usize,
+        period: u32,
+        user: &[u8],
+    ) -> bool {
         if self.slots.is_empty() {
             return true;
         }
-        let key = fingerprint(experiment, variant, user) | 1; // 0 = empty slot
+        let key = fingerprint(experiment, variant, period, user) | 1; // 0 = empty slot
         let i = (key >> self.shift) as usize;
         if self.slots[i] == key {
             return false;
@@ -74,9 +86,11 @@ impl RecentExposures {
 /// A fast 64-bit hash (FxHash's multiply-rotate over 8-byte words, with a
 /// final avalanche), not keyed: it only dedups, it never decides who is in
 /// which variant.
-fn fingerprint(experiment: usize, variant: usize, user: &[u8]) -> u64 {
+fn fingerprint(experiment: usize, variant: usize, period: u32, user: &[u8]) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h = ((experiment as u64) << 32 | variant as u64).wrapping_mul(K);
+    // Indexes fit 16 bits (the ring stores them so): one word for all three.
+    let head = (experiment as u64) << 48 | (variant as u64 & 0xffff) << 32 | u64::from(period);
+    let mut h = head.wrapping_mul(K);
     let mut words = user.chunks_exact(8);
     for w in &mut words {
         let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
@@ -128,8 +142,21 @@ impl ExposureRing {
     }
 
     /// Records that `user` was exposed to `variant` of experiment index
-    /// `experiment` at `t_ms`.
+    /// `experiment` at `t_ms`, by the configured weights (period 0).
     pub fn push(&mut self, t_ms: u64, experiment: usize, variant: usize, user: &[u8]) {
+        self.push_in_period(t_ms, experiment, variant, 0, user)
+    }
+
+    /// [`ExposureRing::push`] for an assignment by allocation period
+    /// `period`'s weights ([`crate::Allocation`]; 0: configured weights).
+    pub fn push_in_period(
+        &mut self,
+        t_ms: u64,
+        experiment: usize,
+        variant: usize,
+        period: u32,
+        user: &[u8],
+    ) {
         if user.is_empty() || user.len() > MAX_USER_BYTES {
             self.dropped += 1;
             return;
@@ -149,6 +176,7 @@ impl ExposureRing {
         s.t_ms = t_ms;
         s.experiment = experiment as u16;
         s.variant = variant as u16;
+        s.period = period;
         s.len = user.len() as u16;
         s.user[..user.len()].copy_from_slice(user);
     }
@@ -168,9 +196,14 @@ impl ExposureRing {
     }
 
     /// Hands up to `max` of the oldest exposures to `row` (time, experiment
-    /// index, variant index, user id), oldest first, removes them, and
-    /// resets the dropped count (it went out with them). Returns how many.
-    pub fn take_oldest(&mut self, max: usize, mut row: impl FnMut(u64, u16, u16, &[u8])) -> usize {
+    /// index, variant index, allocation period, user id), oldest first,
+    /// removes them, and resets the dropped count (it went out with them).
+    /// Returns how many.
+    pub fn take_oldest(
+        &mut self,
+        max: usize,
+        mut row: impl FnMut(u64, u16, u16, u32, &[u8]),
+    ) -> usize {
         let n = self.len.min(max);
         let cap = self.slots.len();
         let mut at = self.head;
@@ -180,6 +213,7 @@ impl ExposureRing {
                 s.t_ms,
                 s.experiment,
                 s.variant,
+                s.period,
                 &s.user[..usize::from(s.len)],
             );
             at = if at + 1 == cap { 0 } else { at + 1 };
@@ -196,8 +230,8 @@ impl ExposureRing {
     pub fn move_into(&mut self, to: &mut ExposureRing) {
         let dropped = self.dropped;
         let len = self.len;
-        self.take_oldest(len, |t, e, v, user| {
-            to.push(t, usize::from(e), usize::from(v), user)
+        self.take_oldest(len, |t, e, v, period, user| {
+            to.push_in_period(t, usize::from(e), usize::from(v), period, user)
         });
         to.dropped += dropped;
     }
@@ -210,34 +244,49 @@ mod tests {
     #[test]
     fn recent_exposures_skip_repeats_and_forget_on_collision() {
         let mut r = RecentExposures::new(1024);
-        assert!(r.first_time(0, 1, b"alice"));
-        assert!(!r.first_time(0, 1, b"alice"));
+        assert!(r.first_time(0, 1, 0, b"alice"));
+        assert!(!r.first_time(0, 1, 0, b"alice"));
         // Another variant or experiment is another exposure.
-        assert!(r.first_time(0, 0, b"alice"));
-        assert!(r.first_time(1, 1, b"alice"));
+        assert!(r.first_time(0, 0, 0, b"alice"));
+        assert!(r.first_time(1, 1, 0, b"alice"));
+        // So is the same variant in another allocation period, once.
+        assert!(r.first_time(0, 1, 3, b"alice"));
+        assert!(!r.first_time(0, 1, 3, b"alice"));
         // Ids that differ only past the first word, or in length.
-        assert!(r.first_time(0, 1, b"user-0000000001"));
-        assert!(r.first_time(0, 1, b"user-0000000002"));
-        assert!(r.first_time(0, 1, b"alice\0"));
+        assert!(r.first_time(0, 1, 0, b"user-0000000001"));
+        assert!(r.first_time(0, 1, 0, b"user-0000000002"));
+        assert!(r.first_time(0, 1, 0, b"alice\0"));
         // 5 000 distinct users in 1 024 slots: every one is new the first
         // time, and most are evicted by later ones (re-sent, harmless).
         let mut r = RecentExposures::new(1024);
         let users: Vec<String> = (0..5000).map(|i| format!("u-{i}")).collect();
-        assert!(users.iter().all(|u| r.first_time(0, 0, u.as_bytes())));
+        assert!(users.iter().all(|u| r.first_time(0, 0, 0, u.as_bytes())));
         let kept = users
             .iter()
-            .filter(|u| !r.first_time(0, 0, u.as_bytes()))
+            .filter(|u| !r.first_time(0, 0, 0, u.as_bytes()))
             .count();
         assert!(kept < 1024, "{kept}");
         // Off: everything is new.
         let mut off = RecentExposures::new(0);
-        assert!(off.first_time(0, 0, b"a") && off.first_time(0, 0, b"a"));
+        assert!(off.first_time(0, 0, 0, b"a") && off.first_time(0, 0, 0, b"a"));
     }
 
     fn rows(r: &mut ExposureRing) -> Vec<(u64, u16, u16, Vec<u8>)> {
         let mut out = Vec::new();
-        r.take_oldest(usize::MAX, |t, e, v, u| out.push((t, e, v, u.to_vec())));
+        r.take_oldest(usize::MAX, |t, e, v, _, u| out.push((t, e, v, u.to_vec())));
         out
+    }
+
+    #[test]
+    fn periods_are_kept_and_moved() {
+        let mut worker = ExposureRing::new(4);
+        let mut main = ExposureRing::new(4);
+        worker.push(1, 0, 1, b"a");
+        worker.push_in_period(2, 0, 1, 7, b"b");
+        worker.move_into(&mut main);
+        let mut out = Vec::new();
+        main.take_oldest(usize::MAX, |t, _, _, p, u| out.push((t, p, u.to_vec())));
+        assert_eq!(out, [(1, 0, b"a".to_vec()), (2, 7, b"b".to_vec())]);
     }
 
     #[test]

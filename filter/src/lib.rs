@@ -9,7 +9,8 @@
 //!   sidecar's `abmesh assign` links this same code, so assignments computed
 //!   outside Envoy agree bit for bit with the filter.
 //! * the **sidecar protocol** ([`protocol`]): the batch the filter ships
-//!   exposures and health in, the sidecar's answer (halts), and the
+//!   exposures and health in, the sidecar's answer (halts and bandit
+//!   weights, kept in [`Halts`] and [`Allocation`]), and the
 //!   retry rules; with [`telemetry`], what is recorded per request for it;
 //! * the **proxy-wasm glue** (`wasm` module, built only for
 //!   `wasm32-wasip1`): a thin layer over the proxy-wasm ABI that feeds
@@ -19,6 +20,7 @@
 //!
 //! The hashing scheme is documented in [`hash`].
 
+mod allocation;
 pub mod config;
 mod decide;
 pub mod exposures;
@@ -32,7 +34,8 @@ pub mod protocol;
 pub mod streams;
 pub mod telemetry;
 
-pub use config::{Config, GuardrailsConfig, MissingIdentity};
+pub use allocation::{Allocation, AllocationError};
+pub use config::{BanditConfig, Config, GuardrailsConfig, MissingIdentity};
 pub use decide::{Assignment, Decisions, HeaderSink, RequestHeaders, Source, Verdict};
 pub use halts::Halts;
 pub use plan::{ConfigError, Experiment, Plan, Slot, Variant};

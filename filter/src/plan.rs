@@ -6,7 +6,7 @@
 //! lower-cased, header names given slots. What remains per request is a few
 //! SipHash calls and comparisons over borrowed bytes.
 
-use crate::config::{Config, GuardrailsConfig, IdentitySource, MissingIdentity};
+use crate::config::{BanditConfig, Config, GuardrailsConfig, IdentitySource, MissingIdentity};
 use crate::hash::{BucketKey, Purpose, BUCKETS};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -113,6 +113,9 @@ pub struct Experiment {
     pub(crate) allowlist: Box<[(Box<[u8]>, u16)]>,
     /// Validated; the filter only forwards them (the sidecar evaluates).
     pub(crate) guardrails: Option<GuardrailsConfig>,
+    /// Validated; the sidecar computes the weights, the filter assigns by
+    /// them ([`crate::Allocation`]).
+    pub(crate) bandit: Option<BanditConfig>,
 }
 
 impl Experiment {
@@ -132,6 +135,20 @@ impl Experiment {
     /// evaluates them; the filter only carries them in the configuration.
     pub fn guardrails(&self) -> Option<&GuardrailsConfig> {
         self.guardrails.as_ref()
+    }
+    /// The experiment's bandit (validated), if its allocation is adaptive.
+    /// The sidecar computes the weights of each period; the filter assigns
+    /// by the latest it was sent ([`crate::Allocation`]).
+    pub fn bandit(&self) -> Option<&BanditConfig> {
+        self.bandit.as_ref()
+    }
+    /// The variant a bucket of the variant hash falls in under the
+    /// configured weights.
+    pub(crate) fn configured_variant(&self, bucket: u32) -> usize {
+        self.variants
+            .iter()
+            .position(|v| bucket < v.upper)
+            .unwrap_or(self.variants.len() - 1)
     }
     /// Index of the variant called `name`.
     pub fn variant_index(&self, name: &str) -> Option<usize> {
@@ -422,6 +439,13 @@ impl Compiler {
                 Some(g.clone())
             }
         };
+        let bandit = match &exp.bandit {
+            None => None,
+            Some(b) => {
+                check_bandit(&at("bandit"), b, &variants, usize::from(control))?;
+                Some(b.clone())
+            }
+        };
         Ok(Experiment {
             name: exp.name.as_str().into(),
             enroll_key: BucketKey::derive(Purpose::Enroll, salt),
@@ -434,6 +458,7 @@ impl Compiler {
             variant_header: variant_header.into_boxed_str(),
             allowlist: allowlist.into_boxed_slice(),
             guardrails,
+            bandit,
         })
     }
 
@@ -812,6 +837,70 @@ fn check_guardrails(at: &str, g: &GuardrailsConfig) -> Result<(), ConfigError> {
                 ))
             }
         }
+    }
+    Ok(())
+}
+
+/// Longest bandit metric name, in bytes.
+const MAX_BANDIT_METRIC_BYTES: usize = 128;
+/// Longest bandit period: 30 days.
+const MAX_BANDIT_UPDATE_EVERY_S: u64 = 30 * 24 * 3600;
+
+/// Validates an experiment's bandit; `at` is its path
+/// (`experiments[0].bandit`). The control keeps its configured share and
+/// every non-control variant at least the floor, so there must be at least
+/// two non-control variants (with one there is nothing to choose between)
+/// and room for every floor in the non-control share.
+fn check_bandit(
+    at: &str,
+    b: &BanditConfig,
+    variants: &[Variant],
+    control: usize,
+) -> Result<(), ConfigError> {
+    if b.metric.is_empty() || b.metric.len() > MAX_BANDIT_METRIC_BYTES {
+        return Err(ConfigError::invalid(
+            format!("{at}.metric"),
+            format!(
+                "must name an outcome-event metric of 1 to {MAX_BANDIT_METRIC_BYTES} bytes, got {} bytes",
+                b.metric.len()
+            ),
+        ));
+    }
+    if !(1..=MAX_BANDIT_UPDATE_EVERY_S).contains(&b.update_every_s) {
+        return Err(ConfigError::invalid(
+            format!("{at}.update_every_s"),
+            format!(
+                "must be between 1 and {MAX_BANDIT_UPDATE_EVERY_S} seconds (30 days), got {}",
+                b.update_every_s
+            ),
+        ));
+    }
+    let floor = b.explore_floor_percent;
+    if !(floor.is_finite() && floor >= 0.0) {
+        return Err(ConfigError::invalid(
+            format!("{at}.explore_floor_percent"),
+            format!("must be a percentage >= 0, got {floor}"),
+        ));
+    }
+    let treatments = variants.len() - 1;
+    if treatments < 2 {
+        return Err(ConfigError::invalid(
+            at,
+            "a bandit needs at least two non-control variants: the control keeps its configured share",
+        ));
+    }
+    let lower = control.checked_sub(1).map_or(0, |p| variants[p].upper);
+    let control_buckets = variants[control].upper - lower;
+    let share = f64::from(BUCKETS - control_buckets) * 100.0 / f64::from(BUCKETS);
+    // Shares are whole buckets (0.01 %): the tolerance only absorbs the
+    // rounding of `floor × treatments` in binary.
+    if floor * treatments as f64 > share + 1e-9 {
+        return Err(ConfigError::invalid(
+            format!("{at}.explore_floor_percent"),
+            format!(
+                "is too large: {treatments} non-control variants × {floor}% exceeds their share of {share}% (the control keeps its configured share)"
+            ),
+        ));
     }
     Ok(())
 }

@@ -97,8 +97,9 @@ impl Recorder {
             return;
         };
         for (e, v) in decisions.exposures() {
-            if self.recent.first_time(e, v, user) {
-                self.ring.push(self.clock_ms, e, v, user);
+            let period = decisions.period(e);
+            if self.recent.first_time(e, v, period, user) {
+                self.ring.push_in_period(self.clock_ms, e, v, period, user);
             }
         }
     }

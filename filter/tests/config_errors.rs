@@ -608,3 +608,125 @@ fn the_shipped_configuration_leaves_the_token_out() {
     assert!(!carries_token(br#"{"sidecar": null}"#));
     assert!(shipped_config(b"{not json").is_err());
 }
+
+/// An experiment with a bandit: control `c` (weight 2 of 4: 50 %) and
+/// three treatments.
+fn bandit(bandit: &str) -> String {
+    format!(
+        r#"{{"experiments": [{{"name": "e", "bandit": {bandit}, "variants": [
+            {{"name": "c", "weight": 2}}, {{"name": "t1", "weight": 1}},
+            {{"name": "t2", "weight": 0.5}}, {{"name": "t3", "weight": 0.5}}]}}]}}"#
+    )
+}
+
+#[test]
+fn bandits_are_validated_and_exposed() {
+    let p = Plan::from_json(
+        bandit(
+            r#"{"metric": "purchase", "update_every_s": 60, "min_users_per_variant": 500,
+                "explore_floor_percent": 2.5}"#,
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let b = p.experiments()[0].bandit().unwrap();
+    assert_eq!(b.metric, "purchase");
+    assert_eq!(
+        (
+            b.update_every_s,
+            b.min_users_per_variant,
+            b.explore_floor_percent
+        ),
+        (60, 500, 2.5)
+    );
+    // Defaults, and no bandit at all.
+    let p = Plan::from_json(bandit(r#"{"metric": "m"}"#).as_bytes()).unwrap();
+    let b = p.experiments()[0].bandit().unwrap();
+    assert_eq!(
+        (
+            b.update_every_s,
+            b.min_users_per_variant,
+            b.explore_floor_percent
+        ),
+        (3600, 100, 5.0)
+    );
+    assert!(
+        Plan::from_json(exp("").as_bytes()).unwrap().experiments()[0]
+            .bandit()
+            .is_none()
+    );
+    // The floors may take (nearly) all of the non-control share:
+    // 3 × 16.66 % ≤ 50 %.
+    let full = bandit(r#"{"metric": "m", "explore_floor_percent": 16.66}"#);
+    assert!(Plan::from_json(full.as_bytes()).is_ok());
+    let zero = bandit(r#"{"metric": "m", "explore_floor_percent": 0}"#);
+    assert!(Plan::from_json(zero.as_bytes()).is_ok());
+    let long = format!(r#"{{"metric": {:?}}}"#, "m".repeat(128));
+    assert!(Plan::from_json(bandit(&long).as_bytes()).is_ok());
+    let month = bandit(r#"{"metric": "m", "update_every_s": 2592000}"#);
+    assert!(Plan::from_json(month.as_bytes()).is_ok());
+}
+
+#[test]
+fn bandit_errors_name_the_field() {
+    let at = "experiments[0].bandit";
+    assert_refused(&bandit("{}"), at, "missing field `metric`");
+    assert_refused(
+        &bandit(r#"{"metric": "m", "update_evry_s": 1}"#),
+        &format!("{at}.update_evry_s"),
+        "unknown field",
+    );
+    for bad in [r#""""#.to_string(), format!("{:?}", "m".repeat(129))] {
+        assert_refused(
+            &bandit(&format!(r#"{{"metric": {bad}}}"#)),
+            &format!("{at}.metric"),
+            "1 to 128 bytes",
+        );
+    }
+    for s in ["0", "2592001"] {
+        assert_refused(
+            &bandit(&format!(r#"{{"metric": "m", "update_every_s": {s}}}"#)),
+            &format!("{at}.update_every_s"),
+            "between 1 and 2592000 seconds",
+        );
+    }
+    assert_refused(
+        &bandit(r#"{"metric": "m", "update_every_s": -1}"#),
+        &format!("{at}.update_every_s"),
+        "invalid value",
+    );
+    assert_refused(
+        &bandit(r#"{"metric": "m", "explore_floor_percent": -0.5}"#),
+        &format!("{at}.explore_floor_percent"),
+        ">= 0",
+    );
+    // 3 treatments × 17 % > their 50 %.
+    assert_refused(
+        &bandit(r#"{"metric": "m", "explore_floor_percent": 17}"#),
+        &format!("{at}.explore_floor_percent"),
+        "3 non-control variants × 17% exceeds their share of 50%",
+    );
+    // One treatment: nothing to choose between, whichever is control.
+    for control in ["", r#""control": "b","#] {
+        let json = format!(
+            r#"{{"experiments": [{{"name": "e", {control} "bandit": {{"metric": "m"}}, "variants": {TWO}}}]}}"#
+        );
+        assert_refused(&json, at, "at least two non-control variants");
+    }
+    // The non-control share is what the control leaves, wherever it is.
+    let json = r#"{"experiments": [{"name": "e", "control": "b",
+        "bandit": {"metric": "m", "explore_floor_percent": 10.01},
+        "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 8}, {"name": "c", "weight": 1}]}]}"#;
+    assert_refused(json, &format!("{at}.explore_floor_percent"), "share of 20%");
+    assert!(Plan::from_json(json.replace("10.01", "10").as_bytes()).is_ok());
+    // A non-finite floor (only a Config built in code can have one).
+    let mut config: abmesh_filter::Config =
+        serde_json::from_str(&bandit(r#"{"metric": "m"}"#)).unwrap();
+    config.experiments[0]
+        .bandit
+        .as_mut()
+        .unwrap()
+        .explore_floor_percent = f64::NAN;
+    let e = Plan::compile(&config).unwrap_err();
+    assert_eq!(e.field(), format!("{at}.explore_floor_percent"));
+}

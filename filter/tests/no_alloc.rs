@@ -2,11 +2,14 @@
 //! zero allocations across thousands of decisions (decide + apply) for a
 //! config with 3 experiments in 2 layers, match conditions, cookie identity
 //! fallback, the force header and an allowlist, with variants halted by the
-//! sidecar (halted users routed like control) and health counting.
+//! sidecar (halted users routed like control), bandit weights of a later
+//! period in force, and health counting.
 #![cfg(not(target_arch = "wasm32"))]
 
 use abmesh_filter::health::HealthTable;
-use abmesh_filter::{Assignment, Decisions, Halts, HeaderSink, Plan, RequestHeaders, Slot, Source};
+use abmesh_filter::{
+    Allocation, Assignment, Decisions, Halts, HeaderSink, Plan, RequestHeaders, Slot, Source,
+};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -102,7 +105,7 @@ const CONFIG: &str = r#"{
     {"name": "reranker", "layer": {"name": "models", "range_percent": [50, 100]},
      "match": {"headers": [{"name": "x-tier", "value": "gold"}]},
      "variants": [{"name": "a", "weight": 1, "cluster": "rr-a"}, {"name": "b", "weight": 1, "cluster": "rr-b"}]},
-    {"name": "banner", "traffic_percent": 80,
+    {"name": "banner", "traffic_percent": 80, "bandit": {"metric": "click"},
      "variants": [{"name": "x", "weight": 1}, {"name": "y", "weight": 1}, {"name": "z", "weight": 2}]}
   ]
 }"#;
@@ -150,6 +153,9 @@ fn deciding_allocates_nothing() {
     let mut halts = Halts::new(&plan);
     assert!(halts.halt(0, 1)); // ranker's treatment
     assert!(halts.halt(2, 2)); // banner's z
+    let mut allocation = Allocation::new(&plan);
+    assert_eq!(allocation.set(2, 3, &[0.25, 0.6, 0.15]), Ok(true));
+    let mut in_period = 0u64;
     let mut health = HealthTable::new(&plan);
     let mut packed = [0u16; 3];
     let mut halted = 0u64;
@@ -178,7 +184,7 @@ fn deciding_allocates_nothing() {
         let anonymous: [(&str, &[u8]); 2] = [(":path", path), (":method", b"POST")];
         for headers in [&with_header[..], &with_cookie[..], &anonymous[..]] {
             let req = Req(headers);
-            plan.decide_with_halts(&req, &halts, &mut decisions);
+            plan.decide_with(&req, &halts, &allocation, &mut decisions);
             plan.apply(&decisions, &req, &mut path_buf, &mut sink);
             plan.write_echo(&decisions, &mut echo_buf);
             // Health, as the glue records it.
@@ -215,8 +221,10 @@ fn deciding_allocates_nothing() {
             if let Some(user) = plan.identity(&req) {
                 for (e, a) in decisions.assignments().iter().enumerate() {
                     if let Some(v) = a.exposure() {
-                        if recent.first_time(e, v, user) {
-                            ring.push(1, e, v, user);
+                        let period = decisions.period(e);
+                        in_period += u64::from(period == 3);
+                        if recent.first_time(e, v, period, user) {
+                            ring.push_in_period(1, e, v, period, user);
                         }
                     }
                 }
@@ -226,6 +234,8 @@ fn deciding_allocates_nothing() {
         let req = Req(&[("x-user-id", b"qa-user")]);
         plan.decide(&req, &mut decisions);
         plan.apply(&decisions, &req, &mut path_buf, &mut sink);
+        // What `abmesh assign --weights` does.
+        plan.assign_user_with(id, &allocation, &mut decisions);
         decided += 1;
     }
     for req in &serialized {
@@ -236,6 +246,7 @@ fn deciding_allocates_nothing() {
     let allocated = allocations() - start;
     assert!(sink.0 > 0);
     assert!(halted > 100, "the halted path ran ({halted})");
+    assert!(in_period > 100, "the bandit's weights ran ({in_period})");
     assert!(!health.is_empty());
     assert!(ring.len() == 1000 && ring.dropped() > 0, "the ring wrapped");
     assert_eq!(

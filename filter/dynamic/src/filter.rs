@@ -21,7 +21,7 @@ use crate::streams::StreamIds;
 use abmesh_filter::streams::StreamTable;
 use abmesh_filter::telemetry::Recorder;
 use abmesh_filter::{
-    Decisions, Halts, HeaderSink, MissingIdentity, Plan, RequestHeaders, Slot, Verdict,
+    Allocation, Decisions, Halts, HeaderSink, MissingIdentity, Plan, RequestHeaders, Slot, Verdict,
 };
 use std::cell::Cell;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,7 +57,7 @@ pub struct FilterConfig {
 }
 
 /// A worker's state, behind a lock the main thread takes only on its tick
-/// (and when halts change).
+/// (and when halts or bandit weights change).
 pub struct WorkerSlot {
     shared: Arc<Shared>,
     state: Mutex<Worker>,
@@ -81,6 +81,8 @@ pub struct Worker {
     pub(crate) recorder: Option<Recorder>,
     /// Halted variants, as of the sidecar's last answer.
     pub(crate) halts: Option<Halts>,
+    /// Bandit weights, as of the sidecar's last answer that had them.
+    pub(crate) allocation: Option<Allocation>,
 }
 
 thread_local! {
@@ -218,6 +220,7 @@ impl Worker {
             echo: plan.echo_header().map(|_| StreamTable::new(ECHO_SLOTS, n)),
             recorder: plan.sidecar().map(|cfg| Recorder::new(cfg, plan, now_ms)),
             halts: plan.sidecar().map(|_| Halts::new(plan)),
+            allocation: plan.sidecar().map(|_| Allocation::new(plan)),
         }
     }
 }
@@ -235,11 +238,14 @@ impl WorkerSlot {
         let w = &mut *guard;
         read_headers(fenv, &mut w.headers);
         let req = EnvoyHeaders(&w.headers);
-        let verdict = match &w.halts {
-            // Halted variants' users are routed like control: one branch
-            // when nothing is halted, a bit test per assignment otherwise.
-            Some(halts) => plan.decide_with_halts(&req, halts, &mut w.decisions),
-            None => plan.decide(&req, &mut w.decisions),
+        let verdict = match (&w.halts, &w.allocation) {
+            // Bandit weights as of the sidecar's last answer; halted
+            // variants' users are routed like control: one branch when
+            // nothing is halted, a bit test per assignment otherwise.
+            (Some(halts), Some(allocation)) => {
+                plan.decide_with(&req, halts, allocation, &mut w.decisions)
+            }
+            _ => plan.decide(&req, &mut w.decisions),
         };
         if verdict == Verdict::RejectMissingIdentity {
             debug_assert_eq!(plan.missing_identity(), MissingIdentity::Reject);

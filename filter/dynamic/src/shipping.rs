@@ -1,11 +1,12 @@
-//! Exposures, health and halts exchanged with the sidecar, from the main
-//! thread.
+//! Exposures, health, halts and bandit weights exchanged with the sidecar,
+//! from the main thread.
 //!
 //! Workers record into their own [`Recorder`]s (under their slot's lock).
 //! On each tick the main thread moves every worker's exposures and health
 //! counters into one ring and table, and sends one batch for the whole
 //! configuration with the filter configuration's HTTP callout; the answer's
-//! halts go back to every worker. The batch, the answer and the retry rules
+//! halts and bandit weights go back to every worker (each worker's copy
+//! replaced as a whole, under its lock). The batch, the answer and the retry rules
 //! are the Wasm filter's ([`abmesh_filter::protocol`]); one batch per Envoy
 //! process and tick instead of one per worker.
 //!
@@ -32,7 +33,7 @@ use abmesh_filter::config::SidecarConfig;
 use abmesh_filter::exposures::ExposureRing;
 use abmesh_filter::health::HealthTable;
 use abmesh_filter::protocol::{self, Note, NoteLevel, Sender};
-use abmesh_filter::{Halts, Plan};
+use abmesh_filter::{Allocation, Halts, Plan};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -67,6 +68,8 @@ struct State {
     health: HealthTable,
     /// The sidecar's halts, as of its last answer.
     halts: Halts,
+    /// The sidecar's bandit weights, as of its last answer that had them.
+    allocation: Allocation,
     cluster: String,
     /// [`protocol::request_headers`] and the ABI's view of them (pointers
     /// into `header_values`, which never move).
@@ -110,6 +113,7 @@ impl Shipping {
             ring: ExposureRing::new(sidecar.max_pending_exposures),
             health: HealthTable::new(plan),
             halts: Halts::new(plan),
+            allocation: Allocation::new(plan),
             cluster: sidecar.cluster.clone(),
             _header_values: header_values,
             headers,
@@ -217,15 +221,30 @@ impl Shipping {
                 body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
         }
-        let before = st.halts.clone();
-        st.sender
-            .answered(cfg.plan(), status, &body, &mut st.halts, &mut st.notes);
+        let before = (st.halts.clone(), st.allocation.clone());
+        st.sender.answered(
+            cfg.plan(),
+            status,
+            &body,
+            &mut st.halts,
+            &mut st.allocation,
+            &mut st.notes,
+        );
         for note in st.notes.drain(..) {
             log(&note);
         }
-        if st.halts != before {
+        let halts_changed = st.halts != before.0;
+        let allocation_changed = st.allocation != before.1;
+        if halts_changed || allocation_changed {
             for slot in cfg.workers() {
-                slot.lock().halts = Some(st.halts.clone());
+                // Both under one lock: a request sees the whole answer.
+                let mut w = slot.lock();
+                if halts_changed {
+                    w.halts = Some(st.halts.clone());
+                }
+                if allocation_changed {
+                    w.allocation = Some(st.allocation.clone());
+                }
             }
         }
     }

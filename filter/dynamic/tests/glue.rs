@@ -414,3 +414,86 @@ fn an_unknown_cluster_is_logged_once_and_requests_go_on() {
     assert_eq!(request(cfg, 1, &[(":path", b"/"), ("x-user-id", b"u1")]), 0);
     unsafe { dm::envoy_dynamic_module_on_http_filter_config_destroy(cfg) };
 }
+
+const BANDIT: &str = r#"{
+  "sidecar": {"cluster": "abmesh_sidecar", "flush_interval_ms": 3600000, "health_sample_every": 1},
+  "experiments": [{"name": "ranker", "bandit": {"metric": "purchase"},
+    "variants": [{"name": "control", "weight": 2}, {"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}]}"#;
+
+#[test]
+fn bandit_weights_come_back_to_every_worker_and_exposures_carry_the_period() {
+    let _g = fake::lock();
+    let cfg = config_new(BANDIT);
+    assert!(!cfg.is_null());
+    // A user in `a` by the configured weights (a: [50 %, 75 %)) and in `b`
+    // by the sidecar's (a: [50 %, 60 %)), and one in control by both.
+    let plan = Plan::from_json(BANDIT.as_bytes()).unwrap();
+    let mut next = abmesh_filter::Allocation::new(&plan);
+    next.set(0, 4, &[0.5, 0.1, 0.4]).unwrap();
+    let mut d = plan.decisions();
+    let variant = |alloc: &abmesh_filter::Allocation, d: &mut abmesh_filter::Decisions, u: &str| {
+        plan.assign_user_with(u.as_bytes(), alloc, d);
+        d.assignments()[0].variant().unwrap()
+    };
+    let configured = abmesh_filter::Allocation::new(&plan);
+    let find = |old: usize, new: usize, d: &mut abmesh_filter::Decisions| {
+        (0..)
+            .map(|i| format!("u{i}"))
+            .find(|u| variant(&configured, d, u) == old && variant(&next, d, u) == new)
+            .unwrap()
+    };
+    let (mover, stayer) = (find(1, 2, &mut d), find(0, 0, &mut d));
+    let ranker = |cfg, stream, user: &str| {
+        request(
+            cfg,
+            stream,
+            &[(":path", b"/"), ("x-user-id", user.as_bytes())],
+        );
+        text(fake::request_header("x-abmesh-ranker")).unwrap()
+    };
+    assert_eq!(ranker(cfg, 1, &mover), "a");
+    tick(cfg);
+    let id = fake::with(|f| f.callouts.last().unwrap().id);
+    answer(
+        cfg,
+        id,
+        b"200",
+        br#"{"allocations": [{"experiment": "ranker", "period": 4, "weights": {"control": 0.5, "a": 0.1, "b": 0.4}}]}"#,
+    );
+    let logs = fake::logs();
+    let line = logs
+        .iter()
+        .find(|l| l.contains("bandit period 4"))
+        .expect("the period change is logged");
+    assert!(
+        line.contains("control 50.00%, a 10.00%, b 40.00%; 15.00% of its users change variant"),
+        "{line}"
+    );
+    assert_eq!(ranker(cfg, 2, &mover), "b");
+    assert_eq!(ranker(cfg, 3, &stayer), "control");
+    // The mover's new exposure is in period 4, and goes out although the
+    // same user was shipped in period 0 (the recent-exposures table keys
+    // on the period); rows by the configured weights have no 5th element.
+    tick(cfg);
+    let body = fake::with(|f| f.callouts.last().unwrap().body.clone());
+    let batch: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let rows = batch["exposures"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0][3], mover.as_str());
+    assert_eq!(
+        (rows[0][2].as_u64(), rows[0][4].as_u64()),
+        (Some(2), Some(4))
+    );
+    assert_eq!(rows[1][3], stayer.as_str());
+    assert_eq!(rows[1][4], 4, "control users too are assigned in period 4");
+    // An older period from a lagging replica changes nothing.
+    let id = fake::with(|f| f.callouts.last().unwrap().id);
+    answer(
+        cfg,
+        id,
+        b"200",
+        br#"{"allocations": [{"experiment": "ranker", "period": 3, "weights": {"control": 0.5, "a": 0.4, "b": 0.1}}]}"#,
+    );
+    assert_eq!(ranker(cfg, 4, &mover), "b");
+    unsafe { dm::envoy_dynamic_module_on_http_filter_config_destroy(cfg) };
+}

@@ -1,8 +1,8 @@
 //! The native filter's per-request path allocates nothing in the module:
 //! requests, responses and stream ends through the hooks against the fake
 //! Envoy (whose own allocations, Envoy's side, are not counted), with echo,
-//! exposures and health recording, a halt in force, rewrites, cookies and
-//! 8 KiB ids.
+//! exposures and health recording, a halt and bandit weights in force,
+//! rewrites, cookies and 8 KiB ids.
 
 mod fake;
 
@@ -69,7 +69,7 @@ const CONFIG: &str = r#"{
        {"name": "treatment", "weight": 1, "cluster": "ranker_v2", "path_prefix": "/v2/models/ranker/versions/2/", "authority": "v2"}]},
     {"name": "reranker", "layer": {"name": "models", "range_percent": [50, 100]},
      "variants": [{"name": "a", "weight": 1, "cluster": "rr_a"}, {"name": "b", "weight": 1, "cluster": "rr_b"}]},
-    {"name": "banner", "traffic_percent": 80,
+    {"name": "banner", "traffic_percent": 80, "bandit": {"metric": "click"},
      "variants": [{"name": "x", "weight": 1}, {"name": "y", "weight": 1}, {"name": "z", "weight": 1}]}
   ]}"#;
 
@@ -84,7 +84,8 @@ fn the_request_path_allocates_nothing_in_the_module() {
         )
     };
     assert!(!cfg.is_null());
-    // A halt in force (as the sidecar's answer sets it).
+    // A halt and bandit weights in force (as the sidecar's answer sets
+    // them).
     unsafe { dm::envoy_dynamic_module_on_http_filter_config_scheduled(8 as *mut c_void, cfg, 0) };
     let id = fake::with(|f| f.callouts[0].id);
     let k = b":status";
@@ -95,7 +96,8 @@ fn the_request_path_allocates_nothing_in_the_module() {
         value_ptr: status.as_ptr(),
         value_length: 3,
     }];
-    let reply = br#"{"halted": [{"experiment": "banner", "variant": "z"}]}"#;
+    let reply = br#"{"halted": [{"experiment": "banner", "variant": "z"}],
+        "allocations": [{"experiment": "banner", "period": 2, "weights": {"x": 0.34, "y": 0.5, "z": 0.16}}]}"#;
     let chunks = [buf(reply)];
     unsafe {
         dm::envoy_dynamic_module_on_http_filter_config_http_callout_done(
@@ -109,6 +111,7 @@ fn the_request_path_allocates_nothing_in_the_module() {
             1,
         )
     };
+    assert!(fake::logs().iter().any(|l| l.contains("bandit period 2")));
 
     let ids: Vec<Vec<u8>> = (0..600)
         .map(|i| match i % 5 {

@@ -5,9 +5,15 @@
 //!  "config_id": "0123456789abcdef", "config": {...verbatim...},
 //!  "experiments": [{"name": "ranker", "variants": ["control", "treatment"]}],
 //!  "health": [[e, v, requests, [s1xx, .., s5xx], [h0, .., h24]], ...],
-//!  "exposures": [[t_ms, experiment_index, variant_index, "user"], ...],
+//!  "exposures": [[t_ms, experiment_index, variant_index, "user"],
+//!                [t_ms, experiment_index, variant_index, "user", period], ...],
 //!  "dropped": 0}
 //! ```
+//!
+//! An exposure row has a 5th element, the bandit allocation period whose
+//! weights assigned the user ([`crate::Allocation`]), only when that period
+//! is above 0: rows by the configured weights stay as they always were, so
+//! a configuration without a `bandit` writes the same batches as before.
 //!
 //! `dropped` comes last because it counts rows left out while the
 //! exposures are written (see [`write_batch`]); the sidecar reads fields in
@@ -100,7 +106,7 @@ pub fn write_batch(
     let mut first = true;
     let mut dropped = ring.dropped();
     let mut written = 0;
-    ring.take_oldest(max, |t_ms, experiment, variant, user| {
+    ring.take_oldest(max, |t_ms, experiment, variant, period, user| {
         let plain = user
             .iter()
             .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
@@ -135,6 +141,10 @@ pub fn write_batch(
             Some(user) => {
                 let _ = serde_json::to_writer(&mut *out, &**user);
             }
+        }
+        if period > 0 {
+            out.push(b',');
+            push_u64(out, u64::from(period));
         }
         out.push(b']');
     });
@@ -296,6 +306,28 @@ mod tests {
         assert_eq!((users[0], users[2]), ("before", "after"));
         assert_eq!(users[1], "\u{fffd}".repeat(MAX_USER_BYTES / 3));
         assert!(r.is_empty() && r.dropped() == 0);
+    }
+
+    #[test]
+    fn the_period_is_a_fifth_element_only_above_zero() {
+        let mut r = ExposureRing::new(4);
+        r.push(1, 0, 1, b"a");
+        r.push_in_period(1, 1, 2, 0, b"b");
+        r.push_in_period(2, 1, 0, 3, b"c");
+        r.push_in_period(2, 0, 0, u32::MAX, b"d");
+        let mut out = Vec::new();
+        let table = experiments_json(&plan());
+        assert_eq!(write_batch(&meta(&table, 1), &mut r, None, 10, &mut out), 4);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["exposures"],
+            serde_json::json!([
+                [1, 0, 1, "a"],
+                [1, 1, 2, "b"],
+                [2, 1, 0, "c", 3],
+                [2, 0, 0, "d", u32::MAX]
+            ])
+        );
     }
 
     #[test]

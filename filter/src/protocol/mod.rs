@@ -4,7 +4,8 @@
 //!
 //! * [`batch`]: the batch the filter POSTs on every tick (exposures, health
 //!   counters, the configuration id and, when asked, the configuration);
-//! * [`reply`]: the sidecar's answer (halted variants, `config_needed`);
+//! * [`reply`]: the sidecar's answer (halted variants, bandit weights,
+//!   `config_needed`);
 //! * [`health`]: the health rows and the latency histogram both sides
 //!   bucket by;
 //! * [`Sender`]: the filter's side of the exchange: one batch in flight, a
@@ -21,7 +22,7 @@ pub mod reply;
 mod sender;
 
 pub use batch::{experiments_json, write_batch, BatchMeta};
-pub use reply::{parse_reply, Reply};
+pub use reply::{parse_reply, AllocationUpdate, Reply};
 pub use sender::{Note, NoteLevel, Sender};
 
 use crate::config::SidecarConfig;

@@ -8,13 +8,13 @@
 //! down, slow, or answering non-2xx) is sent again, unchanged and with the
 //! same `seq`, on the next tick; the sidecar de-duplicates retried batches
 //! by `(instance, seq)`. Meanwhile new exposures wait in the ring, and the
-//! last known halts stay in force. A run of failures, and the recovery, are
+//! last known halts and bandit weights stay in force. A run of failures, and the recovery, are
 //! reported once each ([`Note`]).
 
 use super::{accepted, config_id, experiments_json, parse_reply, write_batch, BatchMeta};
 use crate::exposures::ExposureRing;
 use crate::health::HealthTable;
-use crate::{Halts, Plan};
+use crate::{Allocation, Halts, Plan};
 use std::fmt;
 
 /// Something the glue should log. Made only on ticks and answers, never per
@@ -153,13 +153,18 @@ impl Sender {
 
     /// The call ended: `status` is the answer's `:status` (`None`: no
     /// answer), `body` its body. Replaces `halts` with the sidecar's set
-    /// when the answer has one; notes go to `notes`.
+    /// when the answer has one, and `allocation` with one that has the
+    /// answer's bandit weights applied (periods only advance, see
+    /// [`Allocation::set`]): each is replaced as a whole, so a request never
+    /// sees half an answer. Notes go to `notes`: one per halt or lift, one
+    /// per period change with its weights.
     pub fn answered(
         &mut self,
         plan: &Plan,
         status: Option<&[u8]>,
         body: &[u8],
         halts: &mut Halts,
+        allocation: &mut Allocation,
         notes: &mut Vec<Note>,
     ) {
         self.in_flight = false;
@@ -189,6 +194,22 @@ impl Sender {
                     changes(plan, halts, &new, notes);
                     *halts = new;
                 }
+                if let Some(updates) = reply.allocations.filter(|u| !u.is_empty()) {
+                    let mut new = allocation.clone();
+                    for u in &updates {
+                        // The reply's parser only lets through what the
+                        // plan can take; a stale period is Ok(false).
+                        if let Err(e) = new.set(u.experiment, u.period, &u.weights) {
+                            notes.push(Note::warn(format!(
+                                "ignoring the sidecar's bandit weights: {e}"
+                            )));
+                        }
+                    }
+                    if new != *allocation {
+                        allocation_changes(plan, allocation, &new, notes);
+                        *allocation = new;
+                    }
+                }
             }
             Err(e) => {
                 // Took the batch but said nothing we understand: keep the
@@ -197,7 +218,7 @@ impl Sender {
                 if !self.bad_reply {
                     self.bad_reply = true;
                     notes.push(Note::warn(format!(
-                        "cannot read the sidecar's answer ({e}); keeping the halted variants as they were"
+                        "cannot read the sidecar's answer ({e}); keeping the halted variants and bandit weights as they were"
                     )));
                 }
             }
@@ -239,6 +260,31 @@ fn changes(plan: &Plan, old: &Halts, new: &Halts, notes: &mut Vec<Note>) {
     }
 }
 
+/// A note per experiment whose bandit period changed from `old` to `new`:
+/// the new shares, and how many of its users change variant.
+fn allocation_changes(plan: &Plan, old: &Allocation, new: &Allocation, notes: &mut Vec<Note>) {
+    use std::fmt::Write as _;
+    for e in old.changed(new) {
+        let exp = &plan.experiments()[e];
+        let mut shares = String::new();
+        for (i, (v, b)) in exp.variants().iter().zip(new.buckets(e)).enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(shares, "{sep}{} {}", v.name(), percent(b));
+        }
+        notes.push(Note::info(format!(
+            "experiment \"{}\" bandit period {}: {shares}; {} of its users change variant",
+            exp.name(),
+            new.period(e),
+            percent(old.moved_buckets(new, e))
+        )));
+    }
+}
+
+/// Buckets as a percentage with the buckets' precision (`12.34%`).
+fn percent(buckets: u32) -> String {
+    format!("{}.{:02}%", buckets / 100, buckets % 100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +302,7 @@ mod tests {
         let mut ring = ExposureRing::new(8);
         let mut health = HealthTable::new(&plan);
         let mut halts = Halts::new(&plan);
+        let mut alloc = Allocation::new(&plan);
         let mut notes = Vec::new();
         ring.push(5, 0, 1, b"alice");
         let first = s.batch(&mut ring, Some(&mut health)).unwrap().to_vec();
@@ -271,7 +318,7 @@ mod tests {
         assert_eq!(s.batch(&mut ring, None).unwrap(), &first[..]);
         s.dispatched();
         assert!(s.batch(&mut ring, None).is_none(), "one in flight");
-        s.answered(&plan, Some(b"503"), b"", &mut halts, &mut notes);
+        s.answered(&plan, Some(b"503"), b"", &mut halts, &mut alloc, &mut notes);
         assert!(
             notes.is_empty(),
             "still the same run of failures: {notes:?}"
@@ -283,6 +330,7 @@ mod tests {
             Some(b"200"),
             br#"{"halted": [{"experiment": "ranker", "variant": "treatment"}]}"#,
             &mut halts,
+            &mut alloc,
             &mut notes,
         );
         assert_eq!(
@@ -306,6 +354,7 @@ mod tests {
             Some(b"200"),
             br#"{"config_needed": true, "halted": []}"#,
             &mut halts,
+            &mut alloc,
             &mut notes,
         );
         assert!(halts.is_empty());
@@ -315,7 +364,14 @@ mod tests {
         s.dispatched();
         notes.clear();
         halts.halt(0, 1);
-        s.answered(&plan, Some(b"200"), b"ok", &mut halts, &mut notes);
+        s.answered(
+            &plan,
+            Some(b"200"),
+            b"ok",
+            &mut halts,
+            &mut alloc,
+            &mut notes,
+        );
         assert!(halts.is_halted(0, 1));
         assert_eq!(notes.len(), 1);
         assert!(!s.sends_config());
@@ -323,10 +379,83 @@ mod tests {
         s.batch(&mut ring, None);
         s.dispatched();
         notes.clear();
-        s.answered(&plan, None, b"", &mut halts, &mut notes);
+        s.answered(&plan, None, b"", &mut halts, &mut alloc, &mut notes);
         assert!(
             notes[0].message.contains("(status none: no answer)"),
             "{notes:?}"
+        );
+    }
+
+    const BANDIT: &str = r#"{"experiments": [{"name": "ranker", "bandit": {"metric": "purchase"},
+        "variants": [{"name": "control", "weight": 2}, {"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}]}"#;
+
+    /// Answers carry weights; periods only advance, each change is logged
+    /// once, and answers without weights (or unreadable ones) keep them.
+    #[test]
+    fn answers_apply_bandit_weights_monotonically() {
+        let plan = Plan::from_json(BANDIT.as_bytes()).unwrap();
+        let mut s = Sender::new(&plan, "i".into(), BANDIT.as_bytes().to_vec(), 10);
+        let mut ring = ExposureRing::new(8);
+        let mut halts = Halts::new(&plan);
+        let mut alloc = Allocation::new(&plan);
+        let mut notes = Vec::new();
+        let mut answer = |s: &mut Sender, alloc: &mut Allocation, body: &str| {
+            s.batch(&mut ring, None).unwrap();
+            s.dispatched();
+            notes.clear();
+            s.answered(
+                &plan,
+                Some(b"200"),
+                body.as_bytes(),
+                &mut halts,
+                alloc,
+                &mut notes,
+            );
+            notes.clone()
+        };
+        let weights = |period: u32, a: f64, b: f64| {
+            format!(
+                r#"{{"allocations": [{{"experiment": "ranker", "period": {period}, "weights": {{"control": 0.5, "a": {a}, "b": {b}}}}}]}}"#
+            )
+        };
+        assert_eq!(alloc.uppers(0), [5000, 7500, 10_000]);
+        let n = answer(&mut s, &mut alloc, &weights(3, 0.15, 0.35));
+        assert_eq!(
+            (alloc.period(0), alloc.uppers(0)),
+            (3, &[5000, 6500, 10_000][..])
+        );
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert_eq!(n[0].level, NoteLevel::Info);
+        assert_eq!(
+            n[0].message,
+            "experiment \"ranker\" bandit period 3: control 50.00%, a 15.00%, b 35.00%; 10.00% of its users change variant"
+        );
+        // The same period again, or an older one (a lagging replica):
+        // nothing changes, nothing is logged.
+        for p in [3, 2, 1] {
+            let n = answer(&mut s, &mut alloc, &weights(p, 0.4, 0.1));
+            assert!(n.is_empty(), "{n:?}");
+            assert_eq!(
+                (alloc.period(0), alloc.uppers(0)),
+                (3, &[5000, 6500, 10_000][..])
+            );
+        }
+        // No weights in the answer, an empty list, or an unreadable
+        // answer: the last weights stay.
+        for body in [r#"{"accepted": 0}"#, r#"{"allocations": []}"#, "oops"] {
+            answer(&mut s, &mut alloc, body);
+            assert_eq!(alloc.period(0), 3);
+        }
+        // A later period moves the weights again.
+        let n = answer(&mut s, &mut alloc, &weights(4, 0.3, 0.2));
+        assert_eq!(
+            (alloc.period(0), alloc.uppers(0)),
+            (4, &[5000, 8000, 10_000][..])
+        );
+        assert!(
+            n[0].message
+                .contains("period 4: control 50.00%, a 30.00%, b 20.00%; 15.00%"),
+            "{n:?}"
         );
     }
 }

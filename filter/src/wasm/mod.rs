@@ -231,9 +231,15 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
         };
         s.headers.all.take();
         let verdict = match &root.shipper {
-            // Halted variants' users are routed like control: one branch
-            // when nothing is halted, a bit test per assignment otherwise.
-            Some(shipper) => plan.decide_with_halts(&s.headers, &shipper.halts, &mut s.decisions),
+            // Bandit weights as of the sidecar's last answer; halted
+            // variants' users are routed like control: one branch when
+            // nothing is halted, a bit test per assignment otherwise.
+            Some(shipper) => plan.decide_with(
+                &s.headers,
+                &shipper.halts,
+                &shipper.allocation,
+                &mut s.decisions,
+            ),
             None => plan.decide(&s.headers, &mut s.decisions),
         };
         if verdict == Verdict::RejectMissingIdentity {

@@ -1,5 +1,5 @@
 //! Shipping exposures and per-variant health to the sidecar, and polling it
-//! for halted variants: on the root context's tick, never per request, one
+//! for halted variants and bandit weights: on the root context's tick, never per request, one
 //! batch in flight at a time. What is recorded per request is
 //! [`crate::telemetry::Recorder`]; the batch, the answer and the retry rules
 //! are [`crate::protocol`]. This module only adds the proxy-wasm calls:
@@ -10,7 +10,7 @@ use super::abi::{self, BufferType, LogLevel, MapType};
 use crate::config::SidecarConfig;
 use crate::protocol::{self, Note, NoteLevel, Sender};
 use crate::telemetry::Recorder;
-use crate::{Decisions, Halts, Plan};
+use crate::{Allocation, Decisions, Halts, Plan};
 
 pub struct Shipper {
     recorder: Recorder,
@@ -24,6 +24,9 @@ pub struct Shipper {
     in_flight: Option<u32>,
     /// Variants the sidecar halted, as of its last answer.
     pub halts: Halts,
+    /// Bandit weights from the sidecar, as of its last answer that had
+    /// them (the configured weights until then).
+    pub allocation: Allocation,
     notes: Vec<Note>,
 }
 
@@ -46,6 +49,7 @@ impl Shipper {
             timeout_ms: cfg.timeout_ms,
             in_flight: None,
             halts: Halts::new(plan),
+            allocation: Allocation::new(plan),
             notes: Vec::new(),
         }
     }
@@ -120,8 +124,14 @@ impl Shipper {
         } else {
             Vec::new()
         };
-        self.sender
-            .answered(plan, status, &body, &mut self.halts, &mut self.notes);
+        self.sender.answered(
+            plan,
+            status,
+            &body,
+            &mut self.halts,
+            &mut self.allocation,
+            &mut self.notes,
+        );
         for note in self.notes.drain(..) {
             log(&note);
         }
