@@ -75,6 +75,7 @@ fn experiment(users: [i64; 2], info: MetricInfo, arms: [MetricSums; 2]) -> Exper
         halts: Vec::new(),
         checks: None,
         overrides: Vec::new(),
+        derived: Vec::new(),
     }
 }
 

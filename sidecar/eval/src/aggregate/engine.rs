@@ -91,6 +91,8 @@ use abmesh_common::SidecarId;
 use abmesh_stats::guardrail::Health;
 use abmesh_stats::{srm, SRM_ALERT_P};
 
+mod derived_hooks;
+
 /// Scope of an event without an experiment.
 const ANY: u32 = u32::MAX;
 /// Snapshot format version: 2 adds the definitions learned from filters,
@@ -214,6 +216,10 @@ struct UserMetric {
 struct UserState {
     exposures: SmallVec<[Exposure; 1]>,
     metrics: SmallVec<[UserMetric; 2]>,
+    /// Event values of quantile inputs; stored in the snapshot's derived
+    /// section, not here ([`derived_hooks`]).
+    #[serde(skip)]
+    events: super::derived::UserEvents,
 }
 
 impl UserState {
@@ -498,6 +504,8 @@ struct SnapshotOut<'a> {
     base: BaseOut<'a>,
     extra: Extra,
     merged: Vec<(u128, u64)>,
+    /// After version 3's fields: the derived metrics' per-user buckets.
+    derived: derived_hooks::Section,
 }
 
 /// ... (the version 1 fields) ...
@@ -522,6 +530,9 @@ struct SnapshotIn {
     /// Version 3: (sidecar id, LSN) of the states merged.
     #[serde(skip)]
     merged: Vec<(u128, u64)>,
+    /// The derived metrics' section, when the snapshot has one.
+    #[serde(skip)]
+    derived: derived_hooks::Section,
     bucket_ms: i64,
     experiments: Vec<ExperimentRecord>,
     metrics: Vec<MetricInfo>,
@@ -665,6 +676,7 @@ impl Engine {
                 for user in engine.users.values() {
                     for e in &user.exposures {
                         agg.add_user(e.exp, e.variant, e.t_ms, &user.values(e.exp), 1.0);
+                        derived_hooks::add_user_events(user, &mut agg, e.exp, e.variant, 1.0);
                         if e.conflicted {
                             agg.experiments[e.exp as usize].conflicts += 1;
                         }
@@ -745,6 +757,7 @@ impl Engine {
             };
             let user = user_mut(&mut self.users, ev.user.as_str());
             add_metric(user, &mut agg, delta);
+            derived_hooks::record_event(user, &mut agg, scope, metric, ev.value.map(|v| v.0));
         }
         agg.counters.events += accepted;
         agg.counters.duplicate_events += duplicates;
@@ -881,6 +894,7 @@ impl Engine {
             );
         }
         agg.set_definitions(defs.clone(), true);
+        derived_hooks::rebuild(&self.users, &mut agg);
         self.decisions = Some(defs.decisions());
         self.definitions = Some(defs);
         Ok(Applied::Config {
@@ -996,6 +1010,7 @@ impl Engine {
             base: self.base(&agg, &ids),
             extra,
             merged: self.merged.iter().map(|(id, &lsn)| (id.0, lsn)).collect(),
+            derived: derived_hooks::section(&self.users),
         };
         let bytes = postcard::to_stdvec(&s).map_err(|e| EncodeError(e.to_string()))?;
         out.extend_from_slice(&bytes);
@@ -1163,6 +1178,7 @@ impl Engine {
             if let Ok(d) = Definitions::from_json_with_id(&c.bytes, c.id) {
                 let d = Arc::new(d);
                 agg.set_definitions(d.clone(), true);
+                derived_hooks::rebuild(&self.users, &mut agg);
                 self.decisions = Some(d.decisions());
                 self.definitions = Some(d);
             }
@@ -1229,6 +1245,7 @@ impl Engine {
                 },
             );
         }
+        derived_hooks::fold_events(user, &mut agg, other, exp_map, metric_map);
         for e in &other.exposures {
             let (exp, ref variants) = exp_map[e.exp as usize];
             add_exposure(
@@ -1317,6 +1334,8 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, SnapshotError> {
         if version >= 3 {
             let (merged, rest) =
                 postcard::take_from_bytes::<Vec<(u128, u64)>>(rest).map_err(bad)?;
+            let (derived, rest) = derived_hooks::take_section(rest)?;
+            s.derived = derived;
             if !rest.is_empty() {
                 return Err(SnapshotError::Trailing(rest.len()));
             }
@@ -1339,6 +1358,8 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, SnapshotError> {
     if s.bucket_ms != BUCKET_MS {
         return Err(SnapshotError::Buckets(s.bucket_ms));
     }
+    let section = std::mem::take(&mut s.derived);
+    derived_hooks::distribute(section, &mut s.users, s.experiments.len(), s.metrics.len())?;
     let n_exp = s.experiments.len();
     let n_metric = s.metrics.len();
     for u in s.users.values() {
@@ -1582,6 +1603,7 @@ fn add_metric(user: &mut UserState, agg: &mut Aggregates, delta: UserMetric) {
         .filter(|e| delta.scope == ANY || delta.scope == e.exp)
         .map(|e| (*e, user.value(e.exp, delta.metric)))
         .collect();
+    let touch = derived_hooks::ratio_before(user, agg, &delta);
     match user
         .metrics
         .iter_mut()
@@ -1598,6 +1620,7 @@ fn add_metric(user: &mut UserState, agg: &mut Aggregates, delta: UserMetric) {
         let new = user.value(e.exp, delta.metric);
         agg.change_user(e.exp, e.variant, e.t_ms, delta.metric, &old, &new);
     }
+    derived_hooks::ratio_after(user, agg, touch);
 }
 
 /// Records an exposure: the earliest (time, variant) wins. `conflicted`:
@@ -1623,6 +1646,7 @@ fn add_exposure(
                 agg.experiments[exp as usize].conflicts += 1;
             }
             agg.add_user(exp, variant, t_ms, &user.values(exp), 1.0);
+            derived_hooks::add_user_events(user, agg, exp, variant, 1.0);
         }
         Some(i) => {
             let old = user.exposures[i];
@@ -1635,6 +1659,8 @@ fn add_exposure(
                 let values = user.values(exp);
                 agg.add_user(exp, old.variant, old.t_ms, &values, -1.0);
                 agg.add_user(exp, variant, t_ms, &values, 1.0);
+                derived_hooks::add_user_events(user, agg, exp, old.variant, -1.0);
+                derived_hooks::add_user_events(user, agg, exp, variant, 1.0);
                 new.variant = variant;
                 new.t_ms = t_ms;
             }

@@ -275,6 +275,8 @@ pub struct Aggregates {
     pub known_configs: BTreeSet<u64>,
     /// Halts, overrides and notified alarms.
     pub guard: GuardState,
+    /// Ratio sums and quantile histograms of the declared metrics.
+    pub derived: super::derived::DerivedAgg,
 }
 
 impl Aggregates {
@@ -296,6 +298,7 @@ impl Aggregates {
             }
         }
         self.known_configs.insert(d.id());
+        self.derived.declare(d.metrics());
         self.definitions = Some(d);
         self.learned = learned;
     }
@@ -352,6 +355,8 @@ impl Aggregates {
         values: &[(u32, UserValue)],
         sign: f64,
     ) {
+        self.derived
+            .add_user(&self.metric_index, exp, variant, values, sign);
         let e = &mut self.experiments[exp as usize];
         let slots: smallvec::SmallVec<[usize; 4]> =
             values.iter().map(|(m, _)| e.slot(*m)).collect();

@@ -47,6 +47,8 @@ pub struct ExperimentData {
     pub checks: Option<Checks>,
     /// (variant, rule) pairs an operator overrode.
     pub overrides: Vec<(String, String)>,
+    /// The declared ratio and quantile metrics, per variant.
+    pub derived: Vec<crate::aggregate::derived::DerivedData>,
 }
 
 /// One metric: totals per variant.
@@ -126,6 +128,7 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
             .filter(|(x, _, _)| x == name)
             .map(|(_, v, r)| (v.clone(), r.clone()))
             .collect(),
+        derived: crate::aggregate::derived::extract(agg, name),
     })
 }
 

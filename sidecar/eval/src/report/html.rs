@@ -139,6 +139,12 @@ pub fn report_page(r: &Report) -> String {
     for m in metrics {
         metric_section(&mut h, m, &level, r.settings.target_lift);
     }
+    super::extra_metrics::html(
+        &mut h,
+        &r.ratio_metrics,
+        &r.quantile_metrics,
+        r.settings.alpha,
+    );
     let _ = write!(
         h,
         "<p class=muted>α = {}, power {}, target ±{:.1}%, n* = {}, min users {} · log record {} · generated at {} · \

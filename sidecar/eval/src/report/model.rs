@@ -153,6 +153,12 @@ pub struct Report {
     pub primary_metric: Option<String>,
     pub metrics: Vec<MetricReport>,
     pub decision: Decision,
+    /// Declared ratio metrics (the configuration's `metrics`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ratio_metrics: Vec<super::extra_metrics::RatioMetricReport>,
+    /// Declared quantile metrics (the configuration's `metrics`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quantile_metrics: Vec<super::extra_metrics::QuantileMetricReport>,
 }
 
 /// A halt in a report.
@@ -542,6 +548,7 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
     let mut warnings = data_warnings(data);
     let primary = primary_metric(data, settings, &mut warnings);
     let metrics = metric_reports(data, control, primary.as_deref(), settings);
+    let (ratio_metrics, quantile_metrics) = super::extra_metrics::build(data, control, settings);
     let halts: Vec<HaltOut> = data
         .halts
         .iter()
@@ -589,6 +596,8 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
         primary_metric: primary,
         metrics,
         decision,
+        ratio_metrics,
+        quantile_metrics,
     }
 }
 

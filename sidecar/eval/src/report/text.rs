@@ -79,6 +79,12 @@ pub fn render(r: &Report) -> String {
     for m in metrics {
         metric(&mut o, m, r.settings.alpha);
     }
+    super::extra_metrics::text(
+        &mut o,
+        &r.ratio_metrics,
+        &r.quantile_metrics,
+        r.settings.alpha,
+    );
     o
 }
 
