@@ -943,6 +943,8 @@ fn check_metric_definitions(defs: &[crate::config::MetricDefinition]) -> Result<
             format!("must be 1 to 64 characters of [A-Za-z0-9_.:-], got {got:?}"),
         )
     };
+    // A field's name and whether it is given.
+    type Field<'a> = (&'a str, bool);
     for (i, d) in defs.iter().enumerate() {
         let at = |f: &str| format!("metrics[{i}].{f}");
         if !metric_name_ok(&d.name) {
@@ -954,7 +956,7 @@ fn check_metric_definitions(defs: &[crate::config::MetricDefinition]) -> Result<
                 format!("duplicates the name {:?} of metrics[{j}]", d.name),
             ));
         }
-        let (needed, foreign): (&[(&str, bool)], &[(&str, bool)]) = match d.kind {
+        let (needed, foreign): (&[Field], &[Field]) = match d.kind {
             MetricKind::Ratio => (
                 &[
                     ("numerator", d.numerator.is_some()),

@@ -435,3 +435,24 @@ fn quantile_interval_covers_95_percent_through_the_stored_buckets() {
     }
     println!("{}", lines.join("\n"));
 }
+
+/// Prints the `ratio_metrics` and `quantile_metrics` of a report (the
+/// example in `sidecar/EVALUATION.md`): `cargo test -p abmesh-eval --test
+/// derived_metrics -- --ignored --nocapture print_example`.
+#[test]
+#[ignore]
+fn print_example_report() {
+    let sim = simulate(3000, 7, [0.2, 0.22], [1.0, 1.1]);
+    let mut e = Engine::new(Some(defs()), EngineOptions::default());
+    run(&mut e, &sim, |_| true);
+    let r = serde_json::to_value(report_of(&e)).unwrap();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&r["ratio_metrics"]).unwrap()
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&r["quantile_metrics"]).unwrap()
+    );
+    println!("{}", text::render(&report_of(&e)));
+}

@@ -291,10 +291,8 @@ impl DerivedAgg {
                         pairs.push(p);
                     }
                 }
-                (MetricKind::Quantile, _, _, Some(m)) => {
-                    if !sources.contains(m) {
-                        sources.push(m.clone());
-                    }
+                (MetricKind::Quantile, _, _, Some(m)) if !sources.contains(m) => {
+                    sources.push(m.clone());
                 }
                 _ => {}
             }
