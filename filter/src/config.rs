@@ -46,6 +46,11 @@ pub struct Config {
     pub sidecar: Option<SidecarConfig>,
     /// The experiments, evaluated in this order.
     pub experiments: Vec<ExperimentConfig>,
+    /// Metrics defined from outcome-event metrics, which the sidecar reports
+    /// for every experiment and guardrails can name (`ratio`, `quantile`).
+    /// The filter only validates and forwards them. Default: none.
+    #[serde(default)]
+    pub metrics: Vec<MetricDefinition>,
 }
 
 /// Shipping exposures to the abmesh sidecar: batched on a timer with
@@ -491,4 +496,46 @@ fn default_recent_exposures() -> usize {
 }
 fn default_health_sample_every() -> u32 {
     8
+}
+
+/// A metric the sidecar derives from outcome-event metrics, as a GrowthBook
+/// metric library defines them: a `ratio` of two per-user totals (clicks
+/// per impression, revenue per session; analysed by the delta method over
+/// users) or a `quantile` of a per-event value (p95 latency).
+///
+/// ```json
+/// {"name": "ctr", "type": "ratio", "numerator": "click", "denominator": "impression"}
+/// {"name": "latency_p95", "type": "quantile", "metric": "latency_ms", "quantile": 0.95}
+/// ```
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricDefinition {
+    /// Name in reports and guardrail rules: 1 to 64 of `[A-Za-z0-9_.:-]`,
+    /// unique among the definitions.
+    pub name: String,
+    /// `ratio` or `quantile`.
+    #[serde(rename = "type")]
+    pub kind: MetricKind,
+    /// Ratio: the outcome metric summed per user above the line.
+    #[serde(default)]
+    pub numerator: Option<String>,
+    /// Ratio: the outcome metric summed per user below the line.
+    #[serde(default)]
+    pub denominator: Option<String>,
+    /// Quantile: the outcome metric whose event `value`s are measured.
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// Quantile: the level, in (0, 1) (0.95 for p95).
+    #[serde(default)]
+    pub quantile: Option<f64>,
+}
+
+/// The kinds of [`MetricDefinition`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// Σ numerator / Σ denominator over users.
+    Ratio,
+    /// The ν-quantile of the event values.
+    Quantile,
 }

@@ -293,6 +293,7 @@ impl Compiler {
             None => None,
             Some(s) => Some(check_sidecar(s)?),
         };
+        check_metric_definitions(&config.metrics)?;
         Ok(Plan {
             header_names: self.header_names.into_boxed_slice(),
             identity,
@@ -1009,4 +1010,196 @@ fn is_token_byte(b: u8) -> bool {
 
 fn is_header_value_byte(b: u8) -> bool {
     b.is_ascii_graphic()
+}
+
+/// Whether `name` is a valid outcome-event metric name (what `POST
+/// /v1/events` accepts): 1 to 64 of `[A-Za-z0-9_.:-]`.
+fn metric_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Validates `metrics` (the ratio and quantile definitions): names valid
+/// and unique, each kind with exactly its own fields, inputs that are
+/// outcome metrics (not other definitions).
+fn check_metric_definitions(defs: &[crate::config::MetricDefinition]) -> Result<(), ConfigError> {
+    use crate::config::MetricKind;
+    let name_err = |field: String, got: &str| {
+        ConfigError::invalid(
+            field,
+            format!("must be 1 to 64 characters of [A-Za-z0-9_.:-], got {got:?}"),
+        )
+    };
+    // A field's name and whether it is given.
+    type Field<'a> = (&'a str, bool);
+    for (i, d) in defs.iter().enumerate() {
+        let at = |f: &str| format!("metrics[{i}].{f}");
+        if !metric_name_ok(&d.name) {
+            return Err(name_err(at("name"), &d.name));
+        }
+        if let Some(j) = defs[..i].iter().position(|o| o.name == d.name) {
+            return Err(ConfigError::invalid(
+                at("name"),
+                format!("duplicates the name {:?} of metrics[{j}]", d.name),
+            ));
+        }
+        let (needed, foreign): (&[Field], &[Field]) = match d.kind {
+            MetricKind::Ratio => (
+                &[
+                    ("numerator", d.numerator.is_some()),
+                    ("denominator", d.denominator.is_some()),
+                ],
+                &[
+                    ("metric", d.metric.is_some()),
+                    ("quantile", d.quantile.is_some()),
+                ],
+            ),
+            MetricKind::Quantile => (
+                &[
+                    ("metric", d.metric.is_some()),
+                    ("quantile", d.quantile.is_some()),
+                ],
+                &[
+                    ("numerator", d.numerator.is_some()),
+                    ("denominator", d.denominator.is_some()),
+                ],
+            ),
+        };
+        let kind = match d.kind {
+            MetricKind::Ratio => "ratio",
+            MetricKind::Quantile => "quantile",
+        };
+        if let Some((f, _)) = needed.iter().find(|(_, present)| !present) {
+            return Err(ConfigError::invalid(
+                at(f),
+                format!("is required for a {kind} metric"),
+            ));
+        }
+        if let Some((f, _)) = foreign.iter().find(|(_, present)| *present) {
+            return Err(ConfigError::invalid(
+                at(f),
+                format!("is not a field of a {kind} metric"),
+            ));
+        }
+        let inputs: Vec<(&str, &str)> = match d.kind {
+            MetricKind::Ratio => vec![
+                ("numerator", d.numerator.as_deref().unwrap_or_default()),
+                ("denominator", d.denominator.as_deref().unwrap_or_default()),
+            ],
+            MetricKind::Quantile => vec![("metric", d.metric.as_deref().unwrap_or_default())],
+        };
+        for (f, input) in &inputs {
+            if !metric_name_ok(input) {
+                return Err(name_err(at(f), input));
+            }
+            if defs.iter().any(|o| o.name == *input) {
+                return Err(ConfigError::invalid(
+                    at(f),
+                    format!(
+                        "names the defined metric {input:?}; the inputs of a definition are \
+                         outcome-event metrics"
+                    ),
+                ));
+            }
+        }
+        if d.kind == MetricKind::Ratio && d.numerator == d.denominator {
+            return Err(ConfigError::invalid(
+                at("denominator"),
+                "must differ from the numerator (the ratio would be 1 for every user)",
+            ));
+        }
+        if let Some(q) = d.quantile {
+            if !(q > 0.0 && q < 1.0) {
+                return Err(ConfigError::invalid(
+                    at("quantile"),
+                    format!("must be in (0, 1) (0.95 for p95), got {q}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod metric_definition_tests {
+    use super::*;
+
+    fn err(metrics: &str) -> ConfigError {
+        let json = format!(
+            r#"{{"experiments":[{{"name":"r","variants":[{{"name":"a","weight":1}},{{"name":"b","weight":1}}]}}],"metrics":{metrics}}}"#
+        );
+        Plan::from_json(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn valid_definitions_are_accepted() {
+        let json = br#"{"experiments":[{"name":"r","variants":[{"name":"a","weight":1},{"name":"b","weight":1}],
+            "guardrails":{"metrics":[{"metric":"ctr","max_decrease_percent":5}]}}],
+            "metrics":[{"name":"ctr","type":"ratio","numerator":"click","denominator":"impression"},
+                       {"name":"latency_p95","type":"quantile","metric":"latency_ms","quantile":0.95}]}"#;
+        Plan::from_json(json).unwrap();
+        let c: Config = serde_json::from_slice(json).unwrap();
+        assert_eq!(c.metrics.len(), 2);
+        assert_eq!(c.metrics[1].quantile, Some(0.95));
+    }
+
+    #[test]
+    fn invalid_definitions_name_the_field() {
+        let cases = [
+            (
+                r#"[{"name":"ctr","type":"ratio","numerator":"click"}]"#,
+                "metrics[0].denominator",
+            ),
+            (
+                r#"[{"name":"ctr","type":"ratio","numerator":"c","denominator":"c"}]"#,
+                "metrics[0].denominator",
+            ),
+            (
+                r#"[{"name":"ctr","type":"ratio","numerator":"c","denominator":"i","quantile":0.5}]"#,
+                "metrics[0].quantile",
+            ),
+            (
+                r#"[{"name":"p","type":"quantile","metric":"lat"}]"#,
+                "metrics[0].quantile",
+            ),
+            (
+                r#"[{"name":"p","type":"quantile","metric":"lat","quantile":1.0}]"#,
+                "metrics[0].quantile",
+            ),
+            (
+                r#"[{"name":"p","type":"quantile","quantile":0.5}]"#,
+                "metrics[0].metric",
+            ),
+            (
+                r#"[{"name":"p","type":"quantile","metric":"bad name","quantile":0.5}]"#,
+                "metrics[0].metric",
+            ),
+            (
+                r#"[{"name":"","type":"quantile","metric":"l","quantile":0.5}]"#,
+                "metrics[0].name",
+            ),
+            (
+                r#"[{"name":"a","type":"quantile","metric":"l","quantile":0.5},{"name":"a","type":"quantile","metric":"l","quantile":0.9}]"#,
+                "metrics[1].name",
+            ),
+            (
+                r#"[{"name":"a","type":"quantile","metric":"l","quantile":0.5},{"name":"r","type":"ratio","numerator":"a","denominator":"x"}]"#,
+                "metrics[1].numerator",
+            ),
+            (
+                r#"[{"name":"a","type":"mean","metric":"l"}]"#,
+                "metrics[0].type",
+            ),
+            (
+                r#"[{"name":"a","type":"ratio","numerator":"x","denominator":"y","extra":1}]"#,
+                "metrics[0]",
+            ),
+        ];
+        for (metrics, field) in cases {
+            let e = err(metrics);
+            assert!(e.field().starts_with(field), "{metrics}: {e}");
+        }
+    }
 }

@@ -77,6 +77,7 @@ fn experiment(users: [i64; 2], info: MetricInfo, arms: [MetricSums; 2]) -> Exper
         overrides: Vec::new(),
         bandit: None,
         segments: Vec::new(),
+        derived: Vec::new(),
     }
 }
 

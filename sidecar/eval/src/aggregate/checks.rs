@@ -23,13 +23,19 @@ pub fn defined_health(agg: &Aggregates, def: &Defined) -> Vec<Health> {
 }
 
 /// A metric of one variant as the guardrails read it: conversions for a
-/// conversion metric, moments of the per-user totals for a value metric.
+/// conversion metric, moments of the per-user totals for a value metric,
+/// the delta method's moments for a declared ratio, the quantile and its
+/// standard error for a declared quantile (a declared name wins over an
+/// outcome metric of the same name).
 fn metric_data(
     agg: &Aggregates,
     experiment: &str,
     variant: &str,
     metric: &str,
 ) -> Option<MetricData> {
+    if let Some(d) = super::derived::guardrail_data(agg, experiment, variant, metric) {
+        return d;
+    }
     let e = agg.experiment(experiment)?;
     let id = *agg.metric_index.get(metric)?;
     let slot = e.slot_of(id)?;

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use abmesh_filter::config::{BanditConfig, GuardrailsConfig};
+use abmesh_filter::config::{BanditConfig, GuardrailsConfig, MetricDefinition};
 use abmesh_filter::{Config, ConfigError, Decisions, Plan};
 
 /// The id of a plugin configuration: SipHash-1-3 of its raw bytes, as
@@ -45,6 +45,8 @@ pub struct Definitions {
     /// The configuration as read, and its id.
     raw: Arc<[u8]>,
     id: u64,
+    /// The configuration's `metrics` (ratio and quantile definitions).
+    metrics: Vec<MetricDefinition>,
 }
 
 impl Definitions {
@@ -84,6 +86,7 @@ impl Definitions {
             experiments,
             raw: bytes.into(),
             id,
+            metrics: config.metrics,
         })
     }
 
@@ -95,6 +98,11 @@ impl Definitions {
     /// The configuration, as read.
     pub fn raw(&self) -> &[u8] {
         &self.raw
+    }
+
+    /// The ratio and quantile metrics the configuration declares.
+    pub fn metrics(&self) -> &[MetricDefinition] {
+        &self.metrics
     }
 
     pub fn experiments(&self) -> &[Defined] {

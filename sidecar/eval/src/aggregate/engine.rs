@@ -93,6 +93,8 @@ use abmesh_common::SidecarId;
 use abmesh_stats::guardrail::Health;
 use abmesh_stats::{srm, srm_by_period, SRM_ALERT_P};
 
+mod derived_hooks;
+
 /// Scope of an event without an experiment.
 const ANY: u32 = u32::MAX;
 /// Snapshot format version: 2 adds the definitions learned from filters,
@@ -241,6 +243,10 @@ struct UserState {
     /// snapshots carry them in [`V4Section`].
     #[serde(skip)]
     segments: SmallVec<[(u32, u32); 2]>,
+    /// Event values of quantile inputs; stored in the snapshot's derived
+    /// section, not here ([`derived_hooks`]).
+    #[serde(skip)]
+    events: super::derived::UserEvents,
 }
 
 impl UserState {
@@ -526,6 +532,8 @@ struct SnapshotOut<'a> {
     extra: Extra,
     merged: Vec<(u128, u64)>,
     bandits: V4Section,
+    /// After version 4's section: the derived metrics' per-user buckets.
+    derived: derived_hooks::Section,
 }
 
 /// What version 4 adds after the merged keys: bandit experiments' periods,
@@ -570,6 +578,9 @@ struct SnapshotIn {
     /// Version 4: the segment registry (users' values already attached).
     #[serde(skip)]
     registry: SegmentRegistry,
+    /// The derived metrics' section, when the snapshot has one.
+    #[serde(skip)]
+    derived: derived_hooks::Section,
     bucket_ms: i64,
     experiments: Vec<ExperimentRecord>,
     metrics: Vec<MetricInfo>,
@@ -723,6 +734,7 @@ impl Engine {
                             &user.values(e.exp),
                             1.0,
                         );
+                        derived_hooks::add_user_events(user, &mut agg, e.exp, e.variant, 1.0);
                         if e.conflicted {
                             agg.experiments[e.exp as usize].conflicts += 1;
                         }
@@ -812,6 +824,7 @@ impl Engine {
                 }
             }
             add_metric(user, &mut agg, delta);
+            derived_hooks::record_event(user, &mut agg, scope, metric, ev.value.map(|v| v.0));
         }
         agg.counters.events += accepted;
         agg.counters.duplicate_events += duplicates;
@@ -959,6 +972,7 @@ impl Engine {
             );
         }
         agg.set_definitions(defs.clone(), true);
+        derived_hooks::rebuild(&self.users, &mut agg);
         self.decisions = Some(defs.decisions());
         self.definitions = Some(defs);
         Ok(Applied::Config {
@@ -1138,6 +1152,7 @@ impl Engine {
                     .map(|(name, u)| (name.clone(), u.segments.to_vec()))
                     .collect(),
             },
+            derived: derived_hooks::section(&self.users),
         };
         let bytes = postcard::to_stdvec(&s).map_err(|e| EncodeError(e.to_string()))?;
         out.extend_from_slice(&bytes);
@@ -1305,6 +1320,7 @@ impl Engine {
             if let Ok(d) = Definitions::from_json_with_id(&c.bytes, c.id) {
                 let d = Arc::new(d);
                 agg.set_definitions(d.clone(), true);
+                derived_hooks::rebuild(&self.users, &mut agg);
                 self.decisions = Some(d.decisions());
                 self.definitions = Some(d);
             }
@@ -1402,6 +1418,7 @@ impl Engine {
                 },
             );
         }
+        derived_hooks::fold_events(user, &mut agg, other, exp_map, metric_map);
         for e in &other.exposures {
             let (exp, ref variants) = exp_map[e.exp as usize];
             add_exposure(
@@ -1524,6 +1541,10 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, SnapshotError> {
                 user.segments = segs.into();
             }
             s.registry = registry;
+            // Then the derived metrics' section (may be absent).
+            let (derived, after) = derived_hooks::take_section(rest)?;
+            s.derived = derived;
+            rest = after;
         }
         if version >= 3 && !rest.is_empty() {
             return Err(SnapshotError::Trailing(rest.len()));
@@ -1545,6 +1566,8 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, SnapshotError> {
     if s.bucket_ms != BUCKET_MS {
         return Err(SnapshotError::Buckets(s.bucket_ms));
     }
+    let section = std::mem::take(&mut s.derived);
+    derived_hooks::distribute(section, &mut s.users, s.experiments.len(), s.metrics.len())?;
     let n_exp = s.experiments.len();
     let n_metric = s.metrics.len();
     for u in s.users.values() {
@@ -1798,6 +1821,7 @@ fn add_metric(user: &mut UserState, agg: &mut Aggregates, delta: UserMetric) {
         .filter(|e| delta.scope == ANY || delta.scope == e.exp)
         .map(|e| (*e, user.value(e.exp, delta.metric)))
         .collect();
+    let touch = derived_hooks::ratio_before(user, agg, &delta);
     match user
         .metrics
         .iter_mut()
@@ -1823,6 +1847,7 @@ fn add_metric(user: &mut UserState, agg: &mut Aggregates, delta: UserMetric) {
             &new,
         );
     }
+    derived_hooks::ratio_after(user, agg, touch);
 }
 
 /// Records an exposure: the earliest (time, variant) wins. `conflicted`:
@@ -1859,6 +1884,7 @@ fn add_exposure(
                 &user.values(exp),
                 1.0,
             );
+            derived_hooks::add_user_events(user, agg, exp, variant, 1.0);
         }
         Some(i) => {
             let old = user.exposures[i];
@@ -1872,6 +1898,8 @@ fn add_exposure(
                 let segs = &user.segments;
                 agg.add_user(exp, old.variant, old.t_ms, old.period, segs, &values, -1.0);
                 agg.add_user(exp, variant, t_ms, period, segs, &values, 1.0);
+                derived_hooks::add_user_events(user, agg, exp, old.variant, -1.0);
+                derived_hooks::add_user_events(user, agg, exp, variant, 1.0);
                 new.variant = variant;
                 new.t_ms = t_ms;
                 new.period = period;

@@ -48,6 +48,8 @@
 //! - [`engine`]: the [`Engine`] that keeps them, with per-user state;
 //! - [`definitions`]: the experiments as the filter's configuration
 //!   defines them;
+//! - [`derived`]: ratio and quantile metrics (declared in the
+//!   configuration's `metrics`);
 //! - [`guard`]: halts and the guardrail state; [`checks`]: the guardrail
 //!   checks computed from the aggregates.
 //!
@@ -56,6 +58,7 @@
 pub mod bandit;
 pub mod checks;
 pub mod definitions;
+pub mod derived;
 pub mod engine;
 pub mod guard;
 pub mod segments;

@@ -325,6 +325,8 @@ pub struct Aggregates {
     pub bandits: BTreeMap<String, super::bandit::BanditHistory>,
     /// Segment dimensions and values seen on events.
     pub segments: super::segments::SegmentRegistry,
+    /// Ratio sums and quantile histograms of the declared metrics.
+    pub derived: super::derived::DerivedAgg,
 }
 
 impl Aggregates {
@@ -346,6 +348,7 @@ impl Aggregates {
             }
         }
         self.known_configs.insert(d.id());
+        self.derived.declare(d.metrics());
         self.definitions = Some(d);
         self.learned = learned;
     }
@@ -407,6 +410,8 @@ impl Aggregates {
         for seg in segments {
             self.add_user_to_segment(exp, variant, *seg, values, sign);
         }
+        self.derived
+            .add_user(&self.metric_index, exp, variant, values, sign);
         let e = &mut self.experiments[exp as usize];
         let slots: smallvec::SmallVec<[usize; 4]> =
             values.iter().map(|(m, _)| e.slot(*m)).collect();

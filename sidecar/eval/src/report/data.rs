@@ -53,6 +53,8 @@ pub struct ExperimentData {
     pub bandit: Option<BanditData>,
     /// The experiment's users by segment (dimension, value), sorted.
     pub segments: Vec<SegmentData>,
+    /// The declared ratio and quantile metrics, per variant.
+    pub derived: Vec<crate::aggregate::derived::DerivedData>,
 }
 
 /// The users of one segment value.
@@ -208,6 +210,7 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
             .collect(),
         bandit,
         segments,
+        derived: crate::aggregate::derived::extract(agg, name),
     })
 }
 

@@ -148,6 +148,12 @@ pub fn report_page(r: &Report) -> String {
     for d in &r.segments {
         segment_section(&mut h, d);
     }
+    super::extra_metrics::html(
+        &mut h,
+        &r.ratio_metrics,
+        &r.quantile_metrics,
+        r.settings.alpha,
+    );
     let _ = write!(
         h,
         "<p class=muted>α = {}, power {}, target ±{:.1}%, n* = {}, min users {} · log record {} · generated at {} · \

@@ -8,6 +8,7 @@
 //! same few milliseconds after ten events or ten million.
 
 pub mod data;
+pub mod extra_metrics;
 pub mod html;
 pub mod model;
 pub mod segments;

@@ -163,6 +163,12 @@ pub struct Report {
     /// carry no `segments`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<super::segments::SegmentReport>,
+    /// Declared ratio metrics (the configuration's `metrics`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ratio_metrics: Vec<super::extra_metrics::RatioMetricReport>,
+    /// Declared quantile metrics (the configuration's `metrics`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quantile_metrics: Vec<super::extra_metrics::QuantileMetricReport>,
 }
 
 /// A bandit experiment in a report: the weights now and over time, and how
@@ -597,6 +603,7 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
     let primary = primary_metric(data, settings, &mut warnings);
     let segments = super::segments::segment_reports(data, control, primary.as_deref(), settings);
     let metrics = metric_reports(data, control, primary.as_deref(), settings);
+    let (ratio_metrics, quantile_metrics) = super::extra_metrics::build(data, control, settings);
     let halts: Vec<HaltOut> = data
         .halts
         .iter()
@@ -646,6 +653,8 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
         decision,
         bandit: bandit_of(data),
         segments,
+        ratio_metrics,
+        quantile_metrics,
     }
 }
 

@@ -108,6 +108,12 @@ pub fn render(r: &Report) -> String {
     for d in &r.segments {
         segment_table(&mut o, d);
     }
+    super::extra_metrics::text(
+        &mut o,
+        &r.ratio_metrics,
+        &r.quantile_metrics,
+        r.settings.alpha,
+    );
     o
 }
 

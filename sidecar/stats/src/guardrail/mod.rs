@@ -49,7 +49,7 @@ use std::fmt::Write as _;
 use abmesh_filter::config::{ErrorRateRule, GuardrailsConfig, LatencyRule, MetricRule};
 use serde::{Deserialize, Serialize};
 
-use crate::{confidence_sequence, GroupStats, Moments, Proportion, DEFAULT_N_STAR};
+use crate::{confidence_sequence, GroupStats, Moments, Proportion, RatioMoments, DEFAULT_N_STAR};
 
 /// Tuning sample size n* of the health rules' confidence sequences, in
 /// sampled responses of both arms together. The sequence's width is within
@@ -77,6 +77,12 @@ pub enum MetricData {
     /// Per-user totals of the metric over the exposed users (0 for users
     /// without events).
     Value(Moments),
+    /// A ratio metric: per-user numerator and denominator over the exposed
+    /// users; tested on the ratio with its delta-method variance.
+    Ratio(RatioMoments),
+    /// A quantile of event values: `n` events, the quantile and its
+    /// Woodruff standard error (tested as a mean with variance se²·n).
+    Quantile { n: u64, quantile: f64, se: f64 },
 }
 
 impl MetricData {
@@ -84,6 +90,8 @@ impl MetricData {
         match self {
             MetricData::Conversion { n, .. } => *n,
             MetricData::Value(m) => m.n(),
+            MetricData::Ratio(m) => m.n(),
+            MetricData::Quantile { n, .. } => *n,
         }
     }
 }
@@ -537,9 +545,51 @@ pub fn metric(
             (num(mt.mean()), num(mc.mean())),
             format!("\"{name}\" per user"),
         ),
+        (MetricData::Ratio(mc), MetricData::Ratio(mt)) => {
+            let arm = |m: &RatioMoments| Arm {
+                n: m.n() as f64,
+                mean: m.ratio(),
+                var: m.ratio_variance(),
+            };
+            let (c, t) = (arm(&mc), arm(&mt));
+            (
+                (c, t),
+                (t.mean - c.mean) / c.mean.abs(),
+                (num(t.mean), num(c.mean)),
+                format!("ratio \"{name}\""),
+            )
+        }
+        (
+            MetricData::Quantile {
+                n: nc,
+                quantile: qc,
+                se: sc,
+            },
+            MetricData::Quantile {
+                n: nt,
+                quantile: qt,
+                se: st,
+            },
+        ) => {
+            // A quantile estimator is asymptotically a mean (Bahadur), so
+            // it enters the test as one with variance se²·n.
+            let arm = |n: u64, q: f64, se: f64| Arm {
+                n: n as f64,
+                mean: q,
+                var: se * se * n as f64,
+            };
+            (
+                (arm(nc, qc, sc), arm(nt, qt, st)),
+                (qt - qc) / qc.abs(),
+                (num(qt), num(qc)),
+                format!("quantile \"{name}\""),
+            )
+        }
         _ => {
-            let msg =
-                format!("metric \"{name}\" is a conversion in one arm and a value in the other");
+            let msg = format!(
+                "metric \"{name}\" is of one kind in one arm and another in the other \
+                 (conversion, value, ratio or quantile)"
+            );
             return c.with(CheckStatus::Error, msg);
         }
     };
@@ -555,6 +605,16 @@ pub fn metric(
                     "the control mean of \"{name}\" ({}) is not yet clearly different from 0: \
                      too little data to measure a relative change",
                     num(m.mean())
+                ),
+                MetricData::Ratio(m) => format!(
+                    "the control ratio of \"{name}\" ({}) is not yet clearly different from 0: \
+                     too little data to measure a relative change",
+                    num(m.ratio())
+                ),
+                MetricData::Quantile { quantile, .. } => format!(
+                    "the control quantile of \"{name}\" ({}) is not yet clearly different \
+                     from 0: too little data to measure a relative change",
+                    num(quantile)
                 ),
             };
             return c.with(CheckStatus::NotEnoughData, msg);
