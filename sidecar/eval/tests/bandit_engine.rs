@@ -120,12 +120,24 @@ fn a_bandit_moves_weights_to_the_better_arm_and_reports_per_period() {
     // converts at 20 % (a time effect the pooled numbers would confuse
     // with b's lead).
     let users1: Vec<String> = (0..900).map(|i| format!("v{i}")).collect();
-    let cut_c = (900.0 * w("control")).round() as usize;
-    let cut_a = cut_c + (900.0 * w("a")).round() as usize;
-    let variants1: Vec<u32> = (0..900)
-        .map(|i| if i < cut_c { 0 } else if i < cut_a { 1 } else { 2 })
+    // Assigned as the filter would under period 1's allocation, so the
+    // engine's check of every row against the assignment core passes.
+    let defs = Definitions::from_json(CONFIG.as_bytes()).unwrap();
+    let w1: Vec<(String, f64)> = rec.weights.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let alloc = defs.allocation(0, 1, &w1).unwrap();
+    let mut buf = defs.decisions();
+    let variants1: Vec<u32> = users1
+        .iter()
+        .map(|u| match defs.assign_with(u, 0, &alloc, &mut buf).unwrap() {
+            "control" => 0,
+            "a" => 1,
+            _ => 2,
+        })
         .collect();
     let conv1 = |i: usize| i % 5 == 0;
+    let mismatches = |e: &Engine| e.aggregates().lock().experiment("exp").unwrap().mismatches;
+    // (Period 0's rows above were split by index, not by the core.)
+    let before = mismatches(&e);
     let answer = feed(&mut e, 2, T0 + 62_000, &users1, &variants1, 1, conv1);
     let Applied::Exposures { allocations, .. } = answer else {
         panic!("{answer:?}")
@@ -136,6 +148,11 @@ fn a_bandit_moves_weights_to_the_better_arm_and_reports_per_period() {
         assert!((allocations[0].weights[v] - w).abs() < 1e-12, "{v}");
     }
 
+    assert_eq!(
+        mismatches(&e) - before,
+        0,
+        "rows tagged with period 1 are checked against period 1's allocation"
+    );
     let settings = Settings::default();
     let r = report::report(&e.aggregates(), "exp", &settings).unwrap();
     let b = r.bandit.as_ref().expect("a bandit section");

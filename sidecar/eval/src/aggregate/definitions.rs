@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use abmesh_filter::config::{BanditConfig, GuardrailsConfig, MetricDefinition};
-use abmesh_filter::{Config, ConfigError, Decisions, Plan};
+use abmesh_filter::{Allocation, Config, ConfigError, Decisions, Plan};
 
 /// The id of a plugin configuration: SipHash-1-3 of its raw bytes, as
 /// the filter computes it (`abmesh_filter::protocol::config_id`, which it
@@ -127,6 +127,39 @@ impl Definitions {
 
     /// The variant the assignment core gives `user` in experiment `index`
     /// (None: not enrolled), exactly as the filter computes it.
+    /// [`Definitions::assign`] under a bandit period's allocation.
+    pub fn assign_with<'a>(
+        &'a self,
+        user: &str,
+        index: usize,
+        allocation: &Allocation,
+        buf: &mut Decisions,
+    ) -> Option<&'a str> {
+        self.plan
+            .assign_user_with(user.as_bytes(), allocation, buf);
+        let v = buf.assignments()[index].variant()?;
+        Some(self.experiments[index].variants[v].as_str())
+    }
+
+    /// The filter's allocation for experiment `index` in bandit `period`
+    /// with shares `weights` by variant name (None: they do not fit the
+    /// definition).
+    pub fn allocation(
+        &self,
+        index: usize,
+        period: u32,
+        weights: &[(String, f64)],
+    ) -> Option<Allocation> {
+        let order: Vec<f64> = self.experiments[index]
+            .variants
+            .iter()
+            .map(|v| weights.iter().find(|(n, _)| n == v).map_or(0.0, |(_, w)| *w))
+            .collect();
+        let mut a = Allocation::new(&self.plan);
+        a.set(index, period, &order).ok()?;
+        Some(a)
+    }
+
     pub fn assign<'a>(&'a self, user: &str, index: usize, buf: &mut Decisions) -> Option<&'a str> {
         self.plan.assign_user(user.as_bytes(), buf);
         let v = buf.assignments()[index].variant()?;

@@ -507,6 +507,9 @@ pub struct Engine {
     shared: Arc<Mutex<Aggregates>>,
     definitions: Option<Arc<Definitions>>,
     decisions: Option<abmesh_filter::Decisions>,
+    /// The filter's allocation per (definition index, bandit period), to
+    /// check rows tagged with a period; cleared with the definitions.
+    allocations: HashMap<(usize, u32), Option<abmesh_filter::Allocation>>,
     options: EngineOptions,
     notices: Arc<Mutex<Option<NoticeSink>>>,
     /// Whether the record being applied was appended by this process (the
@@ -649,6 +652,7 @@ impl Engine {
             batches: HashMap::new(),
             shared: Arc::new(Mutex::new(Aggregates::new(definitions.clone()))),
             decisions: definitions.as_ref().map(|d| d.decisions()),
+            allocations: HashMap::new(),
             definitions,
             options,
             notices: Arc::default(),
@@ -896,11 +900,30 @@ impl Engine {
         for row in &batch.exposures {
             let (exp, ref variants, def) = map[row.experiment()];
             let variant = variants[row.variant()];
-            let e = &mut agg.experiments[exp as usize];
-            e.exposure_rows += 1;
+            agg.experiments[exp as usize].exposure_rows += 1;
             if let (Some(d), Some(i), Some(buf)) = (&self.definitions, def, self.decisions.as_mut())
             {
-                let expected = d.assign(row.user(), i, buf);
+                let agg = &mut *agg;
+                let expected = match row.period() {
+                    0 => d.assign(row.user(), i, buf),
+                    p => self
+                        .allocations
+                        .entry((i, p))
+                        .or_insert_with(|| {
+                            let h = agg.bandits.get(&d.experiments()[i].name)?;
+                            let period = h.periods.iter().find(|x| x.period == p)?;
+                            let w: Vec<(String, f64)> = period
+                                .variants
+                                .iter()
+                                .cloned()
+                                .zip(period.weights.iter().copied())
+                                .collect();
+                            d.allocation(i, p, &w)
+                        })
+                        .as_ref()
+                        .and_then(|a| d.assign_with(row.user(), i, a, buf)),
+                };
+                let e = &mut agg.experiments[exp as usize];
                 if expected != Some(e.variants[variant as usize].as_str()) {
                     e.mismatches += 1;
                 }
@@ -974,6 +997,7 @@ impl Engine {
         agg.set_definitions(defs.clone(), true);
         derived_hooks::rebuild(&self.users, &mut agg);
         self.decisions = Some(defs.decisions());
+        self.allocations.clear();
         self.definitions = Some(defs);
         Ok(Applied::Config {
             config_id: format_config_id(id),
@@ -1322,6 +1346,7 @@ impl Engine {
                 agg.set_definitions(d.clone(), true);
                 derived_hooks::rebuild(&self.users, &mut agg);
                 self.decisions = Some(d.decisions());
+                self.allocations.clear();
                 self.definitions = Some(d);
             }
         }
