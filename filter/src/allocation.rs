@@ -59,6 +59,9 @@ pub enum AllocationError {
 /// Current period and variant bounds of every experiment of one plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allocation {
+    /// Whether every period is 0, kept so that the per-request check is
+    /// one load whatever the number of experiments.
+    configured: bool,
     /// Period of each experiment's bounds (0: the configured weights).
     periods: Box<[u32]>,
     /// Index in `uppers` of each experiment's variant 0; one more entry at
@@ -88,6 +91,7 @@ impl Allocation {
         }
         offsets.push(uppers.len() as u32);
         Allocation {
+            configured: true,
             periods: vec![0; plan.experiments.len()].into_boxed_slice(),
             offsets: offsets.into_boxed_slice(),
             uppers: uppers.into_boxed_slice(),
@@ -105,7 +109,7 @@ impl Allocation {
     /// The per-request path then takes the plan's own bounds.
     #[inline]
     pub fn is_configured(&self) -> bool {
-        self.periods.iter().all(|&p| p == 0)
+        self.configured
     }
 
     /// The period of experiment `experiment`'s weights (0: configured, and
@@ -213,6 +217,7 @@ impl Allocation {
         }
         debug_assert_eq!(upper, BUCKETS);
         self.periods[experiment] = period;
+        self.configured = false;
         Ok(true)
     }
 

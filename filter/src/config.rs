@@ -86,7 +86,7 @@ pub struct SidecarConfig {
     #[serde(default = "default_health_sample_every")]
     pub health_sample_every: u32,
     /// Slots of the table of recently shipped exposures: a request whose
-    /// (user, experiment, variant) was shipped recently is not shipped
+    /// (user, experiment, variant, bandit period) was shipped recently is not shipped
     /// again, since the sidecar keeps only a user's first exposure. A power
     /// of two (8 bytes each per worker), or 0 to ship every request's
     /// exposures. Default: 8192.

@@ -9,7 +9,7 @@
 //!  cargo test -p abmesh-filter --target wasm32-unknown-unknown --test portable`
 
 use abmesh_filter::hash::{BucketKey, Purpose};
-use abmesh_filter::{Assignment, Plan};
+use abmesh_filter::{Allocation, Assignment, Plan};
 
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -81,6 +81,54 @@ fn assignment_digest() {
     }
     assert_eq!((digest, counts), GOLDEN_DIGEST);
 }
+
+const BANDIT: &str = r#"{"experiments": [
+  {"name": "ranker", "bandit": {"metric": "purchase", "explore_floor_percent": 1},
+   "variants": [{"name": "control", "weight": 1}, {"name": "a", "weight": 1},
+                {"name": "b", "weight": 1}, {"name": "c", "weight": 1}, {"name": "d", "weight": 1},
+                {"name": "e", "weight": 1}, {"name": "f", "weight": 1}]}]}"#;
+
+/// Bandit weights become the same buckets (largest remainder over f64
+/// shares) and the same assignments on wasm32 as natively.
+#[test]
+fn bandit_allocation_golden() {
+    let plan = Plan::from_json(BANDIT.as_bytes()).unwrap();
+    let mut alloc = Allocation::new(&plan);
+    let mut bounds = vec![alloc.uppers(0).to_vec()];
+    let weights: [&[f64]; 3] = [
+        &[0.3, 0.1, 0.2, 0.15, 0.05, 0.13, 0.07],
+        &[1.0 / 3.0, 1e-7, 2.0 / 3.0, 0.0, 1e-4, 0.1, 0.9],
+        &[5e300, 1e300, 3e300, 7.77e299, 0.0, 2.5e300, 1.2345e300],
+    ];
+    for (p, w) in weights.iter().enumerate() {
+        assert_eq!(alloc.set(0, p as u32 + 1, w), Ok(true));
+        bounds.push(alloc.uppers(0).to_vec());
+    }
+    let mut d = plan.decisions();
+    let mut digest = 0xcbf2_9ce4_8422_2325u64;
+    for id in ids() {
+        plan.assign_user_with(&id, &alloc, &mut d);
+        let v = d.assignments()[0].variant().unwrap();
+        fnv(&mut digest, &[v as u8, d.period(0) as u8]);
+    }
+    assert_eq!((bounds, digest), (golden_bounds(), GOLDEN_BANDIT_DIGEST));
+}
+
+fn golden_bounds() -> Vec<Vec<u32>> {
+    GOLDEN_BANDIT_BOUNDS.iter().map(|b| b.to_vec()).collect()
+}
+
+// The configured sevenths, then each period's bounds. Period 2 by hand:
+// quotas 1666.58, 0.0005, 3333.17, 0, 0.49997, 499.975, 4499.77 round down
+// to 9 997 buckets; the 3 left go to the largest fractions (.975, .77, .58).
+const GOLDEN_BANDIT_BOUNDS: [[u32; 7]; 4] = [
+    [1429, 2857, 4286, 5714, 7143, 8571, 10000],
+    [3000, 4000, 6000, 7500, 8000, 9300, 10000],
+    [1667, 1667, 5000, 5000, 5000, 5500, 10000],
+    [3701, 4441, 6661, 7236, 7236, 9086, 10000],
+];
+// Digest of the 20 000 ids' (variant, period) in period 3.
+const GOLDEN_BANDIT_DIGEST: u64 = 8288473696532158790;
 
 // SipHash-1-3 of the ids under the key derived for ("variant", "ranker");
 // the hashes and buckets were cross-checked against an independent Python

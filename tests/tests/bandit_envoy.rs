@@ -237,11 +237,17 @@ async fn the_bandit_moves_traffic_to_the_better_variant_through_envoy() {
             assert_eq!(users(0) + users(1), (900 + 2 * UNLOCK + LATER) as i64);
             break r;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "period 1 users never reached {LATER}: {}",
-            r["bandit"]
-        );
+        if started.elapsed() > Duration::from_secs(20) {
+            let listing = admin.get("/admin/experiments", &[]).await;
+            panic!(
+                "period 1 users never reached {LATER}: {}\nvariants {} data quality {}\nlisting {}\nsidecar log:\n{}",
+                r["bandit"],
+                r["variants"],
+                r["data_quality"],
+                String::from_utf8_lossy(&listing.body),
+                lp.sidecar_log()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(
