@@ -153,6 +153,24 @@ impl Signature {
         inputs: Vec<NamedTensor>,
         outputs: Option<&[String]>,
     ) -> Result<Prepared, RequestError> {
+        // The common request names every input once, in the graph's order:
+        // checked in place, without the reordering slots (one allocation
+        // fewer per request; anything else takes the general path below,
+        // which also writes the errors). Alone, no measurable effect
+        // (callgrind: within the run-to-run spread, ~1 %).
+        let in_order = inputs.len() == self.inputs.len()
+            && inputs
+                .iter()
+                .zip(&self.inputs)
+                .all(|(i, s)| *i.name == *s.name);
+        if in_order {
+            let mut ordered = Vec::with_capacity(inputs.len());
+            for (input, spec) in inputs.into_iter().zip(&self.inputs) {
+                check_input(spec, &input.tensor)?;
+                ordered.push(input.tensor);
+            }
+            return self.finish(ordered, outputs);
+        }
         let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
         for input in inputs {
             let Some((spec, slot)) = self
@@ -185,7 +203,16 @@ impl Signature {
                 }
             }
         }
+        self.finish(ordered, outputs)
+    }
 
+    /// The outputs asked for and the batch rows of a request whose inputs
+    /// are checked and in the graph's order.
+    fn finish(
+        &self,
+        ordered: Vec<Tensor>,
+        outputs: Option<&[String]>,
+    ) -> Result<Prepared, RequestError> {
         let outputs = match outputs {
             None => (0..self.outputs.len()).collect(),
             Some(wanted) => {

@@ -127,9 +127,10 @@ impl Inference {
 
 async fn run_infer(
     model: &LoadedVersion,
-    req: pb::ModelInferRequest,
+    mut req: pb::ModelInferRequest,
 ) -> Result<pb::ModelInferResponse, Status> {
-    let id = req.id.clone();
+    // Moved out, not cloned: `decode_request` does not read it.
+    let id = std::mem::take(&mut req.id);
     let (inputs, outputs) =
         tensors::decode_request(req).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let outputs = model
