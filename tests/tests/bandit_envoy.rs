@@ -121,15 +121,19 @@ async fn the_bandit_moves_traffic_to_the_better_variant_through_envoy() {
     let mut admin = lp.sidecar_admin();
 
     // Period 0: users picked so v2 and v3 stay under the bandit's minimum.
-    let mut pool = (0..).map(|i| format!("user-{i}"));
+    // Interleaved as real traffic would be (a run of one variant's users
+    // would trip the live sample-ratio alarm).
+    let mut quota: BTreeMap<&str, usize> = FIRST.into_iter().collect();
     let mut first: Vec<(String, String)> = Vec::new();
-    for (v, n) in FIRST {
-        first.extend(
-            pool.by_ref()
-                .filter(|u| variant(&plan, &configured, u) == v)
-                .take(n)
-                .map(|u| (u, v.to_owned())),
-        );
+    for u in (0..).map(|i| format!("user-{i}")) {
+        if quota.values().all(|&n| n == 0) {
+            break;
+        }
+        let v = variant(&plan, &configured, &u);
+        if let Some(n) = quota.get_mut(v.as_str()).filter(|n| **n > 0) {
+            *n -= 1;
+            first.push((u, v));
+        }
     }
     let mut buyers = Vec::new();
     for (i, (user, want)) in first.iter().enumerate() {
@@ -239,6 +243,14 @@ async fn the_bandit_moves_traffic_to_the_better_variant_through_envoy() {
         }
         if started.elapsed() > Duration::from_secs(20) {
             let listing = admin.get("/admin/experiments", &[]).await;
+            let metrics = sidecar.get("/metrics", &[]).await;
+            let metrics: String = String::from_utf8_lossy(&metrics.body)
+                .lines()
+                .filter(|l| l.starts_with("abmesh_ingest") || l.contains("status"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let envoy_stats = reqwest_stats(lp.envoy.admin_port()).await;
+            println!("sidecar metrics:\n{metrics}\nenvoy stats:\n{envoy_stats}");
             panic!(
                 "period 1 users never reached {LATER}: {}\nvariants {} data quality {}\nlisting {}\nsidecar log:\n{}",
                 r["bandit"],
@@ -276,4 +288,10 @@ async fn the_bandit_moves_traffic_to_the_better_variant_through_envoy() {
         .get("/admin/experiments/scorer", &[("accept", b"text/html")])
         .await;
     assert!(String::from_utf8_lossy(&html.body).contains("weights-chart"));
+}
+
+async fn reqwest_stats(port: u16) -> String {
+    let mut c = Client::new(port);
+    let r = c.get("/stats?filter=abmesh|sidecar", &[]).await;
+    String::from_utf8_lossy(&r.body).into_owned()
 }
