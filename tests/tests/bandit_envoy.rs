@@ -73,7 +73,9 @@ async fn post_purchases(sidecar: &mut Client, buyers: &[String]) {
         .iter()
         .map(|u| json!({"user": u, "metric": "purchase"}))
         .collect();
-    let r = sidecar.post_json("/v1/events", &[], &Value::from(events)).await;
+    let r = sidecar
+        .post_json("/v1/events", &[], &Value::from(events))
+        .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 
@@ -139,7 +141,11 @@ async fn the_bandit_moves_traffic_to_the_better_variant_through_envoy() {
     for (i, (user, want)) in first.iter().enumerate() {
         let s = infer(&mut proxy, user, &features(i)).await;
         assert_eq!(s.status, 200, "{user}");
-        assert_eq!(s.variant.as_deref(), Some(want.as_str()), "period 0 served {user}");
+        assert_eq!(
+            s.variant.as_deref(),
+            Some(want.as_str()),
+            "period 0 served {user}"
+        );
         if buys(i, want) {
             buyers.push(user.clone());
         }
@@ -177,7 +183,10 @@ async fn the_bandit_moves_traffic_to_the_better_variant_through_envoy() {
     let updated = Instant::now();
     let weights = &r["bandit"]["weights"];
     let w = |v: &str| weights[v].as_f64().unwrap();
-    println!("period 1 weights: {weights} (P(best) {})", r["bandit"]["history"][1]["prob_best"]);
+    println!(
+        "period 1 weights: {weights} (P(best) {})",
+        r["bandit"]["history"][1]["prob_best"]
+    );
     assert!((w("v1") - 0.4).abs() < 1e-9, "the control keeps its share");
     assert!(w("v3") > 0.5 && w("v2") >= 0.05 - 1e-9, "{weights}");
     let period1 = allocation_of(&plan, &r["bandit"]["history"], 1);

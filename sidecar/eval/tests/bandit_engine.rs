@@ -91,7 +91,13 @@ fn a_bandit_moves_weights_to_the_better_arm_and_reports_per_period() {
     // control at 10 % (every 10th / every 3rd+ user).
     let users: Vec<String> = (0..900).map(|i| format!("u{i}")).collect();
     let variants: Vec<u32> = (0..900).map(|i| (i % 3) as u32).collect();
-    let conv0 = |i: usize| if i % 3 == 2 { i % 10 < 3 } else { i % 10 == 0 };
+    let conv0 = |i: usize| {
+        if i % 3 == 2 {
+            i % 10 < 3
+        } else {
+            i.is_multiple_of(10)
+        }
+    };
     let answer = feed(&mut e, 1, T0, &users, &variants, 0, conv0);
     let Applied::Exposures { allocations, .. } = answer else {
         panic!("{answer:?}")
@@ -105,15 +111,31 @@ fn a_bandit_moves_weights_to_the_better_arm_and_reports_per_period() {
     let rec = &due[0];
     assert_eq!((rec.experiment.as_str(), rec.period), ("exp", 1));
     let w = |v: &str| rec.weights[v];
-    assert!((w("control") - 1.0 / 3.0).abs() < 1e-12, "the control keeps its share");
+    assert!(
+        (w("control") - 1.0 / 3.0).abs() < 1e-12,
+        "the control keeps its share"
+    );
     assert!(w("b") > 0.6 && w("a") >= 0.05 - 1e-12, "{:?}", rec.weights);
     assert!((rec.weights.values().sum::<f64>() - 1.0).abs() < 1e-9);
 
     // The record starts period 1, once.
     let a = apply_record(&mut e, rec, 10);
-    assert!(matches!(a, Applied::Bandit { changed: true, period: 1, .. }), "{a:?}");
+    assert!(
+        matches!(
+            a,
+            Applied::Bandit {
+                changed: true,
+                period: 1,
+                ..
+            }
+        ),
+        "{a:?}"
+    );
     let again = apply_record(&mut e, rec, 11);
-    assert!(matches!(again, Applied::Bandit { changed: false, .. }), "{again:?}");
+    assert!(
+        matches!(again, Applied::Bandit { changed: false, .. }),
+        "{again:?}"
+    );
     assert!(due_updates(&e.aggregates().lock(), T0 + 62_000).is_empty());
 
     // Period 1: 900 new users split by the new weights; every arm now
@@ -128,13 +150,15 @@ fn a_bandit_moves_weights_to_the_better_arm_and_reports_per_period() {
     let mut buf = defs.decisions();
     let variants1: Vec<u32> = users1
         .iter()
-        .map(|u| match defs.assign_with(u, 0, &alloc, &mut buf).unwrap() {
-            "control" => 0,
-            "a" => 1,
-            _ => 2,
-        })
+        .map(
+            |u| match defs.assign_with(u, 0, &alloc, &mut buf).unwrap() {
+                "control" => 0,
+                "a" => 1,
+                _ => 2,
+            },
+        )
         .collect();
-    let conv1 = |i: usize| i % 5 == 0;
+    let conv1 = |i: usize| i.is_multiple_of(5);
     let mismatches = |e: &Engine| e.aggregates().lock().experiment("exp").unwrap().mismatches;
     // (Period 0's rows above were split by index, not by the core.)
     let before = mismatches(&e);
@@ -157,7 +181,10 @@ fn a_bandit_moves_weights_to_the_better_arm_and_reports_per_period() {
     let r = report::report(&e.aggregates(), "exp", &settings).unwrap();
     let b = r.bandit.as_ref().expect("a bandit section");
     assert!(b.adaptive);
-    assert_eq!((b.period, b.history.len(), b.metric.as_str()), (1, 2, "buy"));
+    assert_eq!(
+        (b.period, b.history.len(), b.metric.as_str()),
+        (1, 2, "buy")
+    );
     assert_eq!(b.history[0].users["b"], 300);
     assert_eq!(
         b.history[1].users.values().sum::<i64>(),
@@ -200,7 +227,12 @@ fn a_bandit_moves_weights_to_the_better_arm_and_reports_per_period() {
     let Stat::Ok(got) = &cmp.relative else {
         panic!("{:?}", cmp.relative)
     };
-    assert!((got.estimate - want.lift).abs() < 1e-12, "{} vs {}", got.estimate, want.lift);
+    assert!(
+        (got.estimate - want.lift).abs() < 1e-12,
+        "{} vs {}",
+        got.estimate,
+        want.lift
+    );
     assert!((got.ci_low - want.ci_low).abs() < 1e-12);
     // Pooled, b would look better than it is per period: (90 + 20 % of
     // its period-1 users) / all its users vs the control's.
@@ -209,9 +241,15 @@ fn a_bandit_moves_weights_to_the_better_arm_and_reports_per_period() {
     // People see it too.
     let text = report::text::render(&r);
     assert!(text.contains("bandit on buy: period 1"), "{text}");
-    assert!(text.contains("each bandit period against its weights"), "{text}");
+    assert!(
+        text.contains("each bandit period against its weights"),
+        "{text}"
+    );
     let html = report::html::report_page(&r);
-    assert!(html.contains("id=bandit") && html.contains("weights-chart"), "no bandit section");
+    assert!(
+        html.contains("id=bandit") && html.contains("weights-chart"),
+        "no bandit section"
+    );
 
     // A snapshot keeps the periods and the per-period cells.
     let mut bytes = Vec::new();

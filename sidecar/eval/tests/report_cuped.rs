@@ -323,7 +323,15 @@ fn engine_report(users: usize, lift: f64, seed: u64) -> (ExperimentData, model::
         exposures: names
             .iter()
             .enumerate()
-            .map(|(i, n)| ExposureRow(1_777_636_800_000 + (i as i64) * 1000, 0, variant[i], t(n), 0))
+            .map(|(i, n)| {
+                ExposureRow(
+                    1_777_636_800_000 + (i as i64) * 1000,
+                    0,
+                    variant[i],
+                    t(n),
+                    0,
+                )
+            })
             .collect(),
         config_id: None,
         config: None,
@@ -344,7 +352,7 @@ fn engine_report(users: usize, lift: f64, seed: u64) -> (ExperimentData, model::
                 covariate,
                 timestamp: None,
                 id: None,
-            segments: None,
+                segments: None,
             });
         }
     }

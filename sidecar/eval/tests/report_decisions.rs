@@ -109,7 +109,7 @@ fn run_with(
                 covariate: with_covariate.then_some(Finite(pre * 0.8 + noise)),
                 timestamp: None,
                 id: None,
-            segments: None,
+                segments: None,
             });
         }
     }

@@ -71,7 +71,11 @@ fn populated() -> Engine {
         for i in 0..n {
             let name = format!("{platform}-{i}");
             let variant = (i % 2) as u32;
-            let rate = if platform == "ios" && variant == 1 { 15 } else { 10 };
+            let rate = if platform == "ios" && variant == 1 {
+                15
+            } else {
+                10
+            };
             let converts = (i / 2) % 100 < rate;
             users.push((name.clone(), variant));
             events_owned.push((name, platform, converts));
@@ -99,7 +103,10 @@ fn segments_find_the_effect_where_it_is_with_adjusted_p_values() {
     assert_eq!(r.primary_metric.as_deref(), Some("buy"));
     assert_eq!(r.segments.len(), 1);
     let d = &r.segments[0];
-    assert_eq!((d.dimension.as_str(), d.metric.as_str()), ("platform", "buy"));
+    assert_eq!(
+        (d.dimension.as_str(), d.metric.as_str()),
+        ("platform", "buy")
+    );
     let row = |v: &str| d.segments.iter().find(|s| s.value == v).unwrap();
     let (ios, android, web) = (row("ios"), row("android"), row("web"));
     assert_eq!(ios.users["control"] + ios.users["treatment"], 4000);
@@ -108,7 +115,11 @@ fn segments_find_the_effect_where_it_is_with_adjusted_p_values() {
     let Stat::Ok(lift) = &c.relative else {
         panic!("{:?}", c.relative)
     };
-    assert!((lift.estimate - 0.5).abs() < 1e-9, "ios lift {}", lift.estimate);
+    assert!(
+        (lift.estimate - 0.5).abs() < 1e-9,
+        "ios lift {}",
+        lift.estimate
+    );
     assert!(c.p_value_holm.unwrap() < 0.01, "{c:?}");
     let a = &android.comparisons[0];
     assert!(a.p_value.unwrap() > 0.5, "{a:?}");
@@ -121,7 +132,11 @@ fn segments_find_the_effect_where_it_is_with_adjusted_p_values() {
         }
     }
     assert!(web.too_small && !ios.too_small);
-    assert!(d.warnings[0].contains("1 of 3 segments"), "{:?}", d.warnings);
+    assert!(
+        d.warnings[0].contains("1 of 3 segments"),
+        "{:?}",
+        d.warnings
+    );
     let text = report::text::render(&r);
     assert!(text.contains("buy by platform"), "{text}");
     assert!(report::html::report_page(&r).contains("id=\"segments-platform\""));
@@ -169,7 +184,11 @@ fn segments_survive_snapshots_and_merges() {
     // A merge into an engine that has seen other dimensions first (so the
     // ids differ) gives the same segments.
     let mut other = engine();
-    other.apply_outcomes(&[event("z", "visit", &[("country", "de"), ("platform", "web")])]);
+    other.apply_outcomes(&[event(
+        "z",
+        "visit",
+        &[("country", "de"), ("platform", "web")],
+    )]);
     let mut exported = Vec::new();
     e.export_state(abmesh_common::SidecarId(7), 9, &mut exported)
         .unwrap();
@@ -180,17 +199,31 @@ fn segments_survive_snapshots_and_merges() {
 #[test]
 fn malformed_segments_are_refused_naming_the_field() {
     for (body, needle) in [
-        (r#"[{"user":"u","metric":"m","segments":{"Bad Name":"x"}}]"#, "dimension"),
-        (r#"[{"user":"u","metric":"m","segments":{"p":""}}]"#, "1 to 64 bytes"),
-        (r#"[{"user":"u","metric":"m","segments":{"p":"a","p":"b"}}]"#, "twice"),
-        (r#"[{"user":"u","metric":"m","segments":{"p":3}}]"#, "string"),
+        (
+            r#"[{"user":"u","metric":"m","segments":{"Bad Name":"x"}}]"#,
+            "dimension",
+        ),
+        (
+            r#"[{"user":"u","metric":"m","segments":{"p":""}}]"#,
+            "1 to 64 bytes",
+        ),
+        (
+            r#"[{"user":"u","metric":"m","segments":{"p":"a","p":"b"}}]"#,
+            "twice",
+        ),
+        (
+            r#"[{"user":"u","metric":"m","segments":{"p":3}}]"#,
+            "string",
+        ),
         (r#"[{"user":"u","metric":"m","segments":["p"]}]"#, "object"),
     ] {
         let e = parse_outcomes(body.as_bytes()).unwrap_err();
         assert!(e.path.starts_with("events[0].segments"), "{body}: {e}");
         assert!(e.to_string().contains(needle), "{body}: {e}");
     }
-    let ok = parse_outcomes(br#"[{"user":"u","metric":"m","segments":{"country":"de","platform":"iOS 17"}}]"#)
-        .unwrap();
+    let ok = parse_outcomes(
+        br#"[{"user":"u","metric":"m","segments":{"country":"de","platform":"iOS 17"}}]"#,
+    )
+    .unwrap();
     assert_eq!(ok[0].segments.as_ref().unwrap().0.len(), 2);
 }

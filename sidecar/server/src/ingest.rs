@@ -339,7 +339,10 @@ impl Ingest {
                     {
                         Ok(Applied::Bandit { changed: true, .. }) => {}
                         Ok(other) => {
-                            tracing::debug!(?other, "bandit record not applied (another replica's came first)")
+                            tracing::debug!(
+                                ?other,
+                                "bandit record not applied (another replica's came first)"
+                            )
                         }
                         Err(e) => tracing::warn!(
                             experiment = %rec.experiment,

@@ -57,7 +57,10 @@ fn split(n: u64, weights: &[f64], rng: &mut StdRng) -> Vec<u64> {
 fn simulate(rates: &[Vec<f64>], adaptive: bool, rng: &mut StdRng) -> Run {
     let arms = rates[0].len();
     let mut weights = vec![CONTROL_SHARE];
-    weights.extend(std::iter::repeat_n((1.0 - CONTROL_SHARE) / (arms - 1) as f64, arms - 1));
+    weights.extend(std::iter::repeat_n(
+        (1.0 - CONTROL_SHARE) / (arms - 1) as f64,
+        arms - 1,
+    ));
     let (mut users, mut conv) = (vec![0u64; arms], vec![0u64; arms]);
     let mut run = Run {
         periods: Vec::new(),
@@ -72,7 +75,11 @@ fn simulate(rates: &[Vec<f64>], adaptive: bool, rng: &mut StdRng) -> Run {
             .map(|(&k, &p)| Binomial::new(k, p).unwrap().sample(rng))
             .collect();
         let best = r.iter().cloned().fold(f64::MIN, f64::max);
-        run.regret += n.iter().zip(r).map(|(&k, &p)| k as f64 * (best - p)).sum::<f64>();
+        run.regret += n
+            .iter()
+            .zip(r)
+            .map(|(&k, &p)| k as f64 * (best - p))
+            .sum::<f64>();
         for a in 0..arms {
             users[a] += n[a];
             conv[a] += c[a];
@@ -242,5 +249,8 @@ fn in_an_a_a_bandit_srm_alarms_and_false_positives_stay_within_alpha() {
     // The estimate is unbiased: its mean lift is within 3 standard errors
     // of 0 (the lift's sd over runs is ~0.06 here).
     let mean = lift_strat / comparisons as f64;
-    assert!(mean.abs() < 3.0 * 0.06 / (RUNS as f64).sqrt(), "bias {mean}");
+    assert!(
+        mean.abs() < 3.0 * 0.06 / (RUNS as f64).sqrt(),
+        "bias {mean}"
+    );
 }

@@ -145,7 +145,9 @@ pub enum BanditRefusal {
     NotABandit(String),
     #[error("{experiment:?} has not started (no exposures yet)")]
     NotStarted { experiment: String },
-    #[error("{experiment:?} is in period {current}; a record for period {got} is not the next one")]
+    #[error(
+        "{experiment:?} is in period {current}; a record for period {got} is not the next one"
+    )]
     NotNext {
         experiment: String,
         current: u32,
@@ -198,7 +200,7 @@ pub(super) fn apply(
         .collect::<Option<Vec<f64>>>()
         .ok_or_else(bad)?;
     let total: f64 = weights.iter().sum();
-    if !(total > 0.0) {
+    if total.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return Err(bad());
     }
     let period = BanditPeriod {
@@ -299,7 +301,8 @@ fn next_period(agg: &Aggregates, def: &Defined, now_ms: i64) -> Option<BanditRec
     let control_share = configured_shares(def)[def.control];
     let floor = cfg.explore_floor_percent / 100.0;
     let shares = bandit_weights(1.0 - control_share, floor, &probs).ok()?;
-    let mut weights: BTreeMap<String, f64> = def.variants.iter().map(|v| (v.clone(), 0.0)).collect();
+    let mut weights: BTreeMap<String, f64> =
+        def.variants.iter().map(|v| (v.clone(), 0.0)).collect();
     weights.insert(def.variants[def.control].clone(), control_share);
     let mut prob = BTreeMap::new();
     for ((&i, w), p) in running.iter().zip(shares).zip(probs) {

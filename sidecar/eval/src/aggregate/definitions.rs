@@ -135,8 +135,7 @@ impl Definitions {
         allocation: &Allocation,
         buf: &mut Decisions,
     ) -> Option<&'a str> {
-        self.plan
-            .assign_user_with(user.as_bytes(), allocation, buf);
+        self.plan.assign_user_with(user.as_bytes(), allocation, buf);
         let v = buf.assignments()[index].variant()?;
         Some(self.experiments[index].variants[v].as_str())
     }
@@ -153,7 +152,12 @@ impl Definitions {
         let order: Vec<f64> = self.experiments[index]
             .variants
             .iter()
-            .map(|v| weights.iter().find(|(n, _)| n == v).map_or(0.0, |(_, w)| *w))
+            .map(|v| {
+                weights
+                    .iter()
+                    .find(|(n, _)| n == v)
+                    .map_or(0.0, |(_, w)| *w)
+            })
             .collect();
         let mut a = Allocation::new(&self.plan);
         a.set(index, period, &order).ok()?;

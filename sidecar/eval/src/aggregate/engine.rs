@@ -82,10 +82,10 @@ use smallvec::SmallVec;
 
 use super::bandit::{self, BanditHistory, BanditRecord};
 use super::checks;
-use super::segments::SegmentRegistry;
 use super::definitions::Definitions;
 use super::guard::{GuardState, Halt, HaltSource, HaltedRef};
-use super::sums::{Aggregates, Counters, MetricInfo, UserValue, BUCKET_MS};
+use super::segments::SegmentRegistry;
+use super::sums::{Aggregates, Counters, MetricInfo, Place, UserValue, BUCKET_MS};
 use crate::ingest::exposure::format_config_id;
 use crate::ingest::{parse_exposures, parse_outcomes, ExposureBatch, Outcome};
 use crate::kind::RecordKind;
@@ -222,6 +222,17 @@ struct Exposure {
     /// ([`V4Section`]).
     #[serde(skip)]
     period: u32,
+}
+
+impl Exposure {
+    fn place(&self) -> Place {
+        Place {
+            exp: self.exp,
+            variant: self.variant,
+            t_ms: self.t_ms,
+            period: self.period,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -539,6 +550,9 @@ struct SnapshotOut<'a> {
     derived: derived_hooks::Section,
 }
 
+/// A user's segment values: (user, (dimension id, value id) pairs).
+type UserSegments = (Box<str>, Vec<(u32, u32)>);
+
 /// What version 4 adds after the merged keys: bandit experiments' periods,
 /// the period of every user's first exposure that is not period 0, and
 /// the segments (registry and users' values).
@@ -549,7 +563,7 @@ struct V4Section {
     periods: Vec<(Box<str>, u32, u32)>,
     registry: SegmentRegistry,
     /// (user, its (dimension id, value id) pairs).
-    segments: Vec<(Box<str>, Vec<(u32, u32)>)>,
+    segments: Vec<UserSegments>,
 }
 
 /// ... (the version 1 fields) ...
@@ -729,15 +743,7 @@ impl Engine {
                 let mut agg = engine.shared.lock();
                 for user in engine.users.values() {
                     for e in &user.exposures {
-                        agg.add_user(
-                            e.exp,
-                            e.variant,
-                            e.t_ms,
-                            e.period,
-                            &user.segments,
-                            &user.values(e.exp),
-                            1.0,
-                        );
+                        agg.add_user(e.place(), &user.segments, &user.values(e.exp), 1.0);
                         derived_hooks::add_user_events(user, &mut agg, e.exp, e.variant, 1.0);
                         if e.conflicted {
                             agg.experiments[e.exp as usize].conflicts += 1;
@@ -1392,7 +1398,11 @@ impl Engine {
                 .iter()
                 .map(|d| {
                     let id = agg.segments.dimension_id(&d.name)?;
-                    let values = d.values.iter().map(|v| agg.segments.value_id(id, v)).collect();
+                    let values = d
+                        .values
+                        .iter()
+                        .map(|v| agg.segments.value_id(id, v))
+                        .collect();
                     Some((id, values))
                 })
                 .collect()
@@ -1560,9 +1570,13 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotIn, SnapshotError> {
                         .get(d as usize)
                         .is_some_and(|x| (v as usize) < x.values.len())
                 });
-                let user = s.users.get_mut(&name).filter(|_| fits).ok_or(
-                    SnapshotError::Dangling("a user's segment names a user, dimension or value"),
-                )?;
+                let user =
+                    s.users
+                        .get_mut(&name)
+                        .filter(|_| fits)
+                        .ok_or(SnapshotError::Dangling(
+                            "a user's segment names a user, dimension or value",
+                        ))?;
                 user.segments = segs.into();
             }
             s.registry = registry;
@@ -1861,16 +1875,7 @@ fn add_metric(user: &mut UserState, agg: &mut Aggregates, delta: UserMetric) {
     }
     for (e, old) in affected {
         let new = user.value(e.exp, delta.metric);
-        agg.change_user(
-            e.exp,
-            e.variant,
-            e.t_ms,
-            e.period,
-            &user.segments,
-            delta.metric,
-            &old,
-            &new,
-        );
+        agg.change_user(e.place(), &user.segments, delta.metric, &old, &new);
     }
     derived_hooks::ratio_after(user, agg, touch);
 }
@@ -1900,15 +1905,13 @@ fn add_exposure(
             if conflicted {
                 agg.experiments[exp as usize].conflicts += 1;
             }
-            agg.add_user(
+            let at = Place {
                 exp,
                 variant,
                 t_ms,
                 period,
-                &user.segments,
-                &user.values(exp),
-                1.0,
-            );
+            };
+            agg.add_user(at, &user.segments, &user.values(exp), 1.0);
             derived_hooks::add_user_events(user, agg, exp, variant, 1.0);
         }
         Some(i) => {
@@ -1921,8 +1924,14 @@ fn add_exposure(
             if (t_ms, variant) < (old.t_ms, old.variant) {
                 let values = user.values(exp);
                 let segs = &user.segments;
-                agg.add_user(exp, old.variant, old.t_ms, old.period, segs, &values, -1.0);
-                agg.add_user(exp, variant, t_ms, period, segs, &values, 1.0);
+                let at = Place {
+                    exp,
+                    variant,
+                    t_ms,
+                    period,
+                };
+                agg.add_user(old.place(), segs, &values, -1.0);
+                agg.add_user(at, segs, &values, 1.0);
                 derived_hooks::add_user_events(user, agg, exp, old.variant, -1.0);
                 derived_hooks::add_user_events(user, agg, exp, variant, 1.0);
                 new.variant = variant;

@@ -20,6 +20,16 @@ pub const BUCKET_MS: i64 = 60_000;
 /// whatever the duration.
 pub const LEVEL_MS: [i64; 3] = [BUCKET_MS, 3_600_000, 86_400_000];
 
+/// Where a user counts in an experiment: the variant, time and bandit
+/// period of their first exposure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub exp: u32,
+    pub variant: u16,
+    pub t_ms: i64,
+    pub period: u32,
+}
+
 /// A compensated (Neumaier) sum: the rounding error of each addition is
 /// kept in `c`, so the total is accurate to ~ε whatever the count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -396,17 +406,21 @@ impl Aggregates {
     }
 
     /// Adds (`sign` 1) or removes (−1) a whole user from a variant of an
-    /// experiment; `values` are the user's totals per global metric id.
+    /// experiment; `segments` are the user's segment values and `values`
+    /// the user's totals per global metric id.
     pub(super) fn add_user(
         &mut self,
-        exp: u32,
-        variant: u16,
-        t_ms: i64,
-        period: u32,
+        at: Place,
         segments: &[(u32, u32)],
         values: &[(u32, UserValue)],
         sign: f64,
     ) {
+        let Place {
+            exp,
+            variant,
+            t_ms,
+            period,
+        } = at;
         for seg in segments {
             self.add_user_to_segment(exp, variant, *seg, values, sign);
         }
@@ -469,15 +483,18 @@ impl Aggregates {
     /// A user's totals for one metric changed.
     pub(super) fn change_user(
         &mut self,
-        exp: u32,
-        variant: u16,
-        t_ms: i64,
-        period: u32,
+        at: Place,
         segments: &[(u32, u32)],
         metric: u32,
         old: &UserValue,
         new: &UserValue,
     ) {
+        let Place {
+            exp,
+            variant,
+            t_ms,
+            period,
+        } = at;
         let e = &mut self.experiments[exp as usize];
         let slot = e.slot(metric);
         for seg in segments {

@@ -157,7 +157,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for ExposureRow<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("[t_ms, experiment_index, variant_index, user] or [..., period]")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<Self::Value, A::Error> {
                 use serde::de::Error;
                 let missing = |i: usize| A::Error::invalid_length(i, &self);
                 let t = s.next_element()?.ok_or_else(|| missing(0))?;
@@ -601,8 +604,14 @@ mod tests {
             (r#"[1,0,0,"u","p"]"#, "exposures[0][4]"),
             (r#"[1,0,0,"u",1,2]"#, "exposures[0]"),
         ] {
-            let body = format!(r#"{{"instance":"i","seq":1,"experiments":[{{"name":"r","variants":["a","b"]}}],"exposures":[{bad}]}}"#);
-            assert_eq!(parse_exposures(body.as_bytes()).unwrap_err().path, path, "{bad}");
+            let body = format!(
+                r#"{{"instance":"i","seq":1,"experiments":[{{"name":"r","variants":["a","b"]}}],"exposures":[{bad}]}}"#
+            );
+            assert_eq!(
+                parse_exposures(body.as_bytes()).unwrap_err().path,
+                path,
+                "{bad}"
+            );
         }
         let body = br#"{"instance":"i","seq":-1,"experiments":[],"exposures":[]}"#;
         assert_eq!(parse_exposures(body).unwrap_err().path, "seq");

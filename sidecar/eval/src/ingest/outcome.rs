@@ -93,7 +93,10 @@ impl SegmentValues<'_> {
         }
         for (i, (dim, value)) in self.0.iter().enumerate() {
             fields::check_experiment_name(dim.as_str()).map_err(|e| {
-                fields::FieldError::Segment(format!("dimension {:?}: {e}", abmesh_common::quote::clip(dim.as_str())))
+                fields::FieldError::Segment(format!(
+                    "dimension {:?}: {e}",
+                    abmesh_common::quote::clip(dim.as_str())
+                ))
             })?;
             if self.0[..i].iter().any(|(d, _)| d == dim) {
                 return Err(fields::FieldError::Segment(format!(
@@ -102,7 +105,8 @@ impl SegmentValues<'_> {
                 )));
             }
             let v = value.as_str();
-            if v.is_empty() || v.len() > MAX_SEGMENT_VALUE_BYTES || v.chars().any(char::is_control) {
+            if v.is_empty() || v.len() > MAX_SEGMENT_VALUE_BYTES || v.chars().any(char::is_control)
+            {
                 return Err(fields::FieldError::Segment(format!(
                     "the value of {:?} must be 1 to {MAX_SEGMENT_VALUE_BYTES} bytes without control characters",
                     dim.as_str()

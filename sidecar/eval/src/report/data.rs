@@ -136,10 +136,17 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
             .periods
             .iter()
             .map(|p| {
-                let cell = |v: usize| per_variant[v].iter().find(|(q, _)| *q == p.period).map(|(_, c)| c);
+                let cell = |v: usize| {
+                    per_variant[v]
+                        .iter()
+                        .find(|(q, _)| *q == p.period)
+                        .map(|(_, c)| c)
+                };
                 PeriodData {
                     period: p.period,
-                    users: (0..e.cells.len()).map(|v| cell(v).map_or(0, |c| c.users)).collect(),
+                    users: (0..e.cells.len())
+                        .map(|v| cell(v).map_or(0, |c| c.users))
+                        .collect(),
                     sums: metrics
                         .iter()
                         .map(|(slot, _)| {

@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 
 use super::model::{
-    pct, BanditOut, Comparison, HaltedBy, Interval, LiftPoint, MetricReport, Report, SequentialOut, Stat,
+    pct, BanditOut, Comparison, HaltedBy, Interval, LiftPoint, MetricReport, Report, SequentialOut,
+    Stat,
 };
 use super::segments::SegmentReport;
 use super::ListEntry;
@@ -234,7 +235,12 @@ fn bandit_section(h: &mut String, b: &BanditOut) {
     }
     h.push_str("<th>SRM p</th></tr>");
     for period in &b.history {
-        let _ = write!(h, "<tr><td>{}</td><td>{}</td>", period.period, super::utc(period.started_ms));
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td>",
+            period.period,
+            super::utc(period.started_ms)
+        );
         for v in &variants {
             let w = period.weights.get(*v).copied().unwrap_or(0.0);
             let _ = write!(
@@ -242,9 +248,9 @@ fn bandit_section(h: &mut String, b: &BanditOut) {
                 "<td>{:.1}% · {} users{}</td>",
                 w * 100.0,
                 period.users.get(*v).copied().unwrap_or(0),
-                period.prob_best
-                    .get(*v)
-                    .map_or(String::new(), |x| format!(" <span class=muted>(P best {x:.2})</span>"))
+                period.prob_best.get(*v).map_or(String::new(), |x| format!(
+                    " <span class=muted>(P best {x:.2})</span>"
+                ))
             );
         }
         let _ = write!(h, "<td>{}</td></tr>", p(period.srm_p_value));
@@ -295,10 +301,7 @@ pub fn weights_chart(b: &BanditOut) -> Option<String> {
             let mut pts = Vec::new();
             for (k, p) in b.history.iter().enumerate() {
                 let w = p.weights.get(v).copied().unwrap_or(0.0);
-                let end = b
-                    .history
-                    .get(k + 1)
-                    .map_or(x_max, |n| x(n.started_ms));
+                let end = b.history.get(k + 1).map_or(x_max, |n| x(n.started_ms));
                 pts.push((x(p.started_ms), w));
                 pts.push((end, w));
             }

@@ -61,8 +61,8 @@ use abmesh_stats::guardrail::Check;
 use abmesh_stats::sequential::confidence_sequence;
 use abmesh_stats::{
     chance_to_beat, cuped, cuped_lift, holm, mde_at, mde_proportions, power_at, relative_lift,
-    sample_size_means, sample_size_proportions, sequential, srm, two_proportion, welch_t,
-    srm_by_period, stratified, BetaPrior, CoMoments, Moments, PeriodArm, PeriodCounts, PeriodPair,
+    sample_size_means, sample_size_proportions, sequential, srm, srm_by_period, stratified,
+    two_proportion, welch_t, BetaPrior, CoMoments, Moments, PeriodArm, PeriodCounts, PeriodPair,
     Proportion, SequentialParams, Stratified, SRM_ALERT_P,
 };
 use std::collections::BTreeMap;
@@ -964,7 +964,11 @@ fn bandit_of(data: &ExperimentData) -> Option<BanditOut> {
     let b = data.bandit.as_ref()?;
     let current = b.history.current()?;
     let shares = |p: &crate::aggregate::bandit::BanditPeriod| -> BTreeMap<String, f64> {
-        p.variants.iter().cloned().zip(p.weights.iter().copied()).collect()
+        p.variants
+            .iter()
+            .cloned()
+            .zip(p.weights.iter().copied())
+            .collect()
     };
     let history = b
         .history
@@ -982,7 +986,12 @@ fn bandit_of(data: &ExperimentData) -> Option<BanditOut> {
                 .zip(&h.prob_best)
                 .filter_map(|(v, p)| Some((v.clone(), (*p)?)))
                 .collect(),
-            users: data.variants.iter().cloned().zip(d.users.iter().copied()).collect(),
+            users: data
+                .variants
+                .iter()
+                .cloned()
+                .zip(d.users.iter().copied())
+                .collect(),
             srm_p_value: period_counts(data, i)
                 .and_then(|c| srm_by_period(&[c], 5.0).ok())
                 .map(|r| r.p_value),
@@ -1027,7 +1036,11 @@ fn stratified_groups(
         let sums = &d.sums[mi][v];
         let nf = n as f64;
         if conversion {
-            let p = if n > 0 { sums.converted as f64 / nf } else { 0.0 };
+            let p = if n > 0 {
+                sums.converted as f64 / nf
+            } else {
+                0.0
+            };
             PeriodArm {
                 n,
                 mean: p,
@@ -1082,26 +1095,30 @@ fn adaptive_comparison(
         ci_low: r.ci_low,
         ci_high: r.ci_high,
     }));
-    let relative = Stat::from(pair.clone().and_then(|(a, b)| relative_lift(&a, &b, s.alpha)).map(
-        |r| Interval {
-            estimate: r.lift,
-            se: r.se,
-            ci_low: r.ci_low,
-            ci_high: r.ci_high,
-        },
-    ));
+    let relative = Stat::from(
+        pair.clone()
+            .and_then(|(a, b)| relative_lift(&a, &b, s.alpha))
+            .map(|r| Interval {
+                estimate: r.lift,
+                se: r.se,
+                ci_low: r.ci_low,
+                ci_high: r.ci_high,
+            }),
+    );
     let params = SequentialParams {
         alpha: s.alpha,
         n_star: s.n_star,
         relative: true,
     };
-    let seq = Stat::from(pair.clone().and_then(|(a, b)| sequential(&a, &b, params)).map(|r| {
-        SequentialOut {
-            ci_low: r.ci_low,
-            ci_high: r.ci_high,
-            p_value: r.p_value,
-        }
-    }));
+    let seq = Stat::from(
+        pair.clone()
+            .and_then(|(a, b)| sequential(&a, &b, params))
+            .map(|r| SequentialOut {
+                ci_low: r.ci_low,
+                ci_high: r.ci_high,
+                p_value: r.p_value,
+            }),
+    );
     let chance = Stat::from(
         w.clone()
             .map(|r| better(abmesh_stats::special::normal_cdf(r.diff / r.se))),

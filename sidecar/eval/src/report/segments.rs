@@ -152,7 +152,11 @@ fn dimension_report(
             s.min_users
         ));
     }
-    if data.bandit.as_ref().is_some_and(|b| b.history.periods.len() > 1) {
+    if data
+        .bandit
+        .as_ref()
+        .is_some_and(|b| b.history.periods.len() > 1)
+    {
         warnings.push(format!(
             "the experiment is adaptive: segments of {dim:?} are compared pooled over its allocation periods, which is biased if the outcome drifted while the weights changed"
         ));

@@ -128,7 +128,12 @@ fn segment_table(o: &mut String, d: &SegmentReport) {
     for row in &d.segments {
         for c in &row.comparisons {
             let lift = match &c.relative {
-                Stat::Ok(i) => format!("{} [{}, {}]", pct(i.estimate), pct(i.ci_low), pct(i.ci_high)),
+                Stat::Ok(i) => format!(
+                    "{} [{}, {}]",
+                    pct(i.estimate),
+                    pct(i.ci_low),
+                    pct(i.ci_high)
+                ),
                 Stat::Err { .. } => "-".into(),
             };
             let _ = writeln!(
