@@ -311,7 +311,7 @@ pub struct ExperimentConfig {
 #[serde(deny_unknown_fields)]
 pub struct BanditConfig {
     /// The outcome-event metric (as in `POST /v1/events`) the bandit
-    /// maximizes. Non-empty, at most 128 bytes.
+    /// maximizes: 1 to 64 of `[A-Za-z0-9_.:-]`, as events name metrics.
     pub metric: String,
     /// Seconds between weight updates (periods), 1 to 2 592 000 (30 days).
     /// Default: 3600. Users keep their variant within a period; a new

@@ -842,8 +842,6 @@ fn check_guardrails(at: &str, g: &GuardrailsConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Longest bandit metric name, in bytes.
-const MAX_BANDIT_METRIC_BYTES: usize = 128;
 /// Longest bandit period: 30 days.
 const MAX_BANDIT_UPDATE_EVERY_S: u64 = 30 * 24 * 3600;
 
@@ -858,12 +856,14 @@ fn check_bandit(
     variants: &[Variant],
     control: usize,
 ) -> Result<(), ConfigError> {
-    if b.metric.is_empty() || b.metric.len() > MAX_BANDIT_METRIC_BYTES {
+    // The name rule of `POST /v1/events`: a name no event can carry would
+    // leave the bandit on its configured weights forever.
+    if !metric_name_ok(&b.metric) {
         return Err(ConfigError::invalid(
             format!("{at}.metric"),
             format!(
-                "must name an outcome-event metric of 1 to {MAX_BANDIT_METRIC_BYTES} bytes, got {} bytes",
-                b.metric.len()
+                "must name an outcome-event metric: 1 to 64 characters of [A-Za-z0-9_.:-], got {:?}",
+                b.metric
             ),
         ));
     }

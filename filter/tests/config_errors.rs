@@ -676,11 +676,15 @@ fn bandit_errors_name_the_field() {
         &format!("{at}.update_evry_s"),
         "unknown field",
     );
-    for bad in [r#""""#.to_string(), format!("{:?}", "m".repeat(129))] {
+    for bad in [
+        r#""""#.to_string(),
+        format!("{:?}", "m".repeat(65)),
+        r#""buy now""#.to_string(),
+    ] {
         assert_refused(
             &bandit(&format!(r#"{{"metric": {bad}}}"#)),
             &format!("{at}.metric"),
-            "1 to 128 bytes",
+            "1 to 64 characters of [A-Za-z0-9_.:-]",
         );
     }
     for s in ["0", "2592001"] {
