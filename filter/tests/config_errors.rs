@@ -661,7 +661,7 @@ fn bandits_are_validated_and_exposed() {
     assert!(Plan::from_json(full.as_bytes()).is_ok());
     let zero = bandit(r#"{"metric": "m", "explore_floor_percent": 0}"#);
     assert!(Plan::from_json(zero.as_bytes()).is_ok());
-    let long = format!(r#"{{"metric": {:?}}}"#, "m".repeat(128));
+    let long = format!(r#"{{"metric": {:?}}}"#, "m".repeat(64));
     assert!(Plan::from_json(bandit(&long).as_bytes()).is_ok());
     let month = bandit(r#"{"metric": "m", "update_every_s": 2592000}"#);
     assert!(Plan::from_json(month.as_bytes()).is_ok());
