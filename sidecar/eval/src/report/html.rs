@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::model::{
@@ -258,6 +259,19 @@ fn bandit_section(h: &mut String, b: &BanditOut) {
     h.push_str("</table>");
 }
 
+/// Draws a chart's series labels, top right.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+) -> Option<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .draw()
+        .ok()
+}
+
 /// The weights over time as a step chart (one line per variant).
 pub fn weights_chart(b: &BanditOut) -> Option<String> {
     let first = b.history.first()?;
@@ -313,13 +327,7 @@ pub fn weights_chart(b: &BanditOut) -> Option<String> {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(200, 200, 200))
-            .draw()
-            .ok()?;
+        legend(&mut chart)?;
         root.present().ok()?;
     }
     Some(svg)
@@ -641,13 +649,7 @@ pub fn lift_chart(m: &MetricReport, level: &str) -> Option<String> {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(200, 200, 200))
-            .draw()
-            .ok()?;
+        legend(&mut chart)?;
         root.present().ok()?;
     }
     Some(svg)

@@ -1071,6 +1071,33 @@ fn stratified_groups(
     Some(stratified(&pairs))
 }
 
+/// The cumulative relative lift of treatment `t` over control `c` on
+/// metric `mi`, one point per chart point.
+fn lift_series(
+    data: &ExperimentData,
+    mi: usize,
+    c: usize,
+    t: usize,
+    kind: LiftKind,
+    s: &Settings,
+) -> Vec<LiftPoint> {
+    data.series
+        .iter()
+        .filter_map(|p| {
+            let (nc, nt) = (p.users[c], p.users[t]);
+            let (lift, q) = seq_point(kind, nc, &p.sums[mi][c], nt, &p.sums[mi][t], s).ok()?;
+            Some(LiftPoint {
+                t_ms: p.t_ms,
+                users_control: nc,
+                users_treatment: nt,
+                lift,
+                seq_low: q.ci_low,
+                seq_high: q.ci_high,
+            })
+        })
+        .collect()
+}
+
 /// A comparison of an adaptive experiment: every test on the stratified
 /// groups ([`stratified_groups`]), which Welch, the delta-method lift and
 /// the confidence sequence take as they are. No CUPED (it would have to
@@ -1134,22 +1161,7 @@ fn adaptive_comparison(
         })
     }));
     let kind = LiftKind::of(conversion, false);
-    let series = data
-        .series
-        .iter()
-        .filter_map(|p| {
-            let (nc, nt) = (p.users[c], p.users[t]);
-            let (lift, q) = seq_point(kind, nc, &p.sums[mi][c], nt, &p.sums[mi][t], s).ok()?;
-            Some(LiftPoint {
-                t_ms: p.t_ms,
-                users_control: nc,
-                users_treatment: nt,
-                lift,
-                seq_low: q.ci_low,
-                seq_high: q.ci_high,
-            })
-        })
-        .collect();
+    let series = lift_series(data, mi, c, t, kind, s);
     Comparison {
         variant: data.variants[t].clone(),
         test: "stratified_welch",
@@ -1326,22 +1338,7 @@ fn comparison(
                 }),
         )
     });
-    let series = data
-        .series
-        .iter()
-        .filter_map(|p| {
-            let (nc, nt) = (p.users[c], p.users[t]);
-            let (lift, q) = seq_point(kind, nc, &p.sums[mi][c], nt, &p.sums[mi][t], s).ok()?;
-            Some(LiftPoint {
-                t_ms: p.t_ms,
-                users_control: nc,
-                users_treatment: nt,
-                lift,
-                seq_low: q.ci_low,
-                seq_high: q.ci_high,
-            })
-        })
-        .collect();
+    let series = lift_series(data, mi, c, t, kind, s);
     Comparison {
         variant: data.variants[t].clone(),
         test,
