@@ -33,50 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use super::definitions::Defined;
 use super::sums::Aggregates;
+pub use super::sums::{BanditHistory, BanditPeriod};
 use abmesh_stats::{bandit_weights, prob_best, PeriodCounts, Posterior};
-
-/// One allocation period of a bandit experiment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BanditPeriod {
-    /// 0 for the configured weights, then 1, 2, ...
-    pub period: u32,
-    /// The definitions' variant names and each one's share (summing to 1).
-    pub variants: Vec<String>,
-    pub weights: Vec<f64>,
-    /// When the period started (the record's time; period 0: when the
-    /// experiment's first exposures arrived).
-    pub started_ms: i64,
-    /// P(best) of each non-control variant that produced the weights
-    /// (same order as `variants`, `None` for the control and for halted
-    /// variants; empty for period 0).
-    pub prob_best: Vec<Option<f64>>,
-    /// The log record that started it.
-    pub lsn: u64,
-}
-
-/// Every period of one bandit experiment, oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct BanditHistory {
-    pub periods: Vec<BanditPeriod>,
-}
-
-impl BanditHistory {
-    /// The period in force.
-    pub fn current(&self) -> Option<&BanditPeriod> {
-        self.periods.last()
-    }
-
-    /// The weights of `period` for `variant` (0 when it was not allocated).
-    pub fn weight(&self, period: u32, variant: &str) -> Option<f64> {
-        let p = self.periods.iter().find(|p| p.period == period)?;
-        Some(
-            p.variants
-                .iter()
-                .position(|v| v == variant)
-                .map_or(0.0, |i| p.weights[i]),
-        )
-    }
-}
 
 /// A [`crate::RecordKind::Bandit`] record: the weights of the next period.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

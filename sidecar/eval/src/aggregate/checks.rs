@@ -33,7 +33,7 @@ fn metric_data(
     variant: &str,
     metric: &str,
 ) -> Option<MetricData> {
-    if let Some(d) = super::derived::guardrail_data(agg, experiment, variant, metric) {
+    if let Some(d) = super::declared::guardrail_data(agg, experiment, variant, metric) {
         return d;
     }
     let e = agg.experiment(experiment)?;

@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::sums::{KSum, UserValue};
+use super::ksum::{KSum, UserValue};
 use abmesh_filter::config::{MetricDefinition, MetricKind};
 use abmesh_stats::quantile::DEFAULT_GROWTH;
 use abmesh_stats::{Histogram, RatioMoments, StatsError};
@@ -250,7 +250,7 @@ impl RatioSums {
     }
 }
 
-/// The derived metrics' aggregates, part of [`super::Aggregates`].
+/// The derived metrics' aggregates, part of the aggregates.
 #[derive(Clone, Debug, Default)]
 pub struct DerivedAgg {
     /// The current definitions' `metrics`.
@@ -333,7 +333,7 @@ impl DerivedAgg {
 
     /// Adds (`sign` 1) or removes (−1) a whole user from a variant;
     /// `values` are the user's totals per metric id (as
-    /// [`super::Aggregates::add_user`] gets them).
+    /// the aggregates' `add_user` gets them).
     pub fn add_user(
         &mut self,
         index: &HashMap<String, u32>,
@@ -466,72 +466,6 @@ impl DerivedData {
             DerivedData::Ratio { def, .. } | DerivedData::Quantile { def, .. } => def,
         }
     }
-}
-
-/// The declared metrics of experiment `name`, per variant.
-pub fn extract(agg: &super::Aggregates, name: &str) -> Vec<DerivedData> {
-    let Some(&exp) = agg.exp_index.get(name) else {
-        return Vec::new();
-    };
-    let variants = agg.experiments[exp as usize].variants.len() as u16;
-    let d = &agg.derived;
-    d.declared
-        .iter()
-        .filter_map(|def| match def.kind {
-            MetricKind::Ratio => {
-                let (n, dn) = (def.numerator.as_deref()?, def.denominator.as_deref()?);
-                Some(DerivedData::Ratio {
-                    def: def.clone(),
-                    sums: (0..variants).map(|v| d.ratio_sums(exp, v, n, dn)).collect(),
-                })
-            }
-            MetricKind::Quantile => {
-                let id = agg.metric_index.get(def.metric.as_deref()?).copied();
-                Some(DerivedData::Quantile {
-                    def: def.clone(),
-                    buckets: (0..variants).map(|v| d.histogram(exp, v, id)).collect(),
-                })
-            }
-        })
-        .collect()
-}
-
-/// A declared metric of one variant as the guardrails read it (`None`: the
-/// name is not a declared metric; `Some(None)`: no usable data yet).
-pub fn guardrail_data(
-    agg: &super::Aggregates,
-    experiment: &str,
-    variant: &str,
-    metric: &str,
-) -> Option<Option<abmesh_stats::guardrail::MetricData>> {
-    use abmesh_stats::guardrail::MetricData;
-    let def = agg.derived.declared.iter().find(|d| d.name == metric)?;
-    let data = (|| {
-        let &exp = agg.exp_index.get(experiment)?;
-        let v = agg.experiments[exp as usize].variant_index(variant)? as u16;
-        match def.kind {
-            MetricKind::Ratio => {
-                let s = agg.derived.ratio_sums(
-                    exp,
-                    v,
-                    def.numerator.as_deref()?,
-                    def.denominator.as_deref()?,
-                );
-                s.moments("variant").ok().map(MetricData::Ratio)
-            }
-            MetricKind::Quantile => {
-                let id = agg.metric_index.get(def.metric.as_deref()?).copied();
-                let h = agg.derived.histogram(exp, v, id).to_histogram().ok()?;
-                let e = abmesh_stats::quantile_se(&h, def.quantile?, "variant").ok()?;
-                Some(MetricData::Quantile {
-                    n: h.total(),
-                    quantile: e.quantile,
-                    se: e.se,
-                })
-            }
-        }
-    })();
-    Some(data)
 }
 
 #[cfg(test)]

@@ -57,10 +57,12 @@
 
 pub mod bandit;
 pub mod checks;
+pub mod declared;
 pub mod definitions;
 pub mod derived;
 pub mod engine;
 pub mod guard;
+pub mod ksum;
 pub mod segments;
 pub mod sums;
 

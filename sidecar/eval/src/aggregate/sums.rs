@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::definitions::{Defined, Definitions};
 use super::guard::{GuardState, HaltedRef};
+pub use super::ksum::{KSum, UserValue};
 use abmesh_stats::guardrail::Health;
 
 /// Width of the finest time bucket.
@@ -28,46 +29,6 @@ pub struct Place {
     pub variant: u16,
     pub t_ms: i64,
     pub period: u32,
-}
-
-/// A compensated (Neumaier) sum: the rounding error of each addition is
-/// kept in `c`, so the total is accurate to ~ε whatever the count.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct KSum {
-    s: f64,
-    c: f64,
-}
-
-impl KSum {
-    pub fn add(&mut self, v: f64) {
-        let t = self.s + v;
-        if self.s.abs() >= v.abs() {
-            self.c += (self.s - t) + v;
-        } else {
-            self.c += (v - t) + self.s;
-        }
-        self.s = t;
-    }
-
-    pub fn merge(&mut self, other: &KSum) {
-        self.add(other.s);
-        self.c += other.c;
-    }
-
-    pub fn value(&self) -> f64 {
-        self.s + self.c
-    }
-}
-
-/// One user's totals for one metric in one experiment.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct UserValue {
-    /// Outcome events (0: not converted).
-    pub count: u64,
-    /// Σ values (Y).
-    pub y: f64,
-    /// Σ covariates (X).
-    pub x: f64,
 }
 
 /// Sufficient statistics of one metric over a set of users.
@@ -129,8 +90,7 @@ impl MetricSums {
             (&mut self.x2, &o.x2),
             (&mut self.xy, &o.xy),
         ] {
-            mine.add(-theirs.s);
-            mine.add(-theirs.c);
+            mine.subtract(theirs);
         }
     }
 
@@ -332,7 +292,7 @@ pub struct Aggregates {
     /// Halts, overrides and notified alarms.
     pub guard: GuardState,
     /// The allocation periods of bandit experiments, by experiment name.
-    pub bandits: BTreeMap<String, super::bandit::BanditHistory>,
+    pub bandits: BTreeMap<String, BanditHistory>,
     /// Segment dimensions and values seen on events.
     pub segments: super::segments::SegmentRegistry,
     /// Ratio sums and quantile histograms of the declared metrics.
@@ -522,6 +482,49 @@ impl Aggregates {
                 .metric_mut(slot)
                 .change_user(old, new);
         }
+    }
+}
+
+/// One allocation period of a bandit experiment (see `super::bandit`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BanditPeriod {
+    /// 0 for the configured weights, then 1, 2, ...
+    pub period: u32,
+    /// The definitions' variant names and each one's share (summing to 1).
+    pub variants: Vec<String>,
+    pub weights: Vec<f64>,
+    /// When the period started (the record's time; period 0: when the
+    /// experiment's first exposures arrived).
+    pub started_ms: i64,
+    /// P(best) of each non-control variant that produced the weights
+    /// (same order as `variants`, `None` for the control and for halted
+    /// variants; empty for period 0).
+    pub prob_best: Vec<Option<f64>>,
+    /// The log record that started it.
+    pub lsn: u64,
+}
+
+/// Every period of one bandit experiment, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BanditHistory {
+    pub periods: Vec<BanditPeriod>,
+}
+
+impl BanditHistory {
+    /// The period in force.
+    pub fn current(&self) -> Option<&BanditPeriod> {
+        self.periods.last()
+    }
+
+    /// The weights of `period` for `variant` (0 when it was not allocated).
+    pub fn weight(&self, period: u32, variant: &str) -> Option<f64> {
+        let p = self.periods.iter().find(|p| p.period == period)?;
+        Some(
+            p.variants
+                .iter()
+                .position(|v| v == variant)
+                .map_or(0.0, |i| p.weights[i]),
+        )
     }
 }
 

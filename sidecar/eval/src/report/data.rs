@@ -217,7 +217,7 @@ pub fn extract(agg: &Aggregates, name: &str, series: bool) -> Option<ExperimentD
             .collect(),
         bandit,
         segments,
-        derived: crate::aggregate::derived::extract(agg, name),
+        derived: crate::aggregate::declared::extract(agg, name),
     })
 }
 

@@ -22,9 +22,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::data::ExperimentData;
-use super::html::escape_html;
-use super::model::{SequentialOut, Stat};
 use super::settings::Settings;
+use super::values::escape_html;
+use super::values::{pct, SequentialOut, Stat};
 use crate::aggregate::derived::DerivedData;
 use abmesh_stats::quantile::validated_min_n;
 use abmesh_stats::sequential::confidence_sequence;
@@ -320,9 +320,9 @@ pub fn text(
                     let _ = writeln!(
                         o,
                         "    lift {} ({level} CI {} .. {}), p {} (delta method)",
-                        super::model::pct(r.estimate),
-                        super::model::pct(r.ci_low),
-                        super::model::pct(r.ci_high),
+                        pct(r.estimate),
+                        pct(r.ci_low),
+                        pct(r.ci_high),
                         p(r.p_value)
                     );
                 }
@@ -341,8 +341,8 @@ pub fn text(
                 let _ = writeln!(
                     o,
                     "    always-valid {level} CI {} .. {}, p {}",
-                    super::model::pct(s.ci_low),
-                    super::model::pct(s.ci_high),
+                    pct(s.ci_low),
+                    pct(s.ci_high),
                     p(s.p_value)
                 );
             }
@@ -379,9 +379,9 @@ pub fn text(
                     let _ = writeln!(
                         o,
                         "    change {} ({level} CI {} .. {}), p {} (Woodruff){}",
-                        super::model::pct(r.estimate),
-                        super::model::pct(r.ci_low),
-                        super::model::pct(r.ci_high),
+                        pct(r.estimate),
+                        pct(r.ci_low),
+                        pct(r.ci_high),
                         p(r.p_value),
                         if c.validated {
                             String::new()
@@ -420,7 +420,7 @@ pub fn html(
         Stat::Ok((e, lo, hi, pv)) => {
             let f = |x: f64| {
                 if pctg {
-                    super::model::pct(x)
+                    pct(x)
                 } else {
                     format!("{x:+.5}")
                 }

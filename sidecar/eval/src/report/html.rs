@@ -7,11 +7,12 @@ use std::fmt::Write as _;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
+use super::model::SegmentReport;
 use super::model::{
     pct, BanditOut, Comparison, HaltedBy, Interval, LiftPoint, MetricReport, Report, SequentialOut,
     Stat,
 };
-use super::segments::SegmentReport;
+pub use super::values::escape_html;
 use super::ListEntry;
 use abmesh_stats::guardrail::CheckStatus;
 
@@ -694,20 +695,4 @@ pub fn list_page(entries: &[ListEntry]) -> String {
     }
     h.push_str("</table></body></html>");
     h
-}
-
-/// Escapes text for HTML pages (admin reports for people).
-pub fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }

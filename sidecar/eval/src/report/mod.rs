@@ -14,6 +14,7 @@ pub mod model;
 pub mod segments;
 pub mod settings;
 pub mod text;
+pub mod values;
 
 use parking_lot::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,7 +62,15 @@ pub fn report(aggregates: &Mutex<Aggregates>, name: &str, settings: &Settings) -
         let agg = aggregates.lock();
         data::extract(&agg, name, true)?
     };
-    Some(model::build(&data, settings, now_ms()))
+    let mut report = model::build(&data, settings, now_ms());
+    let control = data
+        .variants
+        .iter()
+        .position(|v| *v == report.control)
+        .unwrap_or(0);
+    report.segments =
+        segments::segment_reports(&data, control, report.primary_metric.as_deref(), settings);
+    Some(report)
 }
 
 /// One line of the experiment list.

@@ -56,6 +56,7 @@ use serde::Serialize;
 
 use super::data::{ExperimentData, MetricData};
 use super::settings::Settings;
+pub use super::values::{pct, Interval, SequentialOut, Stat};
 use crate::aggregate::{Halt, HaltSource, MetricSums};
 use abmesh_stats::guardrail::Check;
 use abmesh_stats::sequential::confidence_sequence;
@@ -66,39 +67,6 @@ use abmesh_stats::{
     Proportion, SequentialParams, Stratified, SRM_ALERT_P,
 };
 use std::collections::BTreeMap;
-
-/// A statistic, or why it cannot be computed yet (shown as it is).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum Stat<T> {
-    Ok(T),
-    Err { error: String },
-}
-
-impl<T> Stat<T> {
-    fn from(r: Result<T, impl ToString>) -> Stat<T> {
-        match r {
-            Ok(v) => Stat::Ok(v),
-            Err(e) => Stat::Err {
-                error: e.to_string(),
-            },
-        }
-    }
-
-    pub fn ok(&self) -> Option<&T> {
-        match self {
-            Stat::Ok(v) => Some(v),
-            Stat::Err { .. } => None,
-        }
-    }
-
-    pub fn error(&self) -> Option<&str> {
-        match self {
-            Stat::Ok(_) => None,
-            Stat::Err { error } => Some(error),
-        }
-    }
-}
 
 /// The four outcomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -162,13 +130,51 @@ pub struct Report {
     /// The primary metric by segment, per dimension (absent when events
     /// carry no `segments`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub segments: Vec<super::segments::SegmentReport>,
+    pub segments: Vec<SegmentReport>,
     /// Declared ratio metrics (the configuration's `metrics`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ratio_metrics: Vec<super::extra_metrics::RatioMetricReport>,
     /// Declared quantile metrics (the configuration's `metrics`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub quantile_metrics: Vec<super::extra_metrics::QuantileMetricReport>,
+}
+
+/// One dimension's breakdown of the primary metric by segment
+/// (`super::segments`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentReport {
+    pub dimension: String,
+    /// The metric compared (the report's primary metric).
+    pub metric: String,
+    pub segments: Vec<SegmentRow>,
+    pub warnings: Vec<String>,
+}
+
+/// One value of a dimension.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentRow {
+    pub value: String,
+    /// Users per variant.
+    pub users: BTreeMap<String, u64>,
+    /// Some arm has fewer than the settings' `min_users`: the lifts are
+    /// shown, but are too uncertain to act on.
+    pub too_small: bool,
+    pub comparisons: Vec<SegmentComparison>,
+}
+
+/// A treatment against the control within one segment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentComparison {
+    pub variant: String,
+    /// `welch_t`, `two_proportion` or `stratified_welch`, as for the whole
+    /// experiment.
+    pub test: &'static str,
+    pub absolute: Stat<Interval>,
+    pub relative: Stat<Interval>,
+    pub p_value: Option<f64>,
+    /// Adjusted over every comparison of the dimension.
+    pub p_value_holm: Option<f64>,
+    pub p_value_bh: Option<f64>,
 }
 
 /// A bandit experiment in a report: the weights now and over time, and how
@@ -336,21 +342,6 @@ pub struct MetricVariant {
     pub mean: Option<f64>,
     pub sd: Option<f64>,
     pub covariate_mean: Option<f64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Interval {
-    pub estimate: f64,
-    pub se: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct SequentialOut {
-    pub ci_low: f64,
-    pub ci_high: f64,
-    pub p_value: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -601,7 +592,6 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
     };
     let mut warnings = data_warnings(data);
     let primary = primary_metric(data, settings, &mut warnings);
-    let segments = super::segments::segment_reports(data, control, primary.as_deref(), settings);
     let metrics = metric_reports(data, control, primary.as_deref(), settings);
     let (ratio_metrics, quantile_metrics) = super::extra_metrics::build(data, control, settings);
     let halts: Vec<HaltOut> = data
@@ -652,7 +642,9 @@ pub fn build(data: &ExperimentData, settings: &Settings, now_ms: i64) -> Report 
         metrics,
         decision,
         bandit: bandit_of(data),
-        segments,
+        // Filled by `super::report` (`super::segments`), which analyses
+        // each segment with this module's comparisons.
+        segments: Vec::new(),
         ratio_metrics,
         quantile_metrics,
     }
@@ -1353,15 +1345,6 @@ fn comparison(
         chance_to_beat_control: chance,
         mde,
         series,
-    }
-}
-
-/// `+3.2%`.
-pub fn pct(x: f64) -> String {
-    if x.abs() < 0.0995 {
-        format!("{:+.2}%", x * 100.0)
-    } else {
-        format!("{:+.1}%", x * 100.0)
     }
 }
 

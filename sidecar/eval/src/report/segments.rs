@@ -11,49 +11,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::data::ExperimentData;
-use super::model::{metric_report, Interval, Stat};
+use super::model::{metric_report, SegmentComparison, SegmentReport, SegmentRow};
 use super::settings::Settings;
 use abmesh_stats::{benjamini_hochberg, holm};
-
-/// One dimension's breakdown.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SegmentReport {
-    pub dimension: String,
-    /// The metric compared (the report's primary metric).
-    pub metric: String,
-    pub segments: Vec<SegmentRow>,
-    pub warnings: Vec<String>,
-}
-
-/// One value of a dimension.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SegmentRow {
-    pub value: String,
-    /// Users per variant.
-    pub users: BTreeMap<String, u64>,
-    /// Some arm has fewer than the settings' `min_users`: the lifts are
-    /// shown, but are too uncertain to act on.
-    pub too_small: bool,
-    pub comparisons: Vec<SegmentComparison>,
-}
-
-/// A treatment against the control within one segment.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SegmentComparison {
-    pub variant: String,
-    /// `welch_t`, `two_proportion` or `stratified_welch`, as for the whole
-    /// experiment.
-    pub test: &'static str,
-    pub absolute: Stat<Interval>,
-    pub relative: Stat<Interval>,
-    pub p_value: Option<f64>,
-    /// Adjusted over every comparison of the dimension.
-    pub p_value_holm: Option<f64>,
-    pub p_value_bh: Option<f64>,
-}
 
 /// Every dimension's breakdown of the primary metric.
 pub fn segment_reports(

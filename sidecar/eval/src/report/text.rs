@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 
+use super::model::SegmentReport;
 use super::model::{pct, HaltedBy, MetricReport, Report, Stat};
-use super::segments::SegmentReport;
 
 fn p(x: Option<f64>) -> String {
     match x {
