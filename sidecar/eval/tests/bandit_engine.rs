@@ -259,4 +259,29 @@ fn a_bandit_moves_weights_to_the_better_arm_and_reports_per_period() {
     let r2 = report::report(&restored.aggregates(), "exp", &settings).unwrap();
     assert_eq!(r2.bandit, r.bandit);
     assert_eq!(r2.metrics, r.metrics);
+
+    // A period this state never started counts in period 0 and as a
+    // mismatch: made-up periods cannot grow the per-period cells.
+    let before = mismatches(&e);
+    let ghosts: Vec<String> = (0..3).map(|i| format!("ghost-{i}")).collect();
+    for (k, p) in [99u32, 7, u32::MAX].into_iter().enumerate() {
+        feed(
+            &mut e,
+            10 + k as u64,
+            T0 + 63_000,
+            &ghosts[k..k + 1],
+            &[2],
+            p,
+            |_| false,
+        );
+    }
+    assert_eq!(mismatches(&e) - before, 3);
+    let r3 = report::report(&e.aggregates(), "exp", &settings).unwrap();
+    let b3 = r3.bandit.unwrap();
+    assert_eq!(b3.history.len(), 2);
+    assert_eq!(b3.history[0].users["b"], 303, "ghosts land in period 0");
+    let agg = e.aggregates();
+    let agg = agg.lock();
+    let cells = &agg.experiment("exp").unwrap().cells;
+    assert!(cells.iter().all(|c| c.periods.keys().all(|&p| p == 1)));
 }

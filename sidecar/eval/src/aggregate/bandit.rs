@@ -317,3 +317,37 @@ pub fn period_counts(agg: &Aggregates, def: &Defined) -> Vec<PeriodCounts> {
         })
         .collect()
 }
+
+/// `period` of experiment id `exp` if this state started it (0 always is);
+/// `None` for a period the log never started.
+pub(super) fn known_period(agg: &Aggregates, exp: u32, period: u32) -> Option<u32> {
+    if period == 0 {
+        return Some(0);
+    }
+    let name = &agg.experiments.get(exp as usize)?.name;
+    agg.bandits
+        .get(name)?
+        .periods
+        .iter()
+        .any(|p| p.period == period)
+        .then_some(period)
+}
+
+/// The filter's allocation for definition `index` in a started `period`
+/// (None if the period's weights no longer fit the definition).
+pub(super) fn allocation(
+    agg: &Aggregates,
+    defs: &super::definitions::Definitions,
+    index: usize,
+    period: u32,
+) -> Option<abmesh_filter::Allocation> {
+    let h = agg.bandits.get(&defs.experiments()[index].name)?;
+    let p = h.periods.iter().find(|x| x.period == period)?;
+    let w: Vec<(String, f64)> = p
+        .variants
+        .iter()
+        .cloned()
+        .zip(p.weights.iter().copied())
+        .collect();
+    defs.allocation(index, period, &w)
+}

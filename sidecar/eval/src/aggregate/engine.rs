@@ -907,25 +907,21 @@ impl Engine {
             let (exp, ref variants, def) = map[row.experiment()];
             let variant = variants[row.variant()];
             agg.experiments[exp as usize].exposure_rows += 1;
+            // A period this sidecar never started (a filter with another
+            // sidecar's state, or a buggy one) is not trusted: the row
+            // counts in period 0 and as a mismatch, so a stream of made-up
+            // periods cannot grow the per-period cells or the cache below.
+            let period = bandit::known_period(&agg, exp, row.period());
             if let (Some(d), Some(i), Some(buf)) = (&self.definitions, def, self.decisions.as_mut())
             {
                 let agg = &mut *agg;
-                let expected = match row.period() {
-                    0 => d.assign(row.user(), i, buf),
-                    p => self
+                let expected = match (row.period(), period) {
+                    (0, _) => d.assign(row.user(), i, buf),
+                    (_, None) => None,
+                    (_, Some(p)) => self
                         .allocations
                         .entry((i, p))
-                        .or_insert_with(|| {
-                            let h = agg.bandits.get(&d.experiments()[i].name)?;
-                            let period = h.periods.iter().find(|x| x.period == p)?;
-                            let w: Vec<(String, f64)> = period
-                                .variants
-                                .iter()
-                                .cloned()
-                                .zip(period.weights.iter().copied())
-                                .collect();
-                            d.allocation(i, p, &w)
-                        })
+                        .or_insert_with(|| bandit::allocation(agg, d, i, p))
                         .as_ref()
                         .and_then(|a| d.assign_with(row.user(), i, a, buf)),
                 };
@@ -941,7 +937,7 @@ impl Engine {
                 exp,
                 variant,
                 row.t_ms(),
-                row.period(),
+                period.unwrap_or(0),
                 false,
             );
         }

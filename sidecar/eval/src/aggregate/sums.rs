@@ -133,6 +133,16 @@ impl Cell {
         }
     }
 
+    /// Adds (`sign` 1) or removes (−1) one user: `values` are their totals
+    /// per global metric id, `slots` those metrics' slots
+    /// ([`ExperimentAgg::slots`]).
+    pub fn add_user(&mut self, values: &[(u32, UserValue)], slots: &[usize], sign: f64) {
+        self.users += sign as i64;
+        for ((_, v), &slot) in values.iter().zip(slots) {
+            self.metric_mut(slot).add_user(v, sign);
+        }
+    }
+
     /// Removes the statistics of a subset of the users.
     pub fn subtract(&mut self, o: &Cell) {
         self.users -= o.users;
@@ -198,6 +208,21 @@ pub struct ExperimentAgg {
 impl ExperimentAgg {
     pub fn slot_of(&self, metric: u32) -> Option<usize> {
         self.metric_slots.iter().position(|&m| m == metric)
+    }
+
+    /// The slots of a user's metrics (registered if new).
+    pub(super) fn slots(&mut self, values: &[(u32, UserValue)]) -> smallvec::SmallVec<[usize; 4]> {
+        values.iter().map(|(m, _)| self.slot(*m)).collect()
+    }
+
+    /// The cell of `variant` in a segment (created, with any missing
+    /// variants before it, on first use).
+    pub(super) fn segment_cell(&mut self, segment: (u32, u32), variant: u16) -> &mut Cell {
+        let cells = self.segments.entry(segment).or_default();
+        if cells.len() <= variant as usize {
+            cells.resize_with(variant as usize + 1, Cell::default);
+        }
+        &mut cells[variant as usize]
     }
 
     pub(super) fn slot(&mut self, metric: u32) -> usize {
@@ -381,21 +406,15 @@ impl Aggregates {
             t_ms,
             period,
         } = at;
-        for seg in segments {
-            self.add_user_to_segment(exp, variant, *seg, values, sign);
-        }
         self.derived
             .add_user(&self.metric_index, exp, variant, values, sign);
         let e = &mut self.experiments[exp as usize];
-        let slots: smallvec::SmallVec<[usize; 4]> =
-            values.iter().map(|(m, _)| e.slot(*m)).collect();
+        let slots = e.slots(values);
+        for seg in segments {
+            e.segment_cell(*seg, variant).add_user(values, &slots, sign);
+        }
         let va = &mut e.cells[variant as usize];
-        let add = |cell: &mut Cell| {
-            cell.users += sign as i64;
-            for ((_, v), &slot) in values.iter().zip(&slots) {
-                cell.metric_mut(slot).add_user(v, sign);
-            }
-        };
+        let add = |cell: &mut Cell| cell.add_user(values, &slots, sign);
         add(&mut va.total);
         if period > 0 {
             let cell = va.periods.entry(period).or_default();
@@ -427,17 +446,9 @@ impl Aggregates {
         sign: f64,
     ) {
         let e = &mut self.experiments[exp as usize];
-        let slots: smallvec::SmallVec<[usize; 4]> =
-            values.iter().map(|(m, _)| e.slot(*m)).collect();
-        let cells = e.segments.entry(segment).or_default();
-        if cells.len() <= variant as usize {
-            cells.resize_with(variant as usize + 1, Cell::default);
-        }
-        let cell = &mut cells[variant as usize];
-        cell.users += sign as i64;
-        for ((_, v), &slot) in values.iter().zip(&slots) {
-            cell.metric_mut(slot).add_user(v, sign);
-        }
+        let slots = e.slots(values);
+        e.segment_cell(segment, variant)
+            .add_user(values, &slots, sign);
     }
 
     /// A user's totals for one metric changed.
@@ -458,11 +469,7 @@ impl Aggregates {
         let e = &mut self.experiments[exp as usize];
         let slot = e.slot(metric);
         for seg in segments {
-            let cells = e.segments.entry(*seg).or_default();
-            if cells.len() <= variant as usize {
-                cells.resize_with(variant as usize + 1, Cell::default);
-            }
-            cells[variant as usize]
+            e.segment_cell(*seg, variant)
                 .metric_mut(slot)
                 .change_user(old, new);
         }

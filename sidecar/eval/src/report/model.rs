@@ -390,7 +390,8 @@ pub struct Unadjusted {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
     pub variant: String,
-    /// `welch_t` or `two_proportion`.
+    /// `welch_t`, `two_proportion`, or `stratified_welch` for an adaptive
+    /// (bandit) experiment.
     pub test: &'static str,
     pub absolute: Stat<Interval>,
     pub relative: Stat<Interval>,
