@@ -319,13 +319,13 @@ impl Ingest {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
-                // Only when a period is due does this compute anything
-                // (~1 ms per arm, under the lock); most ticks find nothing.
+                // Under the lock only the posteriors are read; the
+                // quadrature runs after it is released.
                 let due = {
                     let agg = ingest.aggregates.lock();
-                    abmesh_eval::aggregate::bandit::due_updates(&agg, now)
+                    abmesh_eval::aggregate::bandit::due(&agg, now)
                 };
-                for rec in due {
+                for rec in due.into_iter().filter_map(|p| p.compute()) {
                     let payload = match serde_json::to_vec(&rec) {
                         Ok(p) => p,
                         Err(e) => {

@@ -210,18 +210,25 @@ pub fn prob_best(arms: &[Posterior], higher_is_better: bool) -> Result<Vec<f64>>
                 .collect()
         })
         .collect();
+    // Π_{j≠i} at each point from prefix and suffix products: O(arms × grid)
+    // rather than O(arms² × grid), so many variants stay cheap.
+    let n = grid.len();
+    let mut prefix = vec![vec![1.0; n]; arms.len() + 1];
+    for j in 0..arms.len() {
+        for k in 0..n {
+            prefix[j + 1][k] = prefix[j][k] * beaten[j][k];
+        }
+    }
+    let mut suffix = vec![1.0; n];
     let mut probs = vec![0.0; arms.len()];
-    for (i, f) in density.iter().enumerate() {
-        let integrand: Vec<f64> = (0..grid.len())
-            .map(|k| {
-                let others: f64 = (0..arms.len())
-                    .filter(|&j| j != i)
-                    .map(|j| beaten[j][k])
-                    .product();
-                f[k] * others
-            })
+    for i in (0..arms.len()).rev() {
+        let integrand: Vec<f64> = (0..n)
+            .map(|k| density[i][k] * prefix[i][k] * suffix[k])
             .collect();
         probs[i] = *trapezoid(&integrand).last().unwrap_or(&0.0);
+        for k in 0..n {
+            suffix[k] *= beaten[i][k];
+        }
     }
     let total: f64 = probs.iter().sum();
     if !(total > 0.0 && total.is_finite()) {

@@ -198,6 +198,33 @@ pub fn allocations(agg: &Aggregates) -> Vec<AllocationOut> {
 /// variant still running have `min_users_per_variant` users. What the
 /// sidecar's bandit task appends.
 pub fn due_updates(agg: &Aggregates, now_ms: i64) -> Vec<BanditRecord> {
+    due(agg, now_ms)
+        .into_iter()
+        .filter_map(PendingUpdate::compute)
+        .collect()
+}
+
+/// What the next period of a due experiment is computed from, taken under
+/// the aggregates' lock ([`due`]); [`PendingUpdate::compute`] does the
+/// quadrature after the lock is released, so ingestion never waits on it.
+#[derive(Debug, Clone)]
+pub struct PendingUpdate {
+    experiment: String,
+    period: u32,
+    variants: Vec<String>,
+    control: usize,
+    control_share: f64,
+    floor: f64,
+    /// The running non-control variants (indexes into `variants`) and
+    /// their posteriors.
+    running: Vec<usize>,
+    posteriors: Vec<Posterior>,
+    now_ms: i64,
+}
+
+/// The experiments whose next period is due at `now_ms` (cheap: no
+/// quadrature).
+pub fn due(agg: &Aggregates, now_ms: i64) -> Vec<PendingUpdate> {
     let Some(defs) = agg.definitions.as_ref() else {
         return Vec::new();
     };
@@ -207,7 +234,30 @@ pub fn due_updates(agg: &Aggregates, now_ms: i64) -> Vec<BanditRecord> {
         .collect()
 }
 
-fn next_period(agg: &Aggregates, def: &Defined, now_ms: i64) -> Option<BanditRecord> {
+impl PendingUpdate {
+    /// The next period's record: P(best) by quadrature, then the shares.
+    pub fn compute(self) -> Option<BanditRecord> {
+        let probs = prob_best(&self.posteriors, true).ok()?;
+        let shares = bandit_weights(1.0 - self.control_share, self.floor, &probs).ok()?;
+        let mut weights: BTreeMap<String, f64> =
+            self.variants.iter().map(|v| (v.clone(), 0.0)).collect();
+        weights.insert(self.variants[self.control].clone(), self.control_share);
+        let mut prob = BTreeMap::new();
+        for ((&i, w), p) in self.running.iter().zip(shares).zip(probs) {
+            weights.insert(self.variants[i].clone(), w);
+            prob.insert(self.variants[i].clone(), p);
+        }
+        Some(BanditRecord {
+            experiment: self.experiment,
+            period: self.period,
+            weights,
+            prob_best: prob,
+            updated_at_ms: self.now_ms,
+        })
+    }
+}
+
+fn next_period(agg: &Aggregates, def: &Defined, now_ms: i64) -> Option<PendingUpdate> {
     let cfg = def.bandit.as_ref()?;
     let current = agg.bandits.get(&def.name)?.current()?;
     let every_ms = i64::try_from(cfg.update_every_s.saturating_mul(1000)).unwrap_or(i64::MAX);
@@ -255,24 +305,16 @@ fn next_period(agg: &Aggregates, def: &Defined, now_ms: i64) -> Option<BanditRec
             }
         })
         .collect();
-    let probs = prob_best(&posteriors, true).ok()?;
-    let control_share = configured_shares(def)[def.control];
-    let floor = cfg.explore_floor_percent / 100.0;
-    let shares = bandit_weights(1.0 - control_share, floor, &probs).ok()?;
-    let mut weights: BTreeMap<String, f64> =
-        def.variants.iter().map(|v| (v.clone(), 0.0)).collect();
-    weights.insert(def.variants[def.control].clone(), control_share);
-    let mut prob = BTreeMap::new();
-    for ((&i, w), p) in running.iter().zip(shares).zip(probs) {
-        weights.insert(def.variants[i].clone(), w);
-        prob.insert(def.variants[i].clone(), p);
-    }
-    Some(BanditRecord {
+    Some(PendingUpdate {
         experiment: def.name.clone(),
         period: current.period + 1,
-        weights,
-        prob_best: prob,
-        updated_at_ms: now_ms,
+        variants: def.variants.clone(),
+        control: def.control,
+        control_share: configured_shares(def)[def.control],
+        floor: cfg.explore_floor_percent / 100.0,
+        running,
+        posteriors,
+        now_ms,
     })
 }
 
