@@ -241,13 +241,19 @@ async fn the_bandit_moves_traffic_to_the_better_variant_through_envoy() {
     let started = Instant::now();
     let r = loop {
         let r = report(&mut admin).await;
-        let users = |p: usize| -> i64 {
-            r["bandit"]["history"][p]["users"]
+        let users = |p: &Value| -> i64 {
+            p["users"]
                 .as_object()
                 .map_or(0, |m| m.values().filter_map(Value::as_i64).sum())
         };
-        if users(1) >= LATER as i64 {
-            assert_eq!(users(0) + users(1), (900 + 2 * UNLOCK + LATER) as i64);
+        let history = r["bandit"]["history"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let after_first: i64 = history.iter().skip(1).map(users).sum();
+        if after_first >= LATER as i64 {
+            let all: i64 = history.iter().map(users).sum();
+            assert_eq!(all, (900 + 2 * UNLOCK + LATER) as i64);
             break r;
         }
         if started.elapsed() > Duration::from_secs(20) {
@@ -271,10 +277,20 @@ async fn the_bandit_moves_traffic_to_the_better_variant_through_envoy() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(
-        r["bandit"]["period"].as_u64() == Some(1),
-        "a second update came while the checks ran ({checks_took:?}); they assumed period 1 throughout"
-    );
+    // The checks above assumed period 1's allocation throughout. On a slow
+    // machine a later period may have started meanwhile; it must then give
+    // the same weights (P(best) has saturated), so the same ranges.
+    for later in r["bandit"]["history"].as_array().unwrap().iter().skip(2) {
+        for v in ["v1", "v2", "v3"] {
+            let x = later["weights"][v].as_f64().unwrap();
+            assert!(
+                (x - w(v)).abs() < 1e-9,
+                "period {} changed the weights while the checks ran ({checks_took:?}): {}",
+                later["period"],
+                later["weights"]
+            );
+        }
+    }
     let b = &r["bandit"];
     assert_eq!(b["adaptive"], true);
     assert_eq!(r["srm"]["by_period"], true, "{}", r["srm"]);
